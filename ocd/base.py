@@ -1,0 +1,133 @@
+"""The base model f(x; theta): train, evaluate, save and load.
+
+A saved base model is a folder with ``model.pt`` (the state dict) and
+``model.json`` (the :class:`ocd.models.ModelSpec`, the sha256 of the weights,
+the dataset and the params it was trained with). Later stages rebuild the
+model from that folder alone and record the sha256, so a store or a diffusion
+model made from one base model is never mixed with another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ocd.device import get_device
+from ocd.models import ModelSpec
+from ocd.params import BaseParams
+from ocd.tasks import Task
+
+WEIGHTS = "model.pt"
+META = "model.json"
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
+          params: BaseParams, progress: bool = True) -> list[float]:
+    """Minibatch Adam on the task's loss; returns the mean loss of each epoch.
+
+    Deterministic for a given ``params.seed`` on a given device: the seed sets
+    the initialisation (when the caller seeds before building), the shuffling
+    and dropout.
+    """
+    device = get_device()
+    model.to(device)
+    seed_everything(params.seed)
+    order = torch.Generator().manual_seed(params.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    n = len(y)
+    steps = (n + params.batch_size - 1) // params.batch_size
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
+             if params.schedule == "cosine" else None)
+    history = []
+    bar = tqdm(total=params.epochs * steps, desc="train base", disable=not progress,
+               mininterval=1.0, unit="step")
+    for epoch in range(params.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=order)
+        total = 0.0
+        for i in range(steps):
+            idx = perm[i * params.batch_size:(i + 1) * params.batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss = task.loss(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            total += loss.item() * len(idx)
+            bar.update()
+        history.append(total / n)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    bar.close()
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Outputs of the model in eval mode, batched, on the CPU."""
+    device = get_device()
+    model.eval().to(device)
+    return torch.cat([model(x[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(x), batch_size)])
+
+
+def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    return task.metrics(predict(model, x), y)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A digest of the weights (names, dtypes, shapes and values), independent of file format."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class BaseModel:
+    model: nn.Sequential
+    spec: ModelSpec
+    meta: dict
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["sha256"]
+
+
+def save(folder: str | Path, model: nn.Sequential, spec: ModelSpec, **meta) -> dict:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    torch.save(model.state_dict(), folder / WEIGHTS)
+    record = {"spec": spec.to_dict(), "sha256": weights_sha256(model), **meta}
+    (folder / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def load(folder: str | Path) -> BaseModel:
+    """Rebuild a saved base model in eval mode on the library's device."""
+    folder = Path(folder)
+    for f in (WEIGHTS, META):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"{folder / f} is missing; run the train_base stage first")
+    meta = json.loads((folder / META).read_text())
+    spec = ModelSpec.from_dict(meta["spec"])
+    model = spec.build()
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    if weights_sha256(model) != meta["sha256"]:
+        raise ValueError(f"{folder / WEIGHTS} does not match the sha256 in {folder / META}; "
+                         "the folder mixes two base models, rerun train_base")
+    return BaseModel(model.eval().to(get_device()), spec, meta)

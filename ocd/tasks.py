@@ -1,0 +1,49 @@
+"""Loss and metrics per task type, chosen by the dataset (``Dataset.task``).
+
+Stages ask the task for its loss and metrics instead of branching on the
+dataset, so a new task type (regression comes with the tabular experiment) is
+one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    # Per-sample loss: (outputs [N, C], targets [N]) -> [N].
+    per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    # Summary metrics over a split: (outputs, targets) -> {name: float}.
+    metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample_loss(outputs, targets).mean()
+
+
+def _ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def _classification_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    return {
+        "ce": float(_ce(outputs, targets).mean()),
+        "acc": float((outputs.argmax(dim=-1) == targets).float().mean()),
+    }
+
+
+TASKS: dict[str, Task] = {
+    "classification": Task("classification", _ce, _classification_metrics),
+}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}") from None

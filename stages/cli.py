@@ -1,0 +1,47 @@
+"""The ``ocd`` command: one subcommand per pipeline stage, in pipeline order."""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from ocd.data import DataError
+from ocd.models import ModelError
+from ocd.params import ParamsError
+from stages.train_base import train_base
+
+app = typer.Typer(
+    help="OCD: learning to overfit with conditional diffusion models. "
+    "Each command is one DVC stage; `dvc repro` runs them in order.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Errors about the user's input: a one-line message and exit code 2, no traceback.
+USER_ERRORS = (ParamsError, DataError, ModelError, FileNotFoundError)
+
+
+def _stage(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+@app.callback()
+def main() -> None:
+    """Keeps `ocd` a group of subcommands even while it has few of them."""
+
+
+app.command("train-base")(_stage(train_base))
+
+
+if __name__ == "__main__":
+    app()

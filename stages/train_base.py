@@ -1,0 +1,41 @@
+"""Stage 1, ``train_base``: train the base model f(x; theta) on the train split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ocd import base
+from ocd.data import load_dataset
+from ocd.device import configure_threads
+from ocd.models import ModelSpec
+from ocd.params import load_params
+from ocd.tasks import get_task
+from stages.common import PARAMS_OPTION, write_csv, write_json
+
+
+def train_base(
+    params: Path = PARAMS_OPTION,
+    out: Path = typer.Option(Path("artifacts/base"), help="Folder for model.pt, model.json, metrics.json, loss.csv."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Stage 1: train the base model on the train split (params: data, model, base).
+
+    Writes the weights (model.pt), their spec, sha256 and provenance
+    (model.json), train and test cross-entropy and accuracy (metrics.json)
+    and the loss per epoch (loss.csv).
+    """
+    configure_threads()
+    p = load_params(params)
+    data = load_dataset(p.data)
+    task = get_task(data.task)
+    spec = ModelSpec.from_params(p.model, data.in_shape, data.n_outputs)
+    base.seed_everything(p.base.seed)
+    model = spec.build()
+    history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
+    metrics = {split: base.evaluate(model, task, *data.split(split)) for split in ("train", "test")}
+    base.save(out, model, spec, data=p.section("data"), data_info=data.info, base=p.section("base"))
+    write_json(out / "metrics.json", metrics)
+    write_csv(out / "loss.csv", ({"epoch": i + 1, "loss": v} for i, v in enumerate(history)))
+    typer.echo(f"base model: test {metrics['test']}")

@@ -1,0 +1,44 @@
+import pytest
+
+from ocd.params import ParamsError, load_params, parse_params
+
+
+def test_defaults_and_repo_params_file_parse():
+    p = load_params("params.yaml")
+    assert p.data.name == "mnist5k"
+    assert p.model.name == "lenet5"
+    assert parse_params({}).base.epochs > 0
+
+
+def test_float_written_as_yaml_string_is_accepted():
+    # YAML 1.1 reads 1e-3 (no dot) as a string.
+    assert parse_params({"base": {"lr": "1e-3"}}).base.lr == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"data": {"nmae": "digits"}}, ["data", "nmae", "valid keys", "name"]),
+        ({"base": {"epochs": "ten"}}, ["base.epochs", "integer", "ten"]),
+        ({"base": {"lr": "fast"}}, ["base.lr", "number"]),
+        ({"base": {"schedule": "step"}}, ["base.schedule", "cosine"]),
+        ({"base": {"batch_size": 0}}, ["base.batch_size", "positive"]),
+        ({"model": {"hidden": 256}}, ["model.hidden", "list"]),
+        ({"model": "lenet5"}, ["model", "mapping"]),
+        (["data"], ["mapping"]),
+    ],
+)
+def test_malformed_params_name_the_problem(raw, words):
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_missing_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
