@@ -171,3 +171,34 @@ def forward_with_layer_weights(model: nn.Sequential, name: str, weights: torch.T
     """
     cut = cut_at(model, name)
     return cut.suffix(layer_with_weights(cut.layer, weights, cut.prefix(x)))
+
+
+def layer_with_weight_stack(layer: nn.Module, weights: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Apply ``layer`` with each of ``weights[k]`` to the whole batch ``h``: ``[K, B, ...]``.
+
+    The all-pairs sibling of :func:`layer_with_weights`: K weight draws times
+    B inputs in one batched call, without copying the weights B times.
+    """
+    if weights.shape[1:] != layer.weight.shape:
+        raise ModelError(f"weight stack has shape {tuple(weights.shape[1:])}, "
+                         f"the layer's weight is {tuple(layer.weight.shape)}")
+    return vmap(lambda w: functional_call(layer, {"weight": w}, (h,)))(weights)
+
+
+@torch.no_grad()
+def layer_io(cut: LayerCut, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """I(x) parts for the cut layer, with the model's own weights.
+
+    Returns the layer's input, its activation (the output of the element-wise
+    non-linearity right after the layer, or the layer's output when none
+    follows) and the model's output.
+    """
+    h = cut.prefix(x)
+    z = cut.layer(h)
+    first = cut.suffix[0] if len(cut.suffix) else None
+    a = first(z) if isinstance(first, ACTIVATIONS) else z
+    return h, a, cut.suffix(z)
+
+
+# Element-wise non-linearities whose output counts as the layer's activation.
+ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU)

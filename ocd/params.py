@@ -67,10 +67,53 @@ class BaseParams:
 
 
 @dataclass(frozen=True)
+class LayersParams:
+    """``layers:`` perturbation-entropy layer scores and the selection."""
+
+    # K: Gaussian draws of the layer's weight, shared by the scored samples
+    # (the paper: 10,000).
+    draws: int = 10000
+    # M: training samples whose loss distributions are scored.
+    samples: int = 100
+    # Noise standard deviation relative to the std of the layer's weight.
+    noise: float = 0.1
+    seed: int = 0
+    # A layer name overrides the selection; "" selects the highest score.
+    force: str = ""
+
+    def __post_init__(self):
+        _positive(self, "layers", "draws", "samples", "noise")
+
+
+@dataclass(frozen=True)
+class OverfitParams:
+    """``overfit:`` per-sample fine-tuning of the selected layer into the store."""
+
+    steps: int = 3
+    # "adam" (the authors' code: lr 5e-4) or "sgd" (the paper's text).
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    # Samples per vectorised batch, and rows per store chunk.
+    batch_size: int = 256
+    # Scale rho of a delta: "fro" (Frobenius norm, the paper) or "std" (the authors' code).
+    rho: str = "fro"
+    # dtype of the stored deltas: float32 or float16.
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _positive(self, "overfit", "steps", "lr", "batch_size")
+        _choice(self, "overfit", "optimizer", ("adam", "sgd"))
+        _choice(self, "overfit", "rho", ("fro", "std"))
+        _choice(self, "overfit", "dtype", ("float32", "float16"))
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     base: BaseParams = field(default_factory=BaseParams)
+    layers: LayersParams = field(default_factory=LayersParams)
+    overfit: OverfitParams = field(default_factory=OverfitParams)
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (for provenance records)."""

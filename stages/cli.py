@@ -7,8 +7,13 @@ import functools
 import typer
 
 from ocd.data import DataError
+from ocd.layers import ScoreError
 from ocd.models import ModelError
 from ocd.params import ParamsError
+from ocd.store import StoreError
+from stages.inspect import inspect
+from stages.overfit import overfit
+from stages.score_layers import score_layers
 from stages.train_base import train_base
 
 app = typer.Typer(
@@ -20,7 +25,7 @@ app = typer.Typer(
 )
 
 # Errors about the user's input: a one-line message and exit code 2, no traceback.
-USER_ERRORS = (ParamsError, DataError, ModelError, FileNotFoundError)
+USER_ERRORS = (ParamsError, DataError, ModelError, ScoreError, StoreError, FileNotFoundError)
 
 
 def _stage(fn):
@@ -41,6 +46,9 @@ def main() -> None:
 
 
 app.command("train-base")(_stage(train_base))
+app.command("score-layers")(_stage(score_layers))
+app.command("overfit")(_stage(overfit))
+app.command("inspect")(_stage(inspect))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """End to end: the real `dvc repro` in a temporary copy of the project, on tiny params."""
 
 import json
+import time
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "ocd", "stages"]
@@ -17,6 +20,8 @@ TINY = {
     "data": {"name": "digits", "seed": 0},
     "model": {"name": "mlp", "hidden": [32]},
     "base": {"epochs": 3, "lr": 0.01, "batch_size": 64, "seed": 0},
+    "layers": {"draws": 64, "samples": 16},
+    "overfit": {"batch_size": 128},
 }
 
 
@@ -64,18 +69,31 @@ def project(tmp_path_factory):
 
 
 @pytest.mark.e2e
-def test_dvc_repro_train_base_then_nothing_to_do(project):
-    project.dvc("repro", "train_base")
+def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
+    project.dvc("repro")
     metrics = json.loads((project / "artifacts/base/metrics.json").read_text())
     assert set(metrics) == {"train", "test"}
     assert metrics["test"]["acc"] > 0.5  # chance is 0.1 on digits
     meta = json.loads((project / "artifacts/base/model.json").read_text())
     assert meta["spec"]["name"] == "mlp" and len(meta["sha256"]) == 64
+    scores = json.loads((project / "artifacts/layers/scores.json").read_text())
+    assert scores["selected"] in ("fc1", "fc2") and scores["base_sha256"] == meta["sha256"]
+    assert set(scores["ranking"]) == {"fc1", "fc2"}
+    assert all(isinstance(v["score"], float) for v in scores["layers"].values())
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store.attrs["layer"] == scores["selected"] and store.attrs["base_sha256"] == meta["sha256"]
+    n_train = store["train/delta"].shape[0]
+    assert n_train + store["test/delta"].shape[0] == 1797
+    overfit = json.loads((project / "artifacts/overfit/metrics.json").read_text())
+    assert overfit["train"]["loss_after"] < overfit["train"]["loss_before"]
+    inspect = json.loads(project.run("ocd", "inspect", "artifacts/deltas.zarr", "--json").stdout)
+    assert inspect["splits"]["train"]["n"] == n_train
+
     weights = project / "artifacts/base/model.pt"
     stamp = weights.stat().st_mtime_ns
 
-    again = project.dvc("repro", "train_base")
-    assert "didn't change" in again.stdout
+    again = project.dvc("repro")
+    assert "didn't change" in again.stdout and "Running stage" not in again.stdout
     assert weights.stat().st_mtime_ns == stamp
     status = project.dvc("status")
     assert "up to date" in status.stdout
@@ -90,3 +108,37 @@ def test_bad_params_fail_the_stage_with_a_named_error(project, tmp_path):
     assert result.returncode == 2
     assert "unknown dataset 'cifar'" in result.stderr and "mnist5k" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.e2e
+def test_a_killed_overfit_run_resumes_to_the_uninterrupted_store(project, tmp_path):
+    project.dvc("repro")  # the base model and scores (a no-op when already there)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["overfit"]["batch_size"] = 8  # many small chunks: time to kill it mid-way
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    cmd = ["ocd", "overfit", "--params", str(tmp_path / "p.yaml"), "--no-progress"]
+
+    def store_args(name):
+        return ["--out", str(tmp_path / f"{name}.zarr"), "--metrics", str(tmp_path / f"{name}.json")]
+
+    project.run(*cmd, *store_args("whole"))
+    proc = subprocess.Popen([*cmd, *store_args("killed")], cwd=project.root, env=project.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = tmp_path / "killed.zarr/train/done/c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (done.exists() and len(list(done.iterdir())) >= 3):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    root = zarr.open_group(tmp_path / "killed.zarr", mode="r")
+    finished = int(root["train/done"][:].sum())
+    assert 0 < finished < root["train/done"].shape[0], "the run was not interrupted mid-way"
+
+    resumed = project.run(*cmd, *store_args("killed"))
+    assert "resuming" in resumed.stdout
+    whole = zarr.open_group(tmp_path / "whole.zarr", mode="r")
+    root = zarr.open_group(tmp_path / "killed.zarr", mode="r")
+    for split in ("train", "test"):
+        for name, node in whole[split].members(max_depth=None):
+            if isinstance(node, zarr.Array):
+                np.testing.assert_array_equal(node[:], root[split][name][:], err_msg=f"{split}/{name}")

@@ -1,0 +1,150 @@
+"""Layer selection: score every weight layer by the entropy of the loss under
+random perturbations of that layer's weight, and select the highest.
+
+For a candidate layer L with weight W, K Gaussian draws
+``W_k = W + noise * std(W) * eps_k`` are shared by the M scored training
+samples. Each sample's K losses are summarised by the differential entropy of
+a Gaussian kernel density estimate of them (:func:`kde_entropy`); the layer's
+score is the mean over samples. Only forward passes: the model is cut at L, so
+the part before L runs once and only L and what follows it run per draw.
+
+Entropy estimator: ``scipy.stats.gaussian_kde`` (Scott's bandwidth) fitted to
+the K losses, then ``H = -integral p log p`` by the trapezoid rule on a grid
+spanning the data plus five bandwidths on each side, with a step of at most a
+quarter bandwidth. For a Gaussian sample it converges to 0.5 log(2 pi e s^2)
+plus the kernel's small smoothing bias (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import gaussian_kde
+from torch import nn
+
+from ocd.models import ModelError, cut_at, layer_with_weight_stack, weight_layers
+from ocd.tasks import Task
+
+# Layers the overfit stage can handle: a matrix weight applied to one input
+# vector per sample. Other weight layers (convolutions) are scored, reported,
+# and not selectable.
+SELECTABLE = (nn.Linear,)
+
+
+class ScoreError(ValueError):
+    """A layer cannot be scored (non-finite losses); the message names the layer."""
+
+
+def selectable_layers(model: nn.Sequential) -> list[str]:
+    return [n for n in weight_layers(model) if isinstance(getattr(model, n), SELECTABLE)]
+
+
+def kde_entropy(values: np.ndarray, max_grid: int = 4096) -> float:
+    """Differential entropy (nats) of a Gaussian KDE of 1-D ``values``.
+
+    ``-inf`` when all values are equal (a point mass); a ValueError on
+    non-finite values.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(values)):
+        raise ValueError("losses contain NaN or infinity; the perturbation is too large or the model diverged")
+    if values.size < 2 or np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())):
+        return float("-inf")
+    kde = gaussian_kde(values)
+    bw = math.sqrt(float(kde.covariance[0, 0]))
+    lo, hi = values.min() - 5 * bw, values.max() + 5 * bw
+    n = int(min(max_grid, max(256, math.ceil((hi - lo) / (bw / 4)))))
+    grid = np.linspace(lo, hi, n)
+    p = kde(grid)
+    integrand = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return float(np.trapezoid(integrand, grid))
+
+
+@torch.no_grad()
+def perturbation_losses(model: nn.Sequential, task: Task, name: str, x: torch.Tensor,
+                        y: torch.Tensor, draws: int, noise: float, seed: int,
+                        pairs_per_pass: int = 16384) -> torch.Tensor:
+    """Losses ``[M, K]`` of the M samples under K shared draws of layer ``name``'s weight."""
+    model.eval()
+    cut = cut_at(model, name)
+    h = cut.prefix(x)
+    weight = cut.layer.weight
+    sigma = noise * weight.std()
+    chunk = max(1, pairs_per_pass // len(x))
+    columns = []
+    for start in range(0, draws, chunk):
+        k = min(chunk, draws - start)
+        eps = torch.stack([_draw(weight, seed, i) for i in range(start, start + k)])
+        z = layer_with_weight_stack(cut.layer, weight + sigma * eps, h)  # [k, M, ...]
+        out = cut.suffix(z.flatten(0, 1))
+        # float64 logits: float32 cross-entropy rounds confident samples to exactly 0
+        columns.append(task.per_sample_loss(out.double(), y.repeat(k)).view(k, len(x)).T)
+    return torch.cat(columns, dim=1).cpu()
+
+
+def _draw(weight: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+    """Draw ``index`` of the noise: a function of (seed, index) alone, so the
+    draws do not depend on how many are computed per pass."""
+    gen = torch.Generator().manual_seed((seed << 32) + index)
+    return torch.randn(weight.shape, generator=gen).to(weight.device)
+
+
+@dataclass
+class LayerScore:
+    name: str
+    score: float  # mean entropy over samples (nats); -inf if every sample's loss was constant
+    entropy_sd: float  # spread of the per-sample entropies
+    selectable: bool
+    mean_loss: float  # mean perturbed loss, to see how hard the noise hits
+
+
+def score_layers(model: nn.Sequential, task: Task, x: torch.Tensor, y: torch.Tensor,
+                 draws: int, noise: float, seed: int, progress=None) -> list[LayerScore]:
+    """Score every weight layer of ``model`` on the samples (x, y)."""
+    selectable = set(selectable_layers(model))
+    scores = []
+    for name in weight_layers(model):
+        losses = perturbation_losses(model, task, name, x, y, draws, noise, seed).double().numpy()
+        try:
+            entropies = np.array([kde_entropy(row) for row in losses])
+        except ValueError as exc:
+            raise ScoreError(f"layer {name}: {exc}") from None
+        finite = entropies[np.isfinite(entropies)]
+        scores.append(LayerScore(
+            name=name,
+            score=float(entropies.mean()),
+            entropy_sd=float(finite.std()) if finite.size else float("nan"),
+            selectable=name in selectable,
+            mean_loss=float(losses.mean()),
+        ))
+        if progress is not None:
+            progress(name)
+    return scores
+
+
+@dataclass
+class Selection:
+    selected: str
+    runner_up: str | None
+    ranking: list[str]  # selectable layers, best first
+    forced: bool
+
+
+def select(scores: list[LayerScore], force: str = "") -> Selection:
+    """The selectable layer with the highest score (or ``force``), and the runner-up."""
+    candidates = [s for s in scores if s.selectable]
+    if not candidates:
+        raise ModelError("the model has no layer the overfit stage can handle (a Linear layer)")
+    ranking = [s.name for s in sorted(candidates, key=lambda s: s.score, reverse=True)]
+    if force:
+        if force not in ranking:
+            all_names = [s.name for s in scores]
+            why = ("is not a Linear layer, which the overfit stage needs" if force in all_names
+                   else "is not a weight layer of this model")
+            raise ModelError(f"layers.force={force!r} {why}; valid names: {', '.join(ranking)}")
+        runner_up = next((n for n in ranking if n != force), None)
+        return Selection(force, runner_up, ranking, forced=True)
+    return Selection(ranking[0], ranking[1] if len(ranking) > 1 else None, ranking, forced=False)

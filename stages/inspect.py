@@ -1,0 +1,38 @@
+"""``ocd inspect``: a readable summary of a weight-delta store (not a DVC stage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ocd.store import summarize
+
+
+def inspect(
+    store: Path = typer.Argument(Path("artifacts/deltas.zarr"), help="The Zarr store to summarise."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    sample: int = typer.Option(256, help="Deltas per split used for the rank-one share."),
+) -> None:
+    """Summarise a weight-delta store: arrays, attrs, rho, losses, rank-one share."""
+    summary = summarize(store, sample=sample)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    attrs = summary["attrs"]
+    typer.echo(f"{summary['path']}  (format {attrs.get('format_version')}, created {attrs.get('created')})")
+    typer.echo(f"  layer {attrs.get('layer')} {attrs.get('weight_shape')} of {attrs.get('base_model', {}).get('name')}"
+               f" (base sha256 {str(attrs.get('base_sha256'))[:12]}), dataset {attrs.get('dataset')}")
+    typer.echo(f"  overfit {attrs.get('overfit')}")
+    typer.echo(f"  rho: {attrs.get('rho')}")
+    for split, s in summary["splits"].items():
+        typer.echo(f"\n[{split}] {s['n']} rows, {s['chunks_done']} chunks done — {s['role']}")
+        for name, a in s["arrays"].items():
+            typer.echo(f"  {name:24s} {str(tuple(a['shape'])):18s} {a['dtype']:8s} chunks {tuple(a['chunks'])}"
+                       f" {'+'.join(a['compressors']) or 'uncompressed'}")
+        for key in ("rho", "loss_before", "loss_after", "rank_one_share"):
+            st = s[key]
+            if st:
+                typer.echo(f"  {key:14s} mean {st['mean']:.4g}  sd {st['sd']:.4g}  median {st['median']:.4g}"
+                           f"  p05 {st['p05']:.4g}  p95 {st['p95']:.4g}")

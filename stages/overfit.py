@@ -1,0 +1,77 @@
+"""Stage 3, ``overfit``: overfit every sample on the selected layer into the Zarr store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from tqdm import tqdm
+
+from ocd import base
+from ocd.data import load_dataset
+from ocd.device import configure_threads
+from ocd.overfit import fill_store, linear_cut
+from ocd.params import load_params
+from ocd.store import DeltaStore, Layout, StoreError, summarize
+from ocd.tasks import get_task
+from stages.common import PARAMS_OPTION, write_json
+
+
+def overfit(
+    params: Path = PARAMS_OPTION,
+    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
+    scores: Path = typer.Option(Path("artifacts/layers/scores.json"), help="The score_layers output."),
+    layer: str = typer.Option("selected", help="Which layer of scores.json: selected or runner_up."),
+    out: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The Zarr store to write."),
+    metrics: Path = typer.Option(Path("artifacts/overfit/metrics.json"),
+                                 help="Summary figures of the store (DVC metrics)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Stage 3: overfit every train and test sample on one layer (params: overfit).
+
+    Writes every delta, its scale rho and its conditioning I(x) to a Zarr
+    store; resumes a killed run; rebuilds a store made by another base model,
+    layer or params. `ocd inspect` summarises the result.
+    """
+    configure_threads()
+    p = load_params(params)
+    model = base.load(base_dir)
+    chosen = json.loads(scores.read_text())
+    if chosen.get("base_sha256") != model.sha256:
+        raise StoreError(f"{scores} was computed for another base model; rerun score_layers")
+    if layer not in ("selected", "runner_up") or not chosen.get(layer):
+        raise StoreError(f"--layer must be selected or runner_up, and {scores} must name it")
+    name = chosen[layer]
+    cut = linear_cut(model.model, name)
+    data = load_dataset(p.data)
+    task = get_task(data.task)
+
+    layout = Layout(n={"train": len(data.y_train), "test": len(data.y_test)},
+                    out_features=cut.layer.out_features, in_features=cut.layer.in_features,
+                    n_outputs=data.n_outputs, chunk=p.overfit.batch_size, dtype=p.overfit.dtype,
+                    label_dtype=str(data.y_train.numpy().dtype))
+    fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
+                   "overfit": p.section("overfit"), "n": layout.n}
+    attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
+             "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
+             "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),
+             "rho": {"fro": "Frobenius norm of delta (the paper)",
+                     "std": "standard deviation of delta's entries (the authors' code)"}[p.overfit.rho],
+             "delta": "W' - W of the layer's weight, accumulated over the steps"}
+    store = DeltaStore.create_or_resume(out, layout, fingerprint, attrs, log=typer.echo)
+
+    total = sum(layout.n.values())
+    bar = tqdm(total=total, desc=f"overfit {name}", unit="sample", disable=not progress)
+    bar.update(total - sum(store.pending_rows(s) for s in layout.n))
+    splits = {s: data.split(s) for s in layout.n}
+    fill_store(store, cut, task, splits, p.overfit.steps, p.overfit.optimizer, p.overfit.lr,
+               p.overfit.rho, on_chunk=lambda split, rows: bar.update(rows))
+    bar.close()
+    summary = summarize(out)["splits"]
+    write_json(metrics, {split: {key: summary[split][key]["mean"]
+                                 for key in ("rho", "loss_before", "loss_after", "rank_one_share")}
+                         for split in summary})
+    typer.echo(f"wrote {out}: layer {name}, {layout.n['train']} train and {layout.n['test']} test deltas; "
+               f"`ocd inspect {out}` summarises it")
+

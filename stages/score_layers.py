@@ -1,0 +1,67 @@
+"""Stage 2, ``score_layers``: score every weight layer and select one."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import typer
+from tqdm import tqdm
+
+from ocd import base, layers
+from ocd.data import load_dataset
+from ocd.device import configure_threads, get_device
+from ocd.models import weight_layers
+from ocd.params import load_params
+from ocd.tasks import get_task
+from stages.common import PARAMS_OPTION, write_csv, write_json
+
+
+def score_layers(
+    params: Path = PARAMS_OPTION,
+    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
+    out: Path = typer.Option(Path("artifacts/layers"), help="Folder for scores.json and scores.csv."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Stage 2: score layers by the entropy of the loss under weight noise (params: layers).
+
+    Writes every layer's score, the ranking of the selectable (Linear) layers,
+    the selected layer and the runner-up (scores.json), and score per layer
+    for `dvc plots show` (scores.csv).
+    """
+    configure_threads()
+    p = load_params(params)
+    base_model = base.load(base_dir)
+    data = load_dataset(p.data)
+    task = get_task(data.task)
+    gen = torch.Generator().manual_seed(p.layers.seed)
+    idx = torch.randperm(len(data.y_train), generator=gen)[: p.layers.samples]
+    device = get_device()
+    x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
+
+    names = weight_layers(base_model.model)
+    bar = tqdm(total=len(names), desc="score layers", unit="layer", disable=not progress)
+    scores = layers.score_layers(base_model.model, task, x, y, p.layers.draws, p.layers.noise,
+                                 p.layers.seed, progress=lambda name: bar.update())
+    bar.close()
+    selection = layers.select(scores, p.layers.force)
+
+    def finite(v: float):
+        return v if math.isfinite(v) else None  # JSON has no infinity
+
+    write_json(out / "scores.json", {
+        "selected": selection.selected,
+        "runner_up": selection.runner_up,
+        "ranking": selection.ranking,
+        "forced": selection.forced,
+        "base_sha256": base_model.sha256,
+        "layers": {s.name: {"score": finite(s.score), "entropy_sd": finite(s.entropy_sd),
+                            "mean_loss": s.mean_loss, "selectable": s.selectable}
+                   for s in scores},
+        "params": p.section("layers"),
+        "samples": idx.tolist(),
+    })
+    write_csv(out / "scores.csv", ({"layer": s.name, "score": finite(s.score)} for s in scores))
+    typer.echo(f"selected {selection.selected} (runner-up {selection.runner_up}); scores: "
+               + ", ".join(f"{s.name} {s.score:.3f}" for s in scores))

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from ocd.models import lenet5
+from ocd.overfit import fill_store, linear_cut
+from ocd.store import DeltaStore, Layout, StoreError, open_store, summarize
+from ocd.tasks import get_task
+
+TASK = get_task("classification")
+FINGERPRINT = {"base_sha256": "abc", "layer": "fc1", "overfit": {"steps": 3}}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = lenet5((1, 28, 28), 10).eval()
+    cut = linear_cut(model, "fc1")
+    splits = {"train": (torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))),
+              "test": (torch.randn(7, 1, 28, 28), torch.randint(0, 10, (7,)))}
+    layout = Layout(n={"train": 20, "test": 7}, out_features=84, in_features=120, n_outputs=10,
+                    chunk=8, dtype="float32")
+    return cut, splits, layout
+
+
+def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None):
+    cut, splits, layout = _setup()
+    messages = log if log is not None else []
+    store = DeltaStore.create_or_resume(path, layout, fingerprint, {"layer": "fc1"}, log=messages.append)
+    written = []
+
+    def on_chunk(split, rows):
+        written.append((split, rows))
+        if stop_after is not None and len(written) >= stop_after:
+            raise Interrupt
+
+    fill_store(store, cut, TASK, splits, steps=3, optimizer="adam", lr=5e-4, rho="fro", on_chunk=on_chunk)
+    return store, written
+
+
+def _arrays(path):
+    root = zarr.open_group(path, mode="r")
+    return {f"{s}/{name}": node[:] for s in ("train", "test")
+            for name, node in root[s].members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def test_a_stranger_can_open_the_store_with_plain_zarr(tmp_path):
+    _fill(tmp_path / "s.zarr")
+    root = zarr.open_group(tmp_path / "s.zarr", mode="r")
+    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 1
+    assert "never input" in root["test"].attrs["role"]
+    assert root["train/delta"].shape == (20, 84, 120) and root["train/delta"].chunks == (8, 84, 120)
+    assert root["train/cond/layer_input"].shape == (20, 120)
+    assert root["train/cond/layer_activation"].shape == (20, 84)
+    assert root["test/cond/output"].shape == (7, 10)
+    assert root["train/index"][:].tolist() == list(range(20))
+    delta = root["train/delta"][:]
+    np.testing.assert_allclose(root["train/rho"][:], np.linalg.norm(delta.reshape(20, -1), axis=1), rtol=1e-5)
+    # the activation is the ReLU of the layer's output
+    assert (root["train/cond/layer_activation"][:] >= 0).all()
+    open_store(tmp_path / "s.zarr")  # complete: accepted
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    _fill(tmp_path / "whole.zarr")
+    with pytest.raises(Interrupt):
+        _fill(tmp_path / "cut.zarr", stop_after=2)
+    with pytest.raises(StoreError, match="unfinished chunks"):
+        open_store(tmp_path / "cut.zarr")
+    log = []
+    _, written = _fill(tmp_path / "cut.zarr", log=log)
+    assert "resuming" in log[0] and "train 2/3 chunks" in log[0]
+    assert sum(rows for _, rows in written) == 27 - 16  # only the missing rows were computed
+    whole, resumed = _arrays(tmp_path / "whole.zarr"), _arrays(tmp_path / "cut.zarr")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], resumed[key], err_msg=key)
+
+
+def test_a_store_of_another_base_model_is_rebuilt_not_extended(tmp_path):
+    path = tmp_path / "s.zarr"
+    with pytest.raises(Interrupt):
+        _fill(path, stop_after=1)
+    log = []
+    _, written = _fill(path, fingerprint=dict(FINGERPRINT, base_sha256="other"), log=log)
+    assert "rebuilding" in log[0] and "base_sha256 was 'abc', now 'other'" in log[0]
+    assert sum(rows for _, rows in written) == 27
+    assert zarr.open_group(path, mode="r").attrs["fingerprint"]["base_sha256"] == "other"
+
+
+def test_nan_rows_are_refused_with_the_split_and_rows(tmp_path):
+    _, _, layout = _setup()
+    store = DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
+    rows = {name: np.zeros((8, *shape), dtype) for name, (shape, dtype) in layout.arrays().items()}
+    rows["rho"][3] = np.nan
+    with pytest.raises(StoreError, match=r"train/rho has NaN.*(rows 0..7)"):
+        store.write_chunk("train", 0, rows)
+    assert store.pending_chunks("train") == [0, 1, 2]
+
+
+def test_open_store_refuses_missing_and_foreign_paths(tmp_path):
+    with pytest.raises(StoreError, match="run the overfit stage"):
+        open_store(tmp_path / "absent.zarr")
+    zarr.open_group(tmp_path / "other.zarr", mode="w")
+    with pytest.raises(StoreError, match="not a weight-delta store"):
+        open_store(tmp_path / "other.zarr")
+
+
+def test_summary_reports_rank_one_share_and_losses(tmp_path):
+    _fill(tmp_path / "s.zarr")
+    s = summarize(tmp_path / "s.zarr")
+    train = s["splits"]["train"]
+    assert train["n"] == 20 and train["rows_done"] == 20 and train["chunks_done"] == "3/3"
+    assert 0.5 < train["rank_one_share"]["mean"] <= 1.0
+    assert train["loss_after"]["mean"] < train["loss_before"]["mean"]
+    assert train["arrays"]["delta"]["compressors"] == []
+    assert s["attrs"]["layer"] == "fc1"
