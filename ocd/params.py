@@ -108,12 +108,92 @@ class OverfitParams:
 
 
 @dataclass(frozen=True)
+class DiffusionParams:
+    """``diffusion:`` the conditional diffusion model over unit-scale deltas."""
+
+    # U-Net preset: paper (128 channels, 5 downsamplings; GPU) | cpu | tiny (tests).
+    preset: str = "cpu"
+    # true: pad the matrix to a square (the paper); false: round each side up only.
+    square: bool = False
+    # Side of the square when square is true (the authors' code: 128); 0 = smallest.
+    pad: int = 0
+    # Linear betas: paper (1e-4..1e-2) | reference (the authors' code, 1e-6..1e-2).
+    schedule: str = "paper"
+    T: int = 1000
+    # What the network predicts: eps (the paper) | x0.
+    target: str = "eps"
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    # DDIM at inference and for the diagnostics.
+    sample_steps: int = 10
+    eta: float = 0.0
+    # Share of the train group's chunks held out for the diagnostics.
+    holdout: float = 0.1
+    diag_samples: int = 64
+    # Train rows are kept in RAM when they fit in this many MiB, else streamed by chunk.
+    ram_mb: int = 2048
+
+    def __post_init__(self):
+        _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
+        _choice(self, "diffusion", "preset", ("paper", "cpu", "tiny"))
+        _choice(self, "diffusion", "schedule", ("paper", "reference"))
+        _choice(self, "diffusion", "target", ("eps", "x0"))
+        if not 0 < self.holdout < 1:
+            raise ParamsError(f"diffusion.holdout must lie in (0, 1), got {self.holdout}")
+        if not 0 <= self.ema < 1:
+            raise ParamsError(f"diffusion.ema must lie in [0, 1), got {self.ema}")
+
+
+@dataclass(frozen=True)
+class ScaleParams:
+    """``scale:`` the MLP predicting rho from I(x)."""
+
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    # paper: 10 log10((rho_hat - rho)^2 / rho^2); logmse: (log rho_hat - log rho)^2.
+    loss: str = "paper"
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "scale", "steps", "batch_size", "lr")
+        _choice(self, "scale", "loss", ("paper", "logmse"))
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """``evaluate:`` the results table on the test split."""
+
+    # OCD ensemble size (noises per test sample), also the deep ensemble's size.
+    k: int = 5
+    sample_steps: int = 10  # DDIM steps
+    eta: float = 0.0
+    seed: int = 0
+    # Tent: Adam steps minimising the prediction's entropy on the same layer.
+    tent_steps: list[int] = field(default_factory=lambda: [1, 10, 30])
+    tent_lr: float = 5e-4
+    # Train k - 1 more base models (seeds base.seed + 1, ...) for the deep-ensemble row.
+    deep_ensemble: bool = True
+
+    def __post_init__(self):
+        _positive(self, "evaluate", "k", "sample_steps")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     base: BaseParams = field(default_factory=BaseParams)
     layers: LayersParams = field(default_factory=LayersParams)
     overfit: OverfitParams = field(default_factory=OverfitParams)
+    diffusion: DiffusionParams = field(default_factory=DiffusionParams)
+    scale: ScaleParams = field(default_factory=ScaleParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (for provenance records)."""

@@ -284,3 +284,67 @@ def summarize(path: str | Path, sample: int = 256) -> dict:
                 (pick, slice(None), slice(None))))) if len(pick) else {},
         }
     return summary
+
+
+COND = ("cond/layer_input", "cond/layer_activation", "cond/output")
+
+
+def split_chunks(n_chunks: int, holdout: float) -> tuple[list[int], list[int]]:
+    """Chunks for fitting and the trailing chunks held out for diagnostics."""
+    k = min(n_chunks - 1, max(1, round(holdout * n_chunks))) if holdout > 0 else 0
+    if n_chunks < 2 and holdout > 0:
+        raise StoreError("the store has one chunk: no room for a held-out slice (lower overfit.batch_size)")
+    return list(range(n_chunks - k)), list(range(n_chunks - k, n_chunks))
+
+
+class ChunkReader:
+    """Rows of a finished store's split, read as whole chunks.
+
+    Gathering rows scattered over many chunks is ~100x slower than reading
+    whole chunks, so minibatches come from whole chunks read in a shuffled
+    order and shuffled within a small buffer; or from RAM when everything fits
+    in ``ram_mb``.
+    """
+
+    def __init__(self, group: zarr.Group, names: tuple[str, ...], chunks: list[int], ram_mb: float = 2048):
+        self.group, self.names, self.chunks = group, names, list(chunks)
+        self.chunk_rows = group["rho"].chunks[0]
+        self.n_rows = group["rho"].shape[0]
+        row_bytes = sum(int(np.prod(group[n].shape[1:])) * group[n].dtype.itemsize for n in names)
+        self.rows = sum(self._bounds(c)[1] - self._bounds(c)[0] for c in self.chunks)
+        self.in_ram = self.rows * row_bytes <= ram_mb * 2**20
+        self._ram = None
+        if self.in_ram:
+            self._ram = self.read(self.chunks)
+
+    def _bounds(self, c: int) -> tuple[int, int]:
+        return c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n_rows)
+
+    def read(self, chunks: list[int]) -> dict[str, np.ndarray]:
+        """All rows of ``chunks``, in order."""
+        if self._ram is not None and list(chunks) == self.chunks:
+            return self._ram
+        parts = {n: [] for n in self.names}
+        for c in chunks:
+            lo, hi = self._bounds(c)
+            for n in self.names:
+                parts[n].append(self.group[n][lo:hi])
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    def batches(self, batch: int, rng: np.random.Generator):
+        """Endless shuffled minibatches (dicts of arrays), epoch after epoch."""
+        while True:
+            if self.in_ram:
+                order = rng.permutation(self.rows)
+                for i in range(0, self.rows - batch + 1, batch):
+                    yield {n: v[order[i:i + batch]] for n, v in self._ram.items()}
+                continue
+            buffer = None
+            for c in rng.permutation(self.chunks):
+                block = self.read([int(c)])
+                buffer = block if buffer is None else {n: np.concatenate([buffer[n], block[n]]) for n in block}
+                order = rng.permutation(len(buffer["rho"]))
+                buffer = {n: v[order] for n, v in buffer.items()}
+                while len(buffer["rho"]) >= batch:
+                    yield {n: v[:batch] for n, v in buffer.items()}
+                    buffer = {n: v[batch:] for n, v in buffer.items()}

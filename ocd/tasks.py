@@ -21,6 +21,10 @@ class Task:
     per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     # Summary metrics over a split: (outputs, targets) -> {name: float}.
     metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    # Combine k members' outputs [k, N, C] into one output [N, C].
+    ensemble: Callable[[torch.Tensor], torch.Tensor]
+    # Label-free per-sample loss for test-time adaptation (Tent); None: not defined.
+    unsupervised_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -37,8 +41,18 @@ def _classification_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dic
     }
 
 
+def _mean_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Log of the members' mean predicted distribution (a valid logit vector)."""
+    return torch.logsumexp(F.log_softmax(outputs, dim=-1), dim=0) - torch.log(torch.tensor(float(len(outputs))))
+
+
+def _entropy(outputs: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(outputs, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 TASKS: dict[str, Task] = {
-    "classification": Task("classification", _ce, _classification_metrics),
+    "classification": Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy),
 }
 
 

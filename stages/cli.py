@@ -11,10 +11,12 @@ from ocd.layers import ScoreError
 from ocd.models import ModelError
 from ocd.params import ParamsError
 from ocd.store import StoreError
+from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.overfit import overfit
 from stages.score_layers import score_layers
 from stages.train_base import train_base
+from stages.train_diffusion import train_diffusion
 
 app = typer.Typer(
     help="OCD: learning to overfit with conditional diffusion models. "
@@ -48,6 +50,8 @@ def main() -> None:
 app.command("train-base")(_stage(train_base))
 app.command("score-layers")(_stage(score_layers))
 app.command("overfit")(_stage(overfit))
+app.command("train-diffusion")(_stage(train_diffusion))
+app.command("evaluate")(_stage(evaluate))
 app.command("inspect")(_stage(inspect))
 
 

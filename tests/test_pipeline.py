@@ -1,6 +1,7 @@
 """End to end: the real `dvc repro` in a temporary copy of the project, on tiny params."""
 
 import json
+import math
 import time
 import os
 import shutil
@@ -22,7 +23,13 @@ TINY = {
     "base": {"epochs": 3, "lr": 0.01, "batch_size": 64, "seed": 0},
     "layers": {"draws": 64, "samples": 16},
     "overfit": {"batch_size": 128},
+    "diffusion": {"preset": "tiny", "steps": 20, "batch_size": 16, "diag_samples": 8, "T": 100},
+    "scale": {"hidden": [16], "steps": 20},
+    "evaluate": {"k": 2, "tent_steps": [1, 2]},
 }
+
+ROWS = {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
+        "tent_1", "tent_2", "oracle", "deep_ensemble_2"}
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -89,6 +96,19 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     inspect = json.loads(project.run("ocd", "inspect", "artifacts/deltas.zarr", "--json").stdout)
     assert inspect["splits"]["train"]["n"] == n_train
 
+    diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
+    for key in ("denoise_loss", "cosine_mean"):
+        assert math.isfinite(diff["diffusion"][key])
+    assert math.isfinite(diff["scale"]["median_rel_error"])
+    assert diff["rows"]["fit"] + diff["rows"]["held_out"] == n_train
+
+    results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    assert set(results) == ROWS
+    for name, row in results.items():
+        assert set(row) >= {"ce", "acc", "cosine", "scale_error"}, name
+        assert math.isfinite(row["ce"]) and math.isfinite(row["acc"]), name
+    assert results["oracle"]["ce"] < results["base"]["ce"]
+
     weights = project / "artifacts/base/model.pt"
     stamp = weights.stat().st_mtime_ns
 
@@ -97,6 +117,14 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     assert weights.stat().st_mtime_ns == stamp
     status = project.dvc("status")
     assert "up to date" in status.stdout
+
+    # an evaluate-only param reruns evaluate alone
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["seed"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = project.dvc("repro")
+    ran = [line for line in third.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':"], third.stdout
 
 
 @pytest.mark.e2e

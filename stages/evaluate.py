@@ -1,0 +1,98 @@
+"""Stage 5, ``evaluate``: base vs OCD vs ablations vs ensembles on the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from ocd import base, diffusion, evaluation, scale
+from ocd.data import load_dataset
+from ocd.device import configure_threads
+from ocd.models import ModelSpec
+from ocd.params import load_params
+from ocd.store import COND, StoreError, open_store
+from ocd.tasks import get_task
+from stages.common import PARAMS_OPTION, write_csv, write_json
+
+
+def evaluate(
+    params: Path = PARAMS_OPTION,
+    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
+    store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store."),
+    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt and scale.pt."),
+    out: Path = typer.Option(Path("artifacts/eval"), help="Folder for metrics.json, results.csv/md, plots."),
+    progress: bool = typer.Option(True, help="Show progress bars (deep-ensemble training)."),
+) -> None:
+    """Stage 5: the results table on the test split (params: evaluate)."""
+    configure_threads()
+    p = load_params(params)
+    ep = p.evaluate
+    base_model = base.load(base_dir)
+    root = open_store(store)
+    diff, ckpt = diffusion.load(models / "diffusion.pt")
+    scale_ckpt = torch.load(models / "scale.pt", map_location="cpu", weights_only=False)
+    for what, prov in (("diffusion.pt", ckpt["provenance"]), ("scale.pt", scale_ckpt["provenance"])):
+        if prov["base_sha256"] != base_model.sha256 or prov["layer"] != root.attrs["layer"]:
+            raise StoreError(f"{models / what} was trained for another base model or layer; rerun train_diffusion")
+    if root.attrs["base_sha256"] != base_model.sha256:
+        raise StoreError(f"{store} was written by another base model; rerun the overfit stage")
+    stats = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in scale_ckpt["stats"].items()}
+    scaler = scale.ScaleModel(stats, scale_ckpt["hidden"], scale_ckpt["mean_rho"])
+    scaler.load_state_dict(scale_ckpt["state"])
+    scaler.eval()
+
+    data = load_dataset(p.data)
+    task = get_task(data.task)
+    train, test = root["train"], root["test"]
+    if not np.array_equal(test["index"][:], np.arange(len(data.y_test))):
+        raise StoreError(f"{store}'s test rows do not follow the test split; rebuild it with the overfit stage")
+
+    def tensor(arr):
+        return torch.as_tensor(np.asarray(arr[:], dtype=np.float32))
+
+    train_index = torch.as_tensor(train["index"][:])
+    extra = []
+    if ep.deep_ensemble:
+        for j in range(1, ep.k):
+            seed = p.base.seed + j
+            spec = ModelSpec.from_dict(base_model.meta["spec"])
+            base.seed_everything(seed)
+            member = spec.build()
+            base.train(member, task, data.x_train, data.y_train,
+                       type(p.base)(**{**p.section("base"), "seed": seed}), progress=progress)
+            extra.append(member.eval())
+
+    inputs = evaluation.EvalInputs(
+        model=base_model.model.cpu().eval(), layer=root.attrs["layer"], task=task,
+        x_test=data.x_test, y_test=data.y_test, x_train=data.x_train[train_index],
+        train_delta=tensor(train["delta"]), train_parts=[tensor(train[n]) for n in COND],
+        oracle_delta=tensor(test["delta"]), diff=diff.cpu(), scaler=scaler, mean_rho=scale_ckpt["mean_rho"])
+    with torch.no_grad():
+        rows, plots = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed, ep.tent_steps,
+                                          ep.tent_lr, extra)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")}
+                                      for r in rows})
+    write_csv(out / "results.csv", (r.flat() for r in rows))
+    (out / "results.md").write_text(_markdown(rows))
+    by_name = {r.name: r for r in rows}
+    write_csv(out / "per_sample_loss.csv", ({"index": i, "base": float(b), "ocd": float(o)} for i, (b, o) in
+                                            enumerate(zip(by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss))))
+    write_csv(out / "delta_norm.csv", ({"oracle": float(t), "ocd": float(q)} for t, q in
+                                       zip(plots["rho"]["true"], plots["rho"]["predicted"])))
+    typer.echo(_markdown(rows))
+
+
+def _markdown(rows) -> str:
+    keys = [k for k in rows[0].metrics]
+    lines = ["| row | " + " | ".join(keys) + " | cosine to oracle delta | scale error | note |",
+             "|---" * (len(keys) + 4) + "|"]
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r.name} | " + " | ".join(fmt(r.metrics[k]) for k in keys)
+                     + f" | {fmt(r.cosine)} | {fmt(r.scale_error)} | {r.note} |")
+    return "\n".join(lines) + "\n"

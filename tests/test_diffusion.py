@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from ocd import diffusion, scale
+from ocd.store import COND, ChunkReader, DeltaStore, Layout, open_store, split_chunks
+
+SHAPE = (4, 6)
+
+
+def _synthetic_store(path, n=64, chunk=16, seed=0):
+    """Two kinds of samples; the delta (and its scale) is a function of the kind,
+    which the conditioning reveals."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(size=(2, *SHAPE)).astype(np.float32)
+    layout = Layout(n={"train": n, "test": 8}, out_features=SHAPE[0], in_features=SHAPE[1], n_outputs=2,
+                    chunk=chunk, dtype="float32")
+    store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, {}, log=lambda m: None)
+    for split, rows in layout.n.items():
+        kind = rng.integers(0, 2, rows)
+        rho = np.where(kind == 0, 0.5, 2.0).astype(np.float32)
+        unit = patterns[kind] / np.linalg.norm(patterns[kind].reshape(rows, -1), axis=1)[:, None, None]
+        data = {
+            "delta": unit * rho[:, None, None],
+            "rho": rho,
+            "cond/layer_input": (np.eye(2)[kind] @ rng.normal(size=(2, SHAPE[1]))).astype(np.float32)
+            + 0.01 * rng.normal(size=(rows, SHAPE[1])).astype(np.float32),
+            "cond/layer_activation": rng.normal(size=(rows, SHAPE[0])).astype(np.float32),
+            "cond/output": np.eye(2, dtype=np.float32)[kind],
+            "label": kind, "loss_before": np.ones(rows, np.float32), "loss_after": np.ones(rows, np.float32),
+            "index": np.arange(rows),
+        }
+        for c in range(layout.n_chunks(split)):
+            sl = slice(c * chunk, (c + 1) * chunk)
+            store.write_chunk(split, c, {k: v[sl] for k, v in data.items()})
+    return open_store(path)
+
+
+@pytest.mark.parametrize("ram_mb", [2048, 0])
+def test_chunk_reader_covers_every_row_once_per_epoch(tmp_path, ram_mb):
+    root = _synthetic_store(tmp_path / "s.zarr")
+    fit, held = split_chunks(4, 0.25)
+    assert fit == [0, 1, 2] and held == [3]
+    reader = ChunkReader(root["train"], ("rho", "cond/output"), fit, ram_mb=ram_mb)
+    assert reader.in_ram == (ram_mb > 0) and reader.rows == 48
+    batches = reader.batches(8, np.random.default_rng(0))
+    seen = np.concatenate([next(batches)["rho"] for _ in range(6)])
+    assert len(seen) == 48
+    np.testing.assert_array_equal(np.sort(seen), np.sort(root["train/rho"][:48]))
+
+
+def _fit(tmp_path, target, steps):
+    root = _synthetic_store(tmp_path / "s.zarr")
+    reader = ChunkReader(root["train"], ("delta", "rho", *COND), list(range(4)))
+    stats = diffusion.cond_stats(reader)
+    meta = diffusion.make_meta("tiny", SHAPE, square=False, pad_to=0, target=target, rho="fro",
+                               schedule="paper", T=100)
+    torch.manual_seed(0)
+    model = diffusion.build(meta, stats)
+    ema, history = diffusion.train(model, reader, steps=steps, batch_size=16, lr=3e-3, ema_decay=0.9,
+                                   grad_clip=1.0, seed=0, device="cpu", progress=False)
+    return reader, stats, ema, history
+
+
+@pytest.mark.parametrize("target, steps", [("x0", 300), ("eps", 1000)])
+def test_the_denoiser_learns_a_tiny_synthetic_store(tmp_path, target, steps):
+    reader, _, ema, history = _fit(tmp_path, target, steps=steps)
+    assert np.mean([v for _, v in history[-30:]]) < np.mean([v for _, v in history[:30]])
+    diag = diffusion.diagnose(ema, reader.read(reader.chunks), sample_steps=10, eta=0.0, seed=0,
+                              max_samples=32, device="cpu")
+    assert diag["cosine_mean"] > 0.9, diag
+
+
+def test_checkpoint_round_trip(tmp_path):
+    reader, stats, ema, _ = _fit(tmp_path, "x0", steps=5)
+    diffusion.save(tmp_path / "d.pt", ema, stats, {"provenance": {"layer": "fc"}})
+    loaded, ckpt = diffusion.load(tmp_path / "d.pt")
+    assert loaded.meta == ema.meta and ckpt["provenance"] == {"layer": "fc"}
+    data = reader.read(reader.chunks)
+    parts = [torch.as_tensor(data[n]) for n in COND]
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    torch.testing.assert_close(loaded.sample(loaded.embed(parts), generator=g1),
+                               ema.sample(ema.embed(parts), generator=g2))
+
+
+@pytest.mark.parametrize("loss, bound", [("logmse", 0.05), ("paper", 0.3)])
+def test_scale_model_beats_the_mean_when_rho_depends_on_the_input(tmp_path, loss, bound):
+    root = _synthetic_store(tmp_path / "s.zarr")
+    reader = ChunkReader(root["train"], ("rho", *COND), list(range(4)))
+    stats = diffusion.cond_stats(reader)
+    mean = scale.mean_rho(reader)
+    torch.manual_seed(0)
+    model = scale.ScaleModel(stats, [32], mean)
+    scale.train(model, reader, steps=300, batch_size=16, lr=3e-3, seed=0, device="cpu", progress=False,
+                loss=loss)
+    diag = scale.diagnose(model, reader.read(reader.chunks), mean, "cpu")
+    # the constant mean is off by 36% in median here; the paper's loss gets to
+    # ~22% in this budget, logmse to nearly 0 (see ocd/scale.py)
+    assert diag["median_rel_error"] < bound < diag["median_rel_error_mean_rho"]
+
+
+def test_scale_loss_is_the_papers_formula():
+    rho = torch.tensor([1.0, 2.0])
+    hat = torch.tensor([1.1, 1.0])
+    expected = (10 * np.log10(0.01) + 10 * np.log10(0.25)) / 2
+    assert scale.scale_loss(hat, rho).item() == pytest.approx(expected, rel=1e-5)
