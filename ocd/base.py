@@ -67,7 +67,7 @@ def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
             total += loss.item() * len(idx)
             bar.update()
         history.append(total / n)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}", refresh=False)
     bar.close()
     model.eval()
     return history

@@ -207,7 +207,7 @@ def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: in
         ema.update(model)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         history.append((step, loss.item()))
-        bar.set_postfix(loss=f"{running:.4f}")
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
     model.eval()
     return ema.model, history
 

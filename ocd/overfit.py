@@ -17,8 +17,11 @@ the vectorised path is tested and benchmarked against.
 from __future__ import annotations
 
 import copy
+import hashlib
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,20 @@ OPTIMIZERS = ("adam", "sgd")
 # torch.optim.Adam's defaults, used by both paths.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+
+
+def code_digest() -> str:
+    """sha256 of the code that computes the rows (this module and ocd.models).
+
+    Part of a store's fingerprint: with DVC's ``persist``, a rerun after a
+    code change would otherwise resume, or reuse, rows of the old code.
+    """
+    import ocd.models
+
+    h = hashlib.sha256()
+    for module in (sys.modules[__name__], ocd.models):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
 
 
 @dataclass

@@ -93,3 +93,16 @@ def diagnose(model: ScaleModel, data: dict, train_mean: float, device) -> dict[s
     return {"median_rel_error": float(np.median(rel)), "median_rel_error_mean_rho": float(np.median(rel_mean)),
             "loss": float(scale_loss(model(parts), rho)),
             "loss_mean_rho": float(scale_loss(torch.full_like(rho, train_mean), rho))}
+
+
+def save(path, model: ScaleModel, stats: dict, hidden: list[int], extra: dict) -> None:
+    torch.save({"state": model.state_dict(), "stats": {k: [v[0], v[1]] for k, v in stats.items()},
+                "hidden": list(hidden), "mean_rho": float(model.mean_rho), **extra}, path)
+
+
+def load(path) -> tuple[ScaleModel, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    stats = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in ckpt["stats"].items()}
+    model = ScaleModel(stats, ckpt["hidden"], ckpt["mean_rho"])
+    model.load_state_dict(ckpt["state"])
+    return model.eval(), ckpt

@@ -25,6 +25,8 @@ class Task:
     ensemble: Callable[[torch.Tensor], torch.Tensor]
     # Label-free per-sample loss for test-time adaptation (Tent); None: not defined.
     unsupervised_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # A readable prediction from one output vector.
+    describe: Callable[[torch.Tensor], str] = lambda out: str(out.tolist())
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -51,8 +53,14 @@ def _entropy(outputs: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def _describe_class(out: torch.Tensor) -> str:
+    p = out.softmax(-1)
+    return f"class {int(p.argmax())} (p={float(p.max()):.3f})"
+
+
 TASKS: dict[str, Task] = {
-    "classification": Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy),
+    "classification": Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy,
+                           _describe_class),
 }
 
 

@@ -14,6 +14,7 @@ from ocd.store import StoreError
 from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.overfit import overfit
+from stages.predict import InputError, predict
 from stages.score_layers import score_layers
 from stages.train_base import train_base
 from stages.train_diffusion import train_diffusion
@@ -27,7 +28,7 @@ app = typer.Typer(
 )
 
 # Errors about the user's input: a one-line message and exit code 2, no traceback.
-USER_ERRORS = (ParamsError, DataError, ModelError, ScoreError, StoreError, FileNotFoundError)
+USER_ERRORS = (ParamsError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError)
 
 
 def _stage(fn):
@@ -53,6 +54,7 @@ app.command("overfit")(_stage(overfit))
 app.command("train-diffusion")(_stage(train_diffusion))
 app.command("evaluate")(_stage(evaluate))
 app.command("inspect")(_stage(inspect))
+app.command("predict")(_stage(predict))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import numpy as np
 import torch
 import typer
 
-from ocd import base, diffusion, evaluation, scale
+from ocd import base, evaluation
 from ocd.data import load_dataset
 from ocd.device import configure_threads
 from ocd.models import ModelSpec
 from ocd.params import load_params
+from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
 from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION, write_csv, write_json
@@ -30,19 +31,12 @@ def evaluate(
     configure_threads()
     p = load_params(params)
     ep = p.evaluate
-    base_model = base.load(base_dir)
+    trained = load_trained(base_dir, models)
+    base_model = trained.base
     root = open_store(store)
-    diff, ckpt = diffusion.load(models / "diffusion.pt")
-    scale_ckpt = torch.load(models / "scale.pt", map_location="cpu", weights_only=False)
-    for what, prov in (("diffusion.pt", ckpt["provenance"]), ("scale.pt", scale_ckpt["provenance"])):
-        if prov["base_sha256"] != base_model.sha256 or prov["layer"] != root.attrs["layer"]:
-            raise StoreError(f"{models / what} was trained for another base model or layer; rerun train_diffusion")
-    if root.attrs["base_sha256"] != base_model.sha256:
-        raise StoreError(f"{store} was written by another base model; rerun the overfit stage")
-    stats = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in scale_ckpt["stats"].items()}
-    scaler = scale.ScaleModel(stats, scale_ckpt["hidden"], scale_ckpt["mean_rho"])
-    scaler.load_state_dict(scale_ckpt["state"])
-    scaler.eval()
+    if root.attrs["base_sha256"] != base_model.sha256 or root.attrs["layer"] != trained.layer:
+        raise StoreError(f"{store} was written for another base model or layer than {models}; "
+                         "rerun the overfit and train_diffusion stages")
 
     data = load_dataset(p.data)
     task = get_task(data.task)
@@ -69,7 +63,8 @@ def evaluate(
         model=base_model.model.cpu().eval(), layer=root.attrs["layer"], task=task,
         x_test=data.x_test, y_test=data.y_test, x_train=data.x_train[train_index],
         train_delta=tensor(train["delta"]), train_parts=[tensor(train[n]) for n in COND],
-        oracle_delta=tensor(test["delta"]), diff=diff.cpu(), scaler=scaler, mean_rho=scale_ckpt["mean_rho"])
+        oracle_delta=tensor(test["delta"]), diff=trained.diff.cpu(), scaler=trained.scaler,
+        mean_rho=trained.mean_rho)
     with torch.no_grad():
         rows, plots = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed, ep.tent_steps,
                                           ep.tent_lr, extra)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ocd import base
 from ocd.data import load_dataset
 from ocd.device import configure_threads
-from ocd.overfit import fill_store, linear_cut
+from ocd.overfit import code_digest, fill_store, linear_cut
 from ocd.params import load_params
 from ocd.store import DeltaStore, Layout, StoreError, summarize
 from ocd.tasks import get_task
@@ -52,7 +52,7 @@ def overfit(
                     n_outputs=data.n_outputs, chunk=p.overfit.batch_size, dtype=p.overfit.dtype,
                     label_dtype=str(data.y_train.numpy().dtype))
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
-                   "overfit": p.section("overfit"), "n": layout.n}
+                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest()}
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
              "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),

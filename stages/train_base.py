@@ -35,7 +35,8 @@ def train_base(
     model = spec.build()
     history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
     metrics = {split: base.evaluate(model, task, *data.split(split)) for split in ("train", "test")}
-    base.save(out, model, spec, data=p.section("data"), data_info=data.info, base=p.section("base"))
+    base.save(out, model, spec, data=p.section("data"), data_info=data.info, task=data.task,
+              base=p.section("base"))
     write_json(out / "metrics.json", metrics)
     write_csv(out / "loss.csv", ({"epoch": i + 1, "loss": v} for i, v in enumerate(history)))
     typer.echo(f"base model: test {metrics['test']}")

@@ -61,8 +61,7 @@ def train_diffusion(
 
     out.mkdir(parents=True, exist_ok=True)
     diffusion.save(out / "diffusion.pt", ema, stats, {"provenance": provenance, "params": p.section("diffusion")})
-    torch.save({"state": scaler.state_dict(), "stats": {k: [v[0], v[1]] for k, v in stats.items()},
-                "hidden": sp.hidden, "mean_rho": train_mean, "provenance": provenance}, out / "scale.pt")
+    scale.save(out / "scale.pt", scaler, stats, sp.hidden, {"provenance": provenance, "params": p.section("scale")})
     metrics = {
         "diffusion": diffusion.diagnose(ema, held, dp.sample_steps, dp.eta, dp.seed, dp.diag_samples, device),
         "scale": scale.diagnose(scaler, held, train_mean, device),

@@ -170,3 +170,24 @@ def test_a_killed_overfit_run_resumes_to_the_uninterrupted_store(project, tmp_pa
         for name, node in whole[split].members(max_depth=None):
             if isinstance(node, zarr.Array):
                 np.testing.assert_array_equal(node[:], root[split][name][:], err_msg=f"{split}/{name}")
+
+
+@pytest.mark.e2e
+def test_predict_on_npy_and_png_inputs(project, tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    project.dvc("repro")
+    raw = load_digits().images[:3]  # raw pixel values 0..16, shape (3, 8, 8)
+    np.save(tmp_path / "three.npy", raw)
+    (tmp_path / "pngs").mkdir()
+    for i, img in enumerate(raw[:2]):
+        Image.fromarray((img / 16 * 255).astype(np.uint8)).save(tmp_path / "pngs" / f"{i}.png")
+
+    lines = project.run("ocd", "predict", str(tmp_path / "three.npy")).stdout.splitlines()
+    assert len(lines) == 3 and all("base: class" in ln and "OCD: class" in ln for ln in lines)
+    assert project.run("ocd", "predict", str(tmp_path / "pngs")).stdout.count("OCD: class") == 2
+
+    np.save(tmp_path / "bad.npy", np.zeros((2, 5, 5)))
+    bad = project.run("ocd", "predict", str(tmp_path / "bad.npy"), check=False)
+    assert bad.returncode == 2 and "the model takes (1, 8, 8)" in bad.stderr

@@ -1,0 +1,56 @@
+"""The trained pipeline as one object: base model, selected layer, diffusion
+and scale models, checked to belong together; and OCD predictions for new inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ocd import base, diffusion, scale
+from ocd.diffusion import DeltaDiffusion
+from ocd.evaluation import apply_deltas, sample_deltas
+from ocd.models import layer_io
+from ocd.overfit import linear_cut
+from ocd.scale import ScaleModel
+from ocd.store import StoreError
+
+
+@dataclass
+class Trained:
+    base: base.BaseModel
+    layer: str
+    diff: DeltaDiffusion
+    scaler: ScaleModel
+    mean_rho: float
+
+
+def load_trained(base_dir: str | Path, models_dir: str | Path) -> Trained:
+    """Load and cross-check: both checkpoints must come from this base model and one layer."""
+    b = base.load(base_dir)
+    models_dir = Path(models_dir)
+    for f in ("diffusion.pt", "scale.pt"):
+        if not (models_dir / f).is_file():
+            raise FileNotFoundError(f"{models_dir / f} is missing; run the train_diffusion stage first")
+    diff, dckpt = diffusion.load(models_dir / "diffusion.pt")
+    scaler, sckpt = scale.load(models_dir / "scale.pt")
+    for name, prov in (("diffusion.pt", dckpt["provenance"]), ("scale.pt", sckpt["provenance"])):
+        if prov["base_sha256"] != b.sha256:
+            raise StoreError(f"{models_dir / name} was trained for another base model "
+                             f"({prov['base_sha256'][:12]}, this one is {b.sha256[:12]}); rerun train_diffusion")
+    if dckpt["provenance"]["layer"] != sckpt["provenance"]["layer"]:
+        raise StoreError(f"{models_dir}: the diffusion and scale models were trained for different layers")
+    return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"])
+
+
+@torch.no_grad()
+def predict(t: Trained, x: torch.Tensor, k: int = 1, steps: int = 10, eta: float = 0.0,
+            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Base outputs and OCD outputs (the task's ensemble of k samples) for inputs x."""
+    model = t.base.model.cpu().eval()
+    h, a, out = layer_io(linear_cut(model, t.layer), x)
+    omegas, rho_hat = sample_deltas(t.diff.cpu(), t.scaler, [h, a, out], k, steps, eta, seed)
+    deltas = rho_hat[None, :, None, None] * omegas / t.diff.meta.unit
+    members = torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas])
+    return out, members

@@ -1,0 +1,86 @@
+"""Run the pipeline for several seeds as DVC experiments and aggregate them.
+
+    .venv/bin/python scripts/seeds.py run --tag mnist5k --seeds 0 1 2 [-S data.name=digits ...]
+    .venv/bin/python scripts/seeds.py table docs/runs/mnist5k
+
+`run` calls `dvc exp run` once per seed with base.seed, diffusion.seed,
+scale.seed and evaluate.seed set to that seed (the data split and the layer
+scores' draws stay fixed), plus any extra `-S` overrides, and copies the
+experiment's metrics to docs/runs/TAG/seedN.json. `table` prints every row's
+mean ± SD over the seeds (sample SD), with the paired change against the
+base model, as markdown for docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+SEEDED = ("base.seed", "diffusion.seed", "scale.seed", "evaluate.seed")
+METRICS = {"eval": "artifacts/eval/metrics.json", "diffusion": "artifacts/diffusion/metrics.json",
+           "layers": "artifacts/layers/scores.json", "overfit": "artifacts/overfit/metrics.json"}
+
+
+def run(tag: str, seeds: list[int], overrides: list[str]) -> None:
+    out = Path("docs/runs") / tag
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        sets = [a for key in SEEDED for a in ("-S", f"{key}={seed}")] + [a for o in overrides for a in ("-S", o)]
+        subprocess.run(["dvc", "exp", "run", *sets], check=True)
+        record = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
+        record["overrides"] = overrides
+        record["layers"] = {k: record["layers"][k] for k in ("selected", "runner_up", "layers")}
+        (out / f"seed{seed}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        print(f"seed {seed}: {out / f'seed{seed}.json'}", flush=True)
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return ""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def table(folder: Path) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+    if not runs:
+        sys.exit(f"no seed*.json in {folder}")
+    rows = list(runs[0]["eval"])
+    metrics = [k for k in runs[0]["eval"]["base"] if k not in ("cosine", "scale_error")]
+    head = " | ".join(f"test {m}" for m in metrics)
+    lines = [f"| row | {head} | Δ{metrics[0]} vs base (paired) | cosine to oracle delta | scale error |",
+             "|---" * (len(metrics) + 4) + "|"]
+    for row in rows:
+        cells = [fmt([r["eval"][row][m] for r in runs]) for m in metrics]
+        delta = fmt([r["eval"][row][metrics[0]] - r["eval"]["base"][metrics[0]] for r in runs])
+        extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row][k] is not None]) for k in ("cosine", "scale_error")]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {delta} | " + " | ".join(extra) + " |")
+    diag = [r["diffusion"]["diffusion"]["cosine_mean"] for r in runs]
+    lines.append("")
+    lines.append(f"{len(runs)} seeds; held-out sampled-vs-true cosine of the diffusion model: {fmt(diag)}; "
+                 f"selected layer per seed: {[r['layers']['selected'] for r in runs]}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--tag", required=True)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("-S", dest="overrides", action="append", default=[])
+    t = sub.add_parser("table")
+    t.add_argument("folder", type=Path)
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args.tag, args.seeds, args.overrides)
+    else:
+        print(table(args.folder))
+
+
+if __name__ == "__main__":
+    main()
