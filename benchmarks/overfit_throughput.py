@@ -26,7 +26,6 @@ from ocd.models import lenet5
 from ocd.overfit import fill_store, linear_cut, overfit_batch, overfit_naive
 from ocd.params import DataParams
 from ocd.store import DeltaStore, Layout
-from ocd.tasks import get_task
 
 
 def main() -> None:
@@ -37,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
 
     data = load_dataset(DataParams(name="mnist5k"))
-    task = get_task(data.task)
+    task = data.make_task()
     if Path("artifacts/base/model.pt").exists():
         model = base.load("artifacts/base").model.cpu()
     else:

@@ -11,10 +11,22 @@ already split into train and test. All three sets work offline:
   ``dataset-fashion-mnist`` installs Fashion-MNIST under
   /usr/share/datasets/fashion-mnist.
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), for fast tests.
+- ``california`` (regression): California Housing from the CSV committed under
+  data/california_housing (SOURCE.md maps its columns to scikit-learn's eight
+  features); ``diabetes`` (regression): scikit-learn's bundled set.
 
-Scaling, the same for all: pixels are divided by their maximum (255, or 16 for
-digits), then standardised with one mean and one standard deviation computed
-on the train split only; both are recorded in ``Dataset.info``.
+Image scaling: pixels are divided by their maximum (255, or 16 for digits),
+then standardised with one mean and one standard deviation computed on the
+train split only; both are recorded in ``Dataset.info``.
+
+Tabular preprocessing, as Gorishniy et al. (2021): a random split into test
+(``data.test_fraction``, 20%) and the rest, of which ``data.val_fraction``
+(20%) is validation; features quantile-transformed to a normal distribution
+(scikit-learn's QuantileTransformer fitted on train only); the target
+standardised with the train mean and SD; blank feature values take the
+column's train median. The validation rows are kept in
+``Dataset.info``'s counts but not used by the stages (they serve studies that
+choose settings without touching test).
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from ocd.params import DataParams
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 class DataError(ValueError):
@@ -45,10 +59,17 @@ class Dataset:
     y_test: torch.Tensor
     n_outputs: int
     info: dict = field(default_factory=dict)
+    # Keyword options of the task (regression: the target's train mean and scale).
+    task_options: dict = field(default_factory=dict)
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def make_task(self):
+        from ocd.tasks import get_task
+
+        return get_task(self.task, **self.task_options)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in ("train", "test"):
@@ -89,11 +110,12 @@ def _stratified_split(x, y, test_fraction: float, seed: int):
     return train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
 
 
-def _cap(x, y, n: int, seed: int):
-    """A stratified subsample of n rows (all rows when n is 0 or too large)."""
+def _cap(x, y, n: int, seed: int, stratify: bool = True):
+    """A (stratified) subsample of n rows (all rows when n is 0 or too large)."""
     if n <= 0 or n >= len(y):
         return x, y
-    x_keep, _, y_keep, _ = train_test_split(x, y, train_size=n, stratify=y, random_state=seed)
+    x_keep, _, y_keep, _ = train_test_split(x, y, train_size=n, stratify=y if stratify else None,
+                                            random_state=seed)
     return x_keep, y_keep
 
 
@@ -140,6 +162,63 @@ def load_digits(params: DataParams) -> Dataset:
     info = {"source": "sklearn.datasets.load_digits (8x8)",
             "split": f"stratified, test_fraction={params.test_fraction}, seed={params.seed}"}
     return _finish("digits", params, x_train, y_train, x_test, y_test, 16.0, info)
+
+
+def _finish_tabular(name, params, x, y, info) -> Dataset:
+    """Gorishniy et al.'s split and preprocessing for a regression table."""
+    from sklearn.preprocessing import QuantileTransformer
+
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=params.test_fraction,
+                                                      random_state=params.seed)
+    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=params.val_fraction,
+                                                      random_state=params.seed)
+    x_train, y_train = _cap(x_train, y_train, params.max_train, params.seed, stratify=False)
+    x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed, stratify=False)
+    medians = np.nanmedian(x_train, axis=0)  # blank feature values take the train median
+    x_train, x_test = (np.where(np.isnan(a), medians, a) for a in (x_train, x_test))
+    qt = QuantileTransformer(n_quantiles=min(1000, len(x_train)), output_distribution="normal",
+                             subsample=10**9, random_state=params.seed).fit(x_train)
+    mean, scale = float(np.mean(y_train)), float(np.std(y_train))
+    to_x = lambda a: torch.from_numpy(qt.transform(a).astype(np.float32))  # noqa: E731
+    to_y = lambda a: torch.from_numpy(((np.asarray(a) - mean) / scale).astype(np.float32))  # noqa: E731
+    info = dict(info, n_train=len(y_train), n_val=len(y_val), n_test=len(y_test), target_mean=mean,
+                target_scale=scale, features="quantile-transformed to normal, fitted on train")
+    return Dataset(name, "regression", to_x(x_train), to_y(y_train), to_x(x_test), to_y(y_test), 1, info,
+                   {"target_mean": mean, "target_scale": scale})
+
+
+@register("california")
+def load_california(params: DataParams) -> Dataset:
+    import pandas as pd
+
+    path = Path(params.path) if params.path.endswith(".csv") else DATA_DIR / "california_housing" / "housing.csv"
+    if not path.is_file():
+        raise DataError(f"missing {path}; the California Housing CSV ships under data/california_housing")
+    df = pd.read_csv(path)
+    missing = {"median_income", "housing_median_age", "total_rooms", "total_bedrooms", "population",
+               "households", "latitude", "longitude", "median_house_value"} - set(df.columns)
+    if missing:
+        raise DataError(f"{path} lacks the columns {sorted(missing)}")
+    households = df["households"]
+    x = np.column_stack([
+        df["median_income"], df["housing_median_age"], df["total_rooms"] / households,
+        df["total_bedrooms"] / households,  # 207 blanks: filled with the train median
+        df["population"], df["population"] / households, df["latitude"], df["longitude"],
+    ]).astype(np.float64)
+    y = np.minimum(df["median_house_value"].to_numpy() / 100_000, 5.00001)
+    info = {"source": f"{path} (scikit-learn's 8 features, target in 100k$)",
+            "split": f"test {params.test_fraction}, val {params.val_fraction} of the rest, seed {params.seed}"}
+    return _finish_tabular("california", params, x, y, info)
+
+
+@register("diabetes")
+def load_diabetes(params: DataParams) -> Dataset:
+    from sklearn.datasets import load_diabetes as sk_diabetes
+
+    bunch = sk_diabetes()
+    info = {"source": "sklearn.datasets.load_diabetes (442 patients, 10 features)",
+            "split": f"test {params.test_fraction}, val {params.val_fraction} of the rest, seed {params.seed}"}
+    return _finish_tabular("diabetes", params, bunch.data, bunch.target.astype(np.float64), info)
 
 
 IDX_FILES = {

@@ -112,8 +112,9 @@ class EvalInputs:
 
 
 def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
-             tent_lr: float, extra_members: list[nn.Sequential] | None = None) -> tuple[list[Row], dict]:
-    """Every row of the results table; also per-sample data for the plots."""
+             tent_lr: float, extra_members: list[nn.Sequential] | None = None) -> tuple[list[Row], dict, dict]:
+    """Every row of the results table, per-sample data for the plots, and the
+    rows skipped for this task (name -> why), which are never faked."""
     task, y, model, layer = inp.task, inp.y_test, inp.model, inp.layer
     model.eval()
     cut = linear_cut(model, layer)
@@ -134,13 +135,17 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     rows.append(_row("ocd_no_scale", task, apply_deltas(model, layer, no_scale, inp.x_test), y,
                      no_scale, inp.oracle_delta, note="rho = mean train rho"))
 
-    for name, query, pool in (("nn_input", inp.x_test, inp.x_train),
-                              ("nn_cond", _standardised(parts, inp.train_parts), _standardised(inp.train_parts, inp.train_parts))):
+    nn_spaces = {"nn_input": (inp.x_test, inp.x_train),
+                 "nn_cond": (_standardised(parts, inp.train_parts), _standardised(inp.train_parts, inp.train_parts))}
+    for name, (query, pool) in nn_spaces.items():
         idx = nearest(query, pool)
         d = inp.train_delta[idx]
         rows.append(_row(name, task, apply_deltas(model, layer, d, inp.x_test), y, d, inp.oracle_delta))
 
-    if task.unsupervised_loss is not None:
+    skipped = {}
+    if task.unsupervised_loss is None:
+        skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
+    else:
         tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
         for n in tent_steps:
             d = overfit_batch(cut, tent_task, h, y, steps=n, optimizer="adam", lr=tent_lr).delta
@@ -157,7 +162,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
 
     oracle_rho = inp.oracle_delta.flatten(1).norm(dim=1)
     plots = {"rho": {"true": oracle_rho.numpy(), "predicted": deltas[0].flatten(1).norm(dim=1).numpy()}}
-    return rows, plots
+    return rows, plots, skipped
 
 
 def _standardised(parts: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:

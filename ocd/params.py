@@ -32,7 +32,9 @@ class DataParams:
     seed: int = 0
     # Share of samples held out as test, for sets without an official split.
     test_fraction: float = 0.2
-    # Folder of the four IDX files, for ``mnist_idx``.
+    # Tabular sets: share of the non-test rows held out as validation.
+    val_fraction: float = 0.2
+    # Folder of the four IDX files, for ``mnist_idx`` (a .csv path for ``california``).
     path: str = "/usr/share/datasets/fashion-mnist"
     # Optional caps (first N after a seeded stratified subsample); 0 = all.
     max_train: int = 0

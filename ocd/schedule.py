@@ -35,7 +35,8 @@ class Schedule:
 
     def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for integer timesteps t (-1 means t before the first step: 1.0)."""
-        a = torch.where(t >= 0, self.abar[t.clamp_min(0).cpu()].to(t.device), torch.ones((), dtype=torch.float64, device=t.device))
+        one = torch.ones((), dtype=torch.float64, device=t.device)
+        a = torch.where(t >= 0, self.abar[t.clamp_min(0).cpu()].to(t.device), one)
         return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Loss and metrics per task type, chosen by the dataset (``Dataset.task``).
+"""Loss, metrics and ensembling per task type, chosen by the dataset (``Dataset.task``).
 
 Stages ask the task for its loss and metrics instead of branching on the
-dataset, so a new task type (regression comes with the tabular experiment) is
-one entry here.
+dataset, so a new task type is one entry here. Classification reports
+cross-entropy and accuracy; regression MSE on the standardised target and
+RMSE in the target's own units.
 """
 
 from __future__ import annotations
@@ -58,14 +59,35 @@ def _describe_class(out: torch.Tensor) -> str:
     return f"class {int(p.argmax())} (p={float(p.max()):.3f})"
 
 
-TASKS: dict[str, Task] = {
-    "classification": Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy,
-                           _describe_class),
-}
+def classification() -> Task:
+    return Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy, _describe_class)
 
 
-def get_task(name: str) -> Task:
+def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:
+    """Squared error on a standardised scalar target; RMSE also in the target's own units.
+
+    ``target_mean`` and ``target_scale`` undo the standardisation (train
+    statistics). No label-free loss: Tent does not apply.
+    """
+
+    def per_sample(outputs, targets):
+        return (outputs[:, 0] - targets) ** 2
+
+    def metrics(outputs, targets):
+        mse = float(per_sample(outputs, targets).mean())
+        return {"mse": mse, "rmse": target_scale * mse**0.5}
+
+    return Task("regression", per_sample, metrics, lambda outs: outs.mean(0), None,
+                lambda out: f"{float(out[0]) * target_scale + target_mean:.4f}")
+
+
+TASKS = {"classification": classification, "regression": regression}
+
+
+def get_task(name: str, **options) -> Task:
+    """The task ``name``, built with the dataset's options (e.g. the target's scale)."""
     try:
-        return TASKS[name]
+        factory = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}") from None
+    return factory(**options)

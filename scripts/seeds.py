@@ -49,7 +49,7 @@ def table(folder: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
     if not runs:
         sys.exit(f"no seed*.json in {folder}")
-    rows = list(runs[0]["eval"])
+    rows = [name for name in runs[0]["eval"] if name != "skipped"]
     metrics = [k for k in runs[0]["eval"]["base"] if k not in ("cosine", "scale_error")]
     head = " | ".join(f"test {m}" for m in metrics)
     lines = [f"| row | {head} | Δ{metrics[0]} vs base (paired) | cosine to oracle delta | scale error |",
@@ -57,7 +57,8 @@ def table(folder: Path) -> str:
     for row in rows:
         cells = [fmt([r["eval"][row][m] for r in runs]) for m in metrics]
         delta = fmt([r["eval"][row][metrics[0]] - r["eval"]["base"][metrics[0]] for r in runs])
-        extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row][k] is not None]) for k in ("cosine", "scale_error")]
+        extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row][k] is not None])
+                 for k in ("cosine", "scale_error")]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {delta} | " + " | ".join(extra) + " |")
     diag = [r["diffusion"]["diffusion"]["cosine_mean"] for r in runs]
     lines.append("")

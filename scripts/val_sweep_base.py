@@ -15,13 +15,12 @@ from ocd import base
 from ocd.data import load_dataset
 from ocd.models import ModelSpec
 from ocd.params import DataParams, ModelParams, parse_params
-from ocd.tasks import get_task
 
 torch.set_num_threads(1)
 overrides = dict(arg.split("=", 1) for arg in sys.argv[1:])
 overrides = {k: int(v) if v.isdigit() else v for k, v in overrides.items()}
 d = load_dataset(DataParams())
-task = get_task(d.task)
+task = d.make_task()
 train, val = train_test_split(list(range(len(d.y_train))),
                               test_size=0.2, stratify=d.y_train.numpy(), random_state=1)
 for seed in (0, 1):

@@ -15,7 +15,6 @@ from ocd.models import ModelSpec
 from ocd.params import load_params
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
-from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION, write_csv, write_json
 
 
@@ -39,7 +38,7 @@ def evaluate(
                          "rerun the overfit and train_diffusion stages")
 
     data = load_dataset(p.data)
-    task = get_task(data.task)
+    task = data.make_task()
     train, test = root["train"], root["test"]
     if not np.array_equal(test["index"][:], np.arange(len(data.y_test))):
         raise StoreError(f"{store}'s test rows do not follow the test split; rebuild it with the overfit stage")
@@ -66,20 +65,23 @@ def evaluate(
         oracle_delta=tensor(test["delta"]), diff=trained.diff.cpu(), scaler=trained.scaler,
         mean_rho=trained.mean_rho)
     with torch.no_grad():
-        rows, plots = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed, ep.tent_steps,
+        rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed, ep.tent_steps,
                                           ep.tent_lr, extra)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")}
-                                      for r in rows})
+    table = {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")} for r in rows}
+    write_json(out / "metrics.json", {**table, **({"skipped": skipped} if skipped else {})})
     write_csv(out / "results.csv", (r.flat() for r in rows))
-    (out / "results.md").write_text(_markdown(rows))
+    notes = "".join(f"\nSkipped: {name}: {why}.\n" for name, why in skipped.items())
+    (out / "results.md").write_text(_markdown(rows) + notes)
     by_name = {r.name: r for r in rows}
-    write_csv(out / "per_sample_loss.csv", ({"index": i, "base": float(b), "ocd": float(o)} for i, (b, o) in
-                                            enumerate(zip(by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss))))
-    write_csv(out / "delta_norm.csv", ({"oracle": float(t), "ocd": float(q)} for t, q in
-                                       zip(plots["rho"]["true"], plots["rho"]["predicted"])))
-    typer.echo(_markdown(rows))
+    base_loss, ocd_loss = by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss
+    write_csv(out / "per_sample_loss.csv",
+              ({"index": i, "base": float(b), "ocd": float(o)} for i, (b, o) in enumerate(zip(base_loss, ocd_loss))))
+    norms = plots["rho"]
+    write_csv(out / "delta_norm.csv",
+              ({"oracle": float(t), "ocd": float(q)} for t, q in zip(norms["true"], norms["predicted"])))
+    typer.echo(_markdown(rows) + notes)
 
 
 def _markdown(rows) -> str:

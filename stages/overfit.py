@@ -14,7 +14,6 @@ from ocd.device import configure_threads
 from ocd.overfit import code_digest, fill_store, linear_cut
 from ocd.params import load_params
 from ocd.store import DeltaStore, Layout, StoreError, summarize
-from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION, write_json
 
 
@@ -45,7 +44,7 @@ def overfit(
     name = chosen[layer]
     cut = linear_cut(model.model, name)
     data = load_dataset(p.data)
-    task = get_task(data.task)
+    task = data.make_task()
 
     layout = Layout(n={"train": len(data.y_train), "test": len(data.y_test)},
                     out_features=cut.layer.out_features, in_features=cut.layer.in_features,

@@ -14,7 +14,6 @@ from ocd.data import load_dataset
 from ocd.device import configure_threads, get_device
 from ocd.models import weight_layers
 from ocd.params import load_params
-from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION, write_csv, write_json
 
 
@@ -34,7 +33,7 @@ def score_layers(
     p = load_params(params)
     base_model = base.load(base_dir)
     data = load_dataset(p.data)
-    task = get_task(data.task)
+    task = data.make_task()
     gen = torch.Generator().manual_seed(p.layers.seed)
     idx = torch.randperm(len(data.y_train), generator=gen)[: p.layers.samples]
     device = get_device()

@@ -11,7 +11,6 @@ from ocd.data import load_dataset
 from ocd.device import configure_threads
 from ocd.models import ModelSpec
 from ocd.params import load_params
-from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION, write_csv, write_json
 
 
@@ -29,14 +28,14 @@ def train_base(
     configure_threads()
     p = load_params(params)
     data = load_dataset(p.data)
-    task = get_task(data.task)
+    task = data.make_task()
     spec = ModelSpec.from_params(p.model, data.in_shape, data.n_outputs)
     base.seed_everything(p.base.seed)
     model = spec.build()
     history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
     metrics = {split: base.evaluate(model, task, *data.split(split)) for split in ("train", "test")}
     base.save(out, model, spec, data=p.section("data"), data_info=data.info, task=data.task,
-              base=p.section("base"))
+              task_options=data.task_options, base=p.section("base"))
     write_json(out / "metrics.json", metrics)
     write_csv(out / "loss.csv", ({"epoch": i + 1, "loss": v} for i, v in enumerate(history)))
     typer.echo(f"base model: test {metrics['test']}")

@@ -7,12 +7,11 @@ from ocd import base
 from ocd.data import load_dataset
 from ocd.models import ModelSpec
 from ocd.params import BaseParams, ModelParams
-from ocd.tasks import get_task
 
 
 def _train(digits_params, seed=0, epochs=2):
     d = load_dataset(digits_params)
-    task = get_task(d.task)
+    task = d.make_task()
     spec = ModelSpec.from_params(ModelParams(name="mlp", hidden=[32]), d.in_shape, d.n_outputs)
     base.seed_everything(seed)
     model = spec.build()

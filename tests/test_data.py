@@ -87,3 +87,25 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
     (tmp_path / "png").write_bytes(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(DataError, match="bad magic"):
         read_idx(tmp_path / "png")
+
+
+@pytest.mark.parametrize("name, n_features", [("california", 8), ("diabetes", 10)])
+def test_tabular_sets_follow_gorishniy_preprocessing(name, n_features):
+    d = load_dataset(DataParams(name=name))
+    n = len(d.y_train) + len(d.y_test) + d.info["n_val"]
+    assert d.task == "regression" and d.n_outputs == 1 and d.in_shape == (n_features,)
+    assert len(d.y_test) == pytest.approx(0.2 * n, abs=1) and d.info["n_val"] == pytest.approx(0.16 * n, abs=2)
+    assert torch.isfinite(d.x_train).all() and torch.isfinite(d.x_test).all()  # blanks were filled
+    # quantile-transformed features (roughly normal) and a standardised target, from train statistics
+    assert abs(float(d.x_train.mean())) < 0.1 and abs(float(d.y_train.mean())) < 1e-4
+    assert float(d.y_train.std()) == pytest.approx(1.0, abs=0.01)
+    task = d.make_task()
+    # RMSE is reported in the target's own units
+    rmse = task.metrics(torch.zeros(len(d.y_test), 1), d.y_test)["rmse"]
+    assert rmse == pytest.approx(d.task_options["target_scale"] * float(d.y_test.pow(2).mean().sqrt()), rel=1e-5)
+
+
+def test_california_target_is_in_100k_dollars_and_capped():
+    d = load_dataset(DataParams(name="california"))
+    y = d.y_train * d.task_options["target_scale"] + d.task_options["target_mean"]
+    assert 0.1 < float(y.min()) and float(y.max()) <= 5.00001 + 1e-4

@@ -1,5 +1,6 @@
 """End to end: the real `dvc repro` in a temporary copy of the project, on tiny params."""
 
+import copy
 import json
 import math
 import time
@@ -15,7 +16,7 @@ import yaml
 import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "ocd", "stages"]
+COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "ocd", "stages", "data"]
 
 TINY = {
     "data": {"name": "digits", "seed": 0},
@@ -57,22 +58,25 @@ class Project:
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, overrides: dict) -> Project:
     for name in COPY:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = Project(root)
     project.run("git", "init", "-q")
     project.dvc("init", "-q")
     project.dvc("config", "core.analytics", "false")
     return project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("project"), TINY)
 
 
 @pytest.mark.e2e
@@ -191,3 +195,23 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 5, 5)))
     bad = project.run("ocd", "predict", str(tmp_path / "bad.npy"), check=False)
     assert bad.returncode == 2 and "the model takes (1, 8, 8)" in bad.stderr
+
+
+@pytest.mark.e2e
+def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
+    """The same stages on a regression set, chosen by params alone (diabetes: small and bundled)."""
+    tabular = _merge(copy.deepcopy(TINY), {"data": {"name": "diabetes"}, "model": {"hidden": [16, 16]},
+                                           "overfit": {"batch_size": 64}})
+    project = make_project(tmp_path, tabular)
+    project.dvc("repro")
+    base_metrics = json.loads((project / "artifacts/base/metrics.json").read_text())
+    assert set(base_metrics["test"]) == {"mse", "rmse"}
+    assert base_metrics["test"]["mse"] < 1.0  # beats predicting the train mean (MSE ~1 on the standardised target)
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store["train/cond/output"].shape[1] == 1 and store["train/label"].dtype == np.float32
+    results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    assert "tent" in results["skipped"] and not any(name.startswith("tent_") for name in results)
+    rows = {name for name in results if name != "skipped"}
+    assert rows == {r for r in ROWS if not r.startswith("tent_")}
+    for name in rows:
+        assert math.isfinite(results[name]["rmse"]) and "acc" not in results[name], name
