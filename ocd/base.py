@@ -9,6 +9,7 @@ model made from one base model is never mixed with another.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -71,6 +72,18 @@ def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
     bar.close()
     model.eval()
     return history
+
+
+def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, params: BaseParams,
+                seeds: list[int], progress: bool = True) -> list[nn.Sequential]:
+    """Fresh base models trained like the base model, one per seed (a deep ensemble's members)."""
+    members = []
+    for seed in seeds:
+        seed_everything(seed)
+        model = spec.build()
+        train(model, task, x, y, dataclasses.replace(params, seed=seed), progress=progress)
+        members.append(model.eval())
+    return members
 
 
 @torch.no_grad()

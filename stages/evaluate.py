@@ -11,7 +11,6 @@ import typer
 from ocd import base, evaluation
 from ocd.data import load_dataset
 from ocd.device import configure_threads
-from ocd.models import ModelSpec
 from ocd.params import load_params
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
@@ -47,16 +46,8 @@ def evaluate(
         return torch.as_tensor(np.asarray(arr[:], dtype=np.float32))
 
     train_index = torch.as_tensor(train["index"][:])
-    extra = []
-    if ep.deep_ensemble:
-        for j in range(1, ep.k):
-            seed = p.base.seed + j
-            spec = ModelSpec.from_dict(base_model.meta["spec"])
-            base.seed_everything(seed)
-            member = spec.build()
-            base.train(member, task, data.x_train, data.y_train,
-                       type(p.base)(**{**p.section("base"), "seed": seed}), progress=progress)
-            extra.append(member.eval())
+    seeds = [p.base.seed + j for j in range(1, ep.k)] if ep.deep_ensemble else []
+    extra = base.train_seeds(base_model.spec, task, data.x_train, data.y_train, p.base, seeds, progress)
 
     inputs = evaluation.EvalInputs(
         model=base_model.model.cpu().eval(), layer=root.attrs["layer"], task=task,
@@ -65,8 +56,8 @@ def evaluate(
         oracle_delta=tensor(test["delta"]), diff=trained.diff.cpu(), scaler=trained.scaler,
         mean_rho=trained.mean_rho)
     with torch.no_grad():
-        rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed, ep.tent_steps,
-                                          ep.tent_lr, extra)
+        rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed,
+                                                   ep.tent_steps, ep.tent_lr, extra)
 
     out.mkdir(parents=True, exist_ok=True)
     table = {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")} for r in rows}
