@@ -49,8 +49,18 @@ def table(folder: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
     if not runs:
         sys.exit(f"no seed*.json in {folder}")
-    rows = [name for name in runs[0]["eval"] if name != "skipped"]
-    metrics = [k for k in runs[0]["eval"]["base"] if k not in ("cosine", "scale_error")]
+    order = ["base", "ocd", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
+             "tent", "deep_ensemble", "oracle"]
+    def rank(name: str) -> tuple[int, int]:
+        """Position of the longest matching prefix in ``order``, then the row's number (tent_1 < tent_10)."""
+        hits = [(len(p), i) for i, p in enumerate(order) if name == p or name.startswith(p + "_")]
+        tail = name.rsplit("_", 1)[-1]
+        return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0)
+
+    rows = sorted((name for name in runs[0]["eval"] if name != "skipped"), key=rank)
+    loss_first = ["ce", "rmse", "mse", "acc"]
+    metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in ("cosine", "scale_error")),
+                     key=lambda k: loss_first.index(k) if k in loss_first else 99)
     head = " | ".join(f"test {m}" for m in metrics)
     lines = [f"| row | {head} | Δ{metrics[0]} vs base (paired) | cosine to oracle delta | scale error |",
              "|---" * (len(metrics) + 4) + "|"]

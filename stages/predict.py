@@ -36,6 +36,8 @@ def predict(
     in_shape = tuple(trained.base.spec.in_shape)
     names, raw = read_inputs(inputs, in_shape, info["pixel_max"])
     x = torch.as_tensor(((raw / info["pixel_max"] - info["mean"]) / info["std"]).astype(np.float32))
+    if "task" not in trained.base.meta:
+        raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     task = get_task(trained.base.meta["task"], **trained.base.meta.get("task_options", {}))
     base_out, members = ocd_predict(trained, x, k=p.evaluate.k, steps=p.evaluate.sample_steps,
                                     eta=p.evaluate.eta, seed=p.evaluate.seed)
