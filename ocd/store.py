@@ -324,6 +324,12 @@ class ChunkReader:
         """All rows of ``chunks``, in order."""
         if self._ram is not None and list(chunks) == self.chunks:
             return self._ram
+        if self._ram is not None and set(chunks) <= set(self.chunks):
+            # in RAM already: slice it instead of reading the chunks again
+            starts = np.cumsum([0] + [self._bounds(c)[1] - self._bounds(c)[0] for c in self.chunks])
+            pos = {c: i for i, c in enumerate(self.chunks)}
+            rows = np.concatenate([np.arange(starts[pos[c]], starts[pos[c] + 1]) for c in chunks])
+            return {n: v[rows] for n, v in self._ram.items()}
         parts = {n: [] for n in self.names}
         for c in chunks:
             lo, hi = self._bounds(c)

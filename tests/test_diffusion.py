@@ -104,3 +104,13 @@ def test_scale_loss_is_the_papers_formula():
     hat = torch.tensor([1.1, 1.0])
     expected = (10 * np.log10(0.01) + 10 * np.log10(0.25)) / 2
     assert scale.scale_loss(hat, rho).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_chunk_reader_in_ram_reads_a_chunk_like_the_store(tmp_path):
+    root = _synthetic_store(tmp_path / "s.zarr")
+    ram = ChunkReader(root["train"], ("rho", "cond/output"), [0, 1, 2], ram_mb=2048)
+    disk = ChunkReader(root["train"], ("rho", "cond/output"), [0, 1, 2], ram_mb=0)
+    for chunks in ([1], [2, 0]):
+        a, b = ram.read(chunks), disk.read(chunks)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
