@@ -14,6 +14,9 @@ Layout (N rows per split, chunked along N; one chunk holds one overfit batch)::
         loss_before      [N]           the sample's loss with the base weights
         loss_after       [N]           ... after overfitting
         index            [N]           row of the sample in the dataset split
+        u                [N, out]      derived: the least-squares output factor of delta,
+                                       u = delta i_L / |i_L|^2 (delta ~ u i_L^T)
+        rank1_share      [N]           derived: share of |delta|^2 that u i_L^T explains
         done             [n_chunks]    1 once every array of that chunk is written
       test/                      every TEST sample overfitted with its own label:
                                  the "overfitting on test" upper bound only,
@@ -21,7 +24,8 @@ Layout (N rows per split, chunked along N; one chunk holds one overfit batch)::
 
 Writers own whole chunks (Zarr rewrites a whole chunk on every write), and a
 chunk's ``done`` flag is written last, so a killed run resumes at the first
-chunk not marked done. A store whose fingerprint (base model, layer, data,
+chunk not marked done. The derived arrays are computed by :meth:`DeltaStore.write_chunk`
+from ``delta`` and ``cond/layer_input``, never given by a writer. A store whose fingerprint (base model, layer, data,
 overfit params, format) differs from the run's is rebuilt, never extended.
 """
 
@@ -38,7 +42,7 @@ import numpy as np
 import torch
 import zarr
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the derived rank-one arrays u and rank1_share
 SPLITS = ("train", "test")
 TEST_ROLE = ("oracle only: test samples overfitted with their own labels, for the "
              "'overfitting on test' upper bound; never input to any model")
@@ -72,6 +76,8 @@ class Layout:
             "loss_before": ((), "float32"),
             "loss_after": ((), "float32"),
             "index": ((), "int64"),
+            "u": ((self.out_features,), "float32"),
+            "rank1_share": ((), "float32"),
         }
 
     def n_chunks(self, split: str) -> int:
@@ -86,6 +92,28 @@ def rho_of(delta: torch.Tensor, definition: str) -> torch.Tensor:
     if definition == "std":
         return flat.std(dim=1)
     raise StoreError(f"unknown rho definition {definition!r}; valid: fro, std")
+
+
+DERIVED = ("u", "rank1_share")
+
+
+def rank_one_factor(delta: np.ndarray, layer_input: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: u = delta x / |x|^2, the output factor of the rank-one matrix
+    u x^T nearest to delta (least squares, x = the layer input), and the share
+    of |delta|_F^2 it explains, |u|^2 |x|^2 / |delta|_F^2 (the residual is
+    orthogonal to u x^T). One plain-gradient step on a sample makes delta
+    exactly u x^T; Adam's per-entry scaling makes it nearly so.
+    """
+    delta = np.asarray(delta, dtype=np.float32)
+    x = np.asarray(layer_input, dtype=np.float32)
+    if delta.ndim != 3 or x.ndim != 2 or x.shape != (delta.shape[0], delta.shape[2]):
+        raise StoreError(f"a rank-one factor needs deltas [N, out, in] and layer inputs [N, in]; "
+                         f"got {delta.shape} and {x.shape}")
+    xx = np.einsum("bi,bi->b", x, x)
+    u = np.einsum("boi,bi->bo", delta, x) / np.maximum(xx, 1e-30)[:, None]
+    energy = np.einsum("boi,boi->b", delta, delta)
+    share = np.where(energy > 0, np.einsum("bo,bo->b", u, u) * xx / np.maximum(energy, 1e-30), 1.0)
+    return u.astype(np.float32), np.minimum(share, 1.0).astype(np.float32)
 
 
 class DeltaStore:
@@ -162,13 +190,15 @@ class DeltaStore:
         return sum(min(chunk, n - c * chunk) for c in self.pending_chunks(split))
 
     def write_chunk(self, split: str, chunk: int, rows: dict[str, np.ndarray]) -> None:
-        """Write chunk ``chunk`` of every array of ``split``, then mark it done."""
+        """Write chunk ``chunk`` of every array of ``split`` (the derived ones
+        computed here), then mark it done."""
         start = chunk * self.layout.chunk
         stop = min(start + self.layout.chunk, self.layout.n[split])
-        expected = set(self.layout.arrays())
+        expected = set(self.layout.arrays()) - set(DERIVED)
         if set(rows) != expected:
             raise StoreError(f"chunk rows must hold exactly {sorted(expected)}, got {sorted(rows)}")
         rows = {name: np.asarray(values) for name, values in rows.items()}
+        rows["u"], rows["rank1_share"] = rank_one_factor(rows["delta"], rows["cond/layer_input"])
         for name, values in rows.items():  # check everything before writing anything
             if len(values) != stop - start:
                 raise StoreError(f"{name}: {len(values)} rows for chunk {chunk} of {stop - start}")
@@ -205,8 +235,12 @@ def open_store(path: str | Path) -> zarr.Group:
     if not path.exists():
         raise StoreError(f"{path} does not exist; run the overfit stage first")
     root = zarr.open_group(path, mode="r")
-    if root.attrs.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path} is not a weight-delta store of format {FORMAT_VERSION}")
+    version = root.attrs.get("format_version")
+    if version is None:
+        raise StoreError(f"{path} is not a weight-delta store (no format_version attribute)")
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{path} is a weight-delta store of format {version}, this code reads format "
+                         f"{FORMAT_VERSION}; rerun the overfit stage to rebuild it")
     for split in SPLITS:
         done = root[split]["done"][:]
         if not np.all(done == 1):
@@ -280,6 +314,7 @@ def summarize(path: str | Path, sample: int = 256) -> dict:
             "rho": _stats(group["rho"][:][rows]),
             "loss_before": _stats(group["loss_before"][:][rows]),
             "loss_after": _stats(group["loss_after"][:][rows]),
+            "rank1_share": _stats(group["rank1_share"][:][rows]) if "rank1_share" in group else {},
             "rank_one_share": _stats(rank_one_share(group["delta"].get_orthogonal_selection(
                 (pick, slice(None), slice(None))))) if len(pick) else {},
         }

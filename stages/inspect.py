@@ -15,7 +15,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     sample: int = typer.Option(256, help="Deltas per split used for the rank-one share."),
 ) -> None:
-    """Summarise a weight-delta store: arrays, attrs, rho, losses, rank-one share."""
+    """Summarise a weight-delta store: arrays, attrs, rho, losses, rank-one shares."""
     summary = summarize(store, sample=sample)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -31,7 +31,9 @@ def inspect(
         for name, a in s["arrays"].items():
             typer.echo(f"  {name:24s} {str(tuple(a['shape'])):18s} {a['dtype']:8s} chunks {tuple(a['chunks'])}"
                        f" {'+'.join(a['compressors']) or 'uncompressed'}")
-        for key in ("rho", "loss_before", "loss_after", "rank_one_share"):
+        # rank1_share: |u i_L^T|^2 / |delta|^2, the share a rank1 diffusion target
+        # keeps; rank_one_share: sigma_1^2 / sum sigma^2, the best any rank one does.
+        for key in ("rho", "loss_before", "loss_after", "rank1_share", "rank_one_share"):
             st = s[key]
             if st:
                 typer.echo(f"  {key:14s} mean {st['mean']:.4g}  sd {st['sd']:.4g}  median {st['median']:.4g}"

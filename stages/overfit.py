@@ -69,7 +69,7 @@ def overfit(
     bar.close()
     summary = summarize(out)["splits"]
     write_json(metrics, {split: {key: summary[split][key]["mean"]
-                                 for key in ("rho", "loss_before", "loss_after", "rank_one_share")}
+                                 for key in ("rho", "loss_before", "loss_after", "rank1_share", "rank_one_share")}
                          for split in summary})
     typer.echo(f"wrote {out}: layer {name}, {layout.n['train']} train and {layout.n['test']} test deltas; "
                f"`ocd inspect {out}` summarises it")

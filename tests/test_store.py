@@ -5,7 +5,7 @@ import zarr
 
 from ocd.models import lenet5
 from ocd.overfit import fill_store, linear_cut
-from ocd.store import DeltaStore, Layout, StoreError, open_store, summarize
+from ocd.store import DERIVED, DeltaStore, Layout, StoreError, open_store, rank_one_factor, summarize
 from ocd.tasks import get_task
 
 TASK = get_task("classification")
@@ -27,7 +27,7 @@ def _setup():
     return cut, splits, layout
 
 
-def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None):
+def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None, optimizer="adam", lr=5e-4):
     cut, splits, layout = _setup()
     messages = log if log is not None else []
     store = DeltaStore.create_or_resume(path, layout, fingerprint, {"layer": "fc1"}, log=messages.append)
@@ -38,7 +38,7 @@ def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None):
         if stop_after is not None and len(written) >= stop_after:
             raise Interrupt
 
-    fill_store(store, cut, TASK, splits, steps=3, optimizer="adam", lr=5e-4, rho="fro", on_chunk=on_chunk)
+    fill_store(store, cut, TASK, splits, steps=3, optimizer=optimizer, lr=lr, rho="fro", on_chunk=on_chunk)
     return store, written
 
 
@@ -51,7 +51,7 @@ def _arrays(path):
 def test_a_stranger_can_open_the_store_with_plain_zarr(tmp_path):
     _fill(tmp_path / "s.zarr")
     root = zarr.open_group(tmp_path / "s.zarr", mode="r")
-    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 1
+    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 2
     assert "never input" in root["test"].attrs["role"]
     assert root["train/delta"].shape == (20, 84, 120) and root["train/delta"].chunks == (8, 84, 120)
     assert root["train/cond/layer_input"].shape == (20, 120)
@@ -92,10 +92,46 @@ def test_a_store_of_another_base_model_is_rebuilt_not_extended(tmp_path):
     assert zarr.open_group(path, mode="r").attrs["fingerprint"]["base_sha256"] == "other"
 
 
+def test_on_a_plain_sgd_store_the_rank_one_factor_rebuilds_every_delta(tmp_path):
+    # plain gradient steps on one sample add g_t i_L^T with i_L fixed: delta = u i_L^T exactly
+    _fill(tmp_path / "s.zarr", optimizer="sgd", lr=0.05)
+    root = open_store(tmp_path / "s.zarr")
+    for split in ("train", "test"):
+        g = root[split]
+        delta, u, x = g["delta"][:], g["u"][:], g["cond/layer_input"][:]
+        assert np.abs(delta).max() > 1e-4
+        rebuilt = u[:, :, None] * x[:, None, :]
+        np.testing.assert_allclose(rebuilt, delta, rtol=0, atol=1e-6 * np.abs(delta).max())
+        np.testing.assert_allclose(g["rank1_share"][:], 1.0, atol=1e-5)
+
+
+def test_rank_one_factor_share_of_a_matrix_that_is_not_rank_one():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    u_true = rng.normal(size=(3, 4)).astype(np.float32)
+    noise = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    noise -= np.einsum("boi,bi->bo", noise, x)[:, :, None] * x[:, None, :] / (x**2).sum(1)[:, None, None]
+    delta = u_true[:, :, None] * x[:, None, :] + noise  # noise is orthogonal to every v x^T
+    u, share = rank_one_factor(delta, x)
+    np.testing.assert_allclose(u, u_true, atol=1e-4)
+    expected = (u_true**2).sum(1) * (x**2).sum(1) / (delta**2).sum((1, 2))
+    np.testing.assert_allclose(share, expected, rtol=1e-4)
+    with pytest.raises(StoreError, match="layer inputs"):
+        rank_one_factor(delta, x[:, :4])
+
+
+def test_open_store_names_an_old_format(tmp_path):
+    _fill(tmp_path / "s.zarr")
+    zarr.open_group(tmp_path / "s.zarr", mode="r+").attrs["format_version"] = 1
+    with pytest.raises(StoreError, match="format 1, this code reads format 2; rerun the overfit stage"):
+        open_store(tmp_path / "s.zarr")
+
+
 def test_nan_rows_are_refused_with_the_split_and_rows(tmp_path):
     _, _, layout = _setup()
     store = DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
-    rows = {name: np.zeros((8, *shape), dtype) for name, (shape, dtype) in layout.arrays().items()}
+    rows = {name: np.zeros((8, *shape), dtype) for name, (shape, dtype) in layout.arrays().items()
+            if name not in DERIVED}
     rows["rho"][3] = np.nan
     with pytest.raises(StoreError, match=r"train/rho has NaN.*(rows 0..7)"):
         store.write_chunk("train", 0, rows)
@@ -116,6 +152,8 @@ def test_summary_reports_rank_one_share_and_losses(tmp_path):
     train = s["splits"]["train"]
     assert train["n"] == 20 and train["rows_done"] == 20 and train["chunks_done"] == "3/3"
     assert 0.5 < train["rank_one_share"]["mean"] <= 1.0
+    # u i_L^T is one rank-one matrix, so it explains no more than the best one
+    assert 0.5 < train["rank1_share"]["mean"] <= train["rank_one_share"]["mean"] + 1e-6
     assert train["loss_after"]["mean"] < train["loss_before"]["mean"]
     assert train["arrays"]["delta"]["compressors"] == []
     assert s["attrs"]["layer"] == "fc1"
