@@ -5,13 +5,20 @@ Pieces, each separately testable:
 - :class:`Conditioner`: I(x) -> embedding, ``E_i(i_L) + E_a(a_L) + E_o(f(x))``
   (one linear layer each, on standardised inputs), computed once per sample;
 - :class:`TimeEmbedding`: PE(t), the sinusoidal encoding and a small MLP;
-- the denoiser :class:`ocd.unet.UNet`, given ``e = PE(t) + conditioning``;
+- the denoiser: :class:`ocd.unet.UNet` over the matrix, or
+  :class:`ocd.vecnet.VecNet` over the rank-one factor, given ``e = PE(t) + conditioning``;
 - the schedule :class:`ocd.schedule.Schedule` (noising and DDIM sampling).
 
-The diffusion target is the delta at unit scale: ``x0 = delta / rho * unit``,
-with ``unit = sqrt(out * in)`` when rho is the Frobenius norm (so x0's entries
-have unit mean square, like the noise) and 1 when rho is the std. A delta is
-rebuilt as ``rho * x0 / unit``.
+Every delta is generated at unit scale, ``omega = delta / rho * unit``, with
+``unit = sqrt(out * in)`` when rho is the Frobenius norm (so omega's entries
+have unit mean square, like the noise) and 1 when rho is the std; a delta is
+rebuilt as ``rho * omega / unit``. What the network generates (the *target*):
+
+- ``matrix`` (the paper): omega itself, zero-padded for the U-Net;
+- ``rank1``: ``v = omega x_hat / sqrt(in)``, x_hat = i_L(x) / |i_L(x)|, the
+  output factor of the rank-one matrix nearest omega, with unit mean-square
+  entries; omega is rebuilt as ``sqrt(in) v x_hat^T``. i_L(x) is part of the
+  conditioning, so it is known at test time; only u (stored as ``u``) is learnt.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ocd import vecnet
 from ocd.schedule import Schedule, sinusoidal
-from ocd.store import COND, ChunkReader
+from ocd.store import COND, ChunkReader, StoreError, rho_of
 from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
+
+TARGETS = ("matrix", "rank1")
 
 
 def unit_factor(rho: str, shape: tuple[int, int]) -> float:
@@ -79,6 +89,27 @@ class Conditioner(nn.Module):
         return sum(enc(norm(p)) for p, norm, enc in zip(parts, self.norms, self.encoders))
 
 
+class ConditionedMLP(nn.Module):
+    """An MLP on the standardised, concatenated conditioning I(x) (the scale
+    model and the regressor). The last layer starts at zero."""
+
+    def __init__(self, stats: dict, hidden: list[int], out_dim: int):
+        super().__init__()
+        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in COND])
+        width = sum(len(stats[n][0]) for n in COND)
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        last = nn.Linear(width, out_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(*layers, last)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return self.mlp(torch.cat([norm(p) for p, norm in zip(parts, self.norms)], dim=1))
+
+
 class TimeEmbedding(nn.Module):
     def __init__(self, channels: int, emb_dim: int):
         super().__init__()
@@ -95,25 +126,85 @@ class ModelMeta:
 
     preset: str
     shape: tuple[int, int]  # the layer's weight [out, in]
-    padded: tuple[int, int]
-    target: str  # eps | x0
+    padded: tuple[int, int]  # the U-Net's input (matrix target)
+    prediction: str  # eps | x0
     unit: float
     schedule: str
     T: int
+    target: str = "matrix"  # matrix | rank1
+    rho: str = "fro"  # the store's scale definition
+
+    @property
+    def rep_shape(self) -> tuple[int, ...]:
+        """Shape of one generated target: [out, in] (matrix) or [out] (rank1)."""
+        return self.shape if self.target == "matrix" else (self.shape[0],)
+
+
+def reader_names(target: str) -> tuple[str, ...]:
+    """The store arrays training on ``target`` reads (rank1 never reads the matrices)."""
+    return ("delta" if target == "matrix" else "u", "rho", *COND)
+
+
+def batch_tensors(batch: dict, meta: ModelMeta, device) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """(the unit-scale target, conditioning parts, rho) of a store minibatch."""
+    rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device).clamp_min(1e-12)
+    parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in COND]
+    if meta.target == "matrix":
+        delta = torch.as_tensor(batch["delta"], dtype=torch.float32, device=device)
+        return delta / rho[:, None, None] * meta.unit, parts, rho
+    # omega x_hat / sqrt(in) with omega x_hat = u |i_L| unit / rho
+    u = torch.as_tensor(batch["u"], dtype=torch.float32, device=device)
+    factor = parts[0].norm(dim=1) * meta.unit / (rho * math.sqrt(meta.shape[1]))
+    return u * factor[:, None], parts, rho
+
+
+def true_omega(batch: dict, meta: ModelMeta, device) -> torch.Tensor:
+    """The stored deltas at unit scale, [B, out, in] (for diagnostics)."""
+    rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device).clamp_min(1e-12)
+    return torch.as_tensor(batch["delta"], dtype=torch.float32, device=device) / rho[:, None, None] * meta.unit
+
+
+def to_matrix(rep: torch.Tensor, layer_input: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+    """Generated targets [B, *rep_shape] -> unit-scale deltas omega [B, out, in]."""
+    if meta.target == "matrix":
+        return rep
+    x_hat = layer_input / layer_input.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return math.sqrt(meta.shape[1]) * rep[:, :, None] * x_hat[:, None, :]
+
+
+def normalised(omega: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+    """omega rescaled so that rho_of(omega / unit) == 1: its size left to the scale model."""
+    return omega * meta.unit / rho_of(omega, meta.rho).clamp_min(1e-12)[:, None, None]
+
+
+def require_rank1(weight_shape, input_width: int) -> None:
+    """The rank1 target needs a matrix weight applied to one input vector per sample."""
+    if len(weight_shape) != 2 or weight_shape[1] != input_width:
+        raise StoreError(f"diffusion.target rank1 needs a matrix weight [out, in] applied to a per-sample "
+                         f"input vector of width in; the store's layer has weight {tuple(weight_shape)} and "
+                         f"input width {input_width}; use diffusion.target: matrix")
 
 
 class DeltaDiffusion(nn.Module):
     def __init__(self, meta: ModelMeta, stats: dict):
         super().__init__()
         self.meta = meta
-        config = PRESETS[meta.preset]
-        self.net = UNet(config)
+        if meta.target == "matrix":
+            config = PRESETS[meta.preset]
+            self.net = UNet(config)
+            mask = torch.zeros(1, 1, *meta.padded)
+            mask[..., : meta.shape[0], : meta.shape[1]] = 1
+        else:
+            config = vecnet.PRESETS[meta.preset]
+            self.net = vecnet.VecNet(meta.shape[0], config)
+            mask = torch.ones(1, meta.shape[0])
+        self.register_buffer("mask", mask)  # 1 where x0 is unknown, 0 on the padding
         self.cond = Conditioner(stats, config.emb_dim)
         self.time = TimeEmbedding(config.channels, config.emb_dim)
-        mask = torch.zeros(1, 1, *meta.padded)
-        mask[..., : meta.shape[0], : meta.shape[1]] = 1
-        self.register_buffer("mask", mask)
         self._schedule = Schedule(meta.T, meta.schedule)
+
+    def _net_shape(self, rep: torch.Tensor) -> torch.Tensor:
+        return pad(rep, self.meta.padded) if self.meta.target == "matrix" else rep
 
     def schedule(self) -> Schedule:
         return self._schedule
@@ -126,45 +217,42 @@ class DeltaDiffusion(nn.Module):
 
     def loss(self, x0: torch.Tensor, c: torch.Tensor, schedule: Schedule,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """The denoising loss on the matrix entries (padding excluded), per sample."""
-        x0 = pad(x0, self.meta.padded)
+        """The denoising loss on the target's entries (padding excluded), per sample."""
+        x0 = self._net_shape(x0)
         t = torch.randint(0, schedule.T, (len(x0),), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device) * self.mask
         x_t = schedule.add_noise(x0, eps, t)
-        target = eps if self.meta.target == "eps" else x0
+        target = eps if self.meta.prediction == "eps" else x0
         err = (self.predict(x_t, t, c) - target) ** 2 * self.mask
         return err.flatten(1).sum(1) / self.mask.sum()
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, steps: int = 10, eta: float = 0.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unit-scale deltas [B, out, in] by DDIM from pure noise, conditioned on c."""
-        x = self.schedule().sample(lambda x_t, t: self.predict(x_t, t, c), (len(c), 1, *self.meta.padded),
-                                   self.meta.target, steps=steps, eta=eta, mask=self.mask,
-                                   generator=generator, device=c.device)
-        return crop(x, self.meta.shape)
+        """Unit-scale targets [B, *rep_shape] by DDIM from pure noise, conditioned on c."""
+        shape = (len(c), *self.mask.shape[1:])
+        x = self.schedule().sample(lambda x_t, t: self.predict(x_t, t, c), shape, self.meta.prediction,
+                                   steps=steps, eta=eta, mask=self.mask, generator=generator, device=c.device)
+        return crop(x, self.meta.shape) if self.meta.target == "matrix" else x
+
+    def omega(self, rep: torch.Tensor, layer_input: torch.Tensor) -> torch.Tensor:
+        """Sampled targets -> unit-scale deltas [B, out, in]."""
+        return to_matrix(rep, layer_input, self.meta)
 
 
 def build(meta: ModelMeta, stats: dict) -> DeltaDiffusion:
     return DeltaDiffusion(meta, stats)
 
 
-def make_meta(preset: str, shape, square: bool, pad_to: int, target: str, rho: str,
-              schedule: str, T: int) -> ModelMeta:
+def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rho: str,
+              schedule: str, T: int, target: str = "matrix") -> ModelMeta:
     if preset not in PRESETS:
         raise ValueError(f"unknown diffusion preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown diffusion target {target!r}; valid: {', '.join(TARGETS)}")
     shape = (int(shape[0]), int(shape[1]))
-    padded = padded_shape(shape, PRESETS[preset].factor, square, pad_to)
-    return ModelMeta(preset, shape, padded, target, unit_factor(rho, shape), schedule, T)
-
-
-def batch_tensors(batch: dict, unit: float, device) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """(unit-scale x0, conditioning parts, rho) of a store minibatch."""
-    rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device)
-    delta = torch.as_tensor(batch["delta"], dtype=torch.float32, device=device)
-    x0 = delta / rho.clamp_min(1e-12)[:, None, None] * unit
-    parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in COND]
-    return x0, parts, rho
+    padded = padded_shape(shape, PRESETS[preset].factor, square, pad_to) if target == "matrix" else shape
+    return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho)
 
 
 class EMA:
@@ -197,7 +285,7 @@ def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: in
     history, running = [], None
     bar = tqdm(range(1, steps + 1), desc="train diffusion", disable=not progress, mininterval=1.0)
     for step in bar:
-        x0, parts, _ = batch_tensors(next(batches), model.meta.unit, device)
+        x0, parts, _ = batch_tensors(next(batches), model.meta, device)
         loss = model.loss(x0, model.embed(parts), model.schedule(), gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,19 +307,26 @@ def diagnose(model: DeltaDiffusion, data: dict, sample_steps: int, eta: float, s
 
     The cosine is the plainest sign of whether the denoiser learned to use
     the conditioning: sampled from pure noise given a sample's I(x), near 0
-    means it did not.
+    means it did not. It compares whole matrices whatever the target, so the
+    targets' figures compare; ``data`` must hold ``delta``.
     """
     model.eval().to(device)
-    x0, parts, _ = batch_tensors(data, model.meta.unit, device)
+    x0, parts, _ = batch_tensors(data, model.meta, device)
     gen = torch.Generator().manual_seed(seed)
     c = model.embed(parts)
     losses = torch.cat([model.loss(x0[i:i + 64], c[i:i + 64], model.schedule(), gen)
                         for i in range(0, len(x0), 64)])
     n = min(max_samples, len(x0))
-    sampled = model.sample(c[:n], steps=sample_steps, eta=eta, generator=gen)
-    cos = F.cosine_similarity(sampled.flatten(1), x0[:n].flatten(1), dim=1)
-    return {"denoise_loss": float(losses.mean()), "cosine_mean": float(cos.mean()),
-            "cosine_sd": float(cos.std()) if n > 1 else 0.0, "cosine_samples": n}
+    sampled = model.omega(model.sample(c[:n], steps=sample_steps, eta=eta, generator=gen), parts[0][:n])
+    return {"denoise_loss": float(losses.mean()),
+            **cosine_summary(sampled, true_omega(data, model.meta, device)[:n])}
+
+
+def cosine_summary(omega: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    cos = F.cosine_similarity(omega.flatten(1), truth.flatten(1), dim=1)
+    n = len(cos)
+    return {"cosine_mean": float(cos.mean()), "cosine_sd": float(cos.std()) if n > 1 else 0.0,
+            "cosine_samples": n}
 
 
 def save(path, model: DeltaDiffusion, stats: dict, extra: dict) -> None:
@@ -239,11 +334,17 @@ def save(path, model: DeltaDiffusion, stats: dict, extra: dict) -> None:
                 "state": model.state_dict(), **extra}, path)
 
 
-def load(path, device=None) -> tuple[DeltaDiffusion, dict]:
+def read_checkpoint(path) -> tuple[dict, ModelMeta, dict]:
+    """A checkpoint saved with a ModelMeta and conditioning stats: (ckpt, meta, stats)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     meta = ckpt["meta"]
     meta = ModelMeta(**{**meta, "shape": tuple(meta["shape"]), "padded": tuple(meta["padded"])})
     stats = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in ckpt["stats"].items()}
+    return ckpt, meta, stats
+
+
+def load(path, device=None) -> tuple[DeltaDiffusion, dict]:
+    ckpt, meta, stats = read_checkpoint(path)
     model = DeltaDiffusion(meta, stats)
     model.load_state_dict(ckpt["state"])
     return model.eval().to(device or "cpu"), ckpt

@@ -8,6 +8,7 @@ rows differ only in where ``delta(x)`` comes from:
 - ``ocd_ensemble``: k noises, the k predictions combined by the task (mean of
   the predicted distributions); ``ocd_mean_network``: the k deltas averaged;
 - ``ocd_no_scale``: rho = the mean train rho;
+- ``regressor``: no diffusion, an MLP's predicted direction sized by the scale model;
 - ``nn_input`` / ``nn_cond``: the stored delta of the nearest training sample,
   nearest in input space / in standardised conditioning space;
 - ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
@@ -17,6 +18,7 @@ rows differ only in where ``delta(x)`` comes from:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +29,7 @@ from torch import nn
 from ocd.diffusion import DeltaDiffusion
 from ocd.models import forward_with_layer_weights, layer_io
 from ocd.overfit import linear_cut, overfit_batch
+from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
 from ocd.tasks import Task
 
@@ -41,10 +44,12 @@ class Row:
     scale_error: float | None = None
     note: str = ""
     per_sample_loss: np.ndarray | None = field(default=None, repr=False)
+    # Wall time per test sample of making the delta and the prediction, batched (None: not timed).
+    ms_per_sample: float | None = None
 
     def flat(self) -> dict:
         return {"row": self.name, **self.metrics, "cosine": self.cosine, "scale_error": self.scale_error,
-                "note": self.note}
+                "ms_per_sample": self.ms_per_sample, "note": self.note}
 
 
 @torch.no_grad()
@@ -71,6 +76,7 @@ def _row(name: str, task: Task, outputs: torch.Tensor, y: torch.Tensor, deltas=N
 def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int,
                   steps: int, eta: float, seed: int, rows_per_pass: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """k sampled unit-scale deltas per sample [k, N, out, in] and rho_hat [N].
+    ``parts[0]`` is the layer input (the rank1 target rebuilds the matrix from it).
 
     The k members of a batch are sampled in one batched DDIM pass of about
     ``rows_per_pass`` rows (larger passes ran slower on the CPU: 54 rows/s at
@@ -83,7 +89,8 @@ def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Te
         p = [v[i:i + batch] for v in parts]
         c = diff.embed(p)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        omega = diff.sample(c.repeat(k, 1), steps=steps, eta=eta, generator=gen)
+        rep = diff.sample(c.repeat(k, 1), steps=steps, eta=eta, generator=gen)
+        omega = diff.omega(rep, p[0].repeat(k, 1))
         omegas.append(omega.view(k, len(c), *omega.shape[1:]))
         rhos.append(scaler(p))
     return torch.cat(omegas, dim=1), torch.cat(rhos)
@@ -109,6 +116,7 @@ class EvalInputs:
     diff: DeltaDiffusion
     scaler: ScaleModel
     mean_rho: float
+    regressor: DeltaRegressor | None = None
 
 
 def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
@@ -118,22 +126,38 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     task, y, model, layer = inp.task, inp.y_test, inp.model, inp.layer
     model.eval()
     cut = linear_cut(model, layer)
+    n_test = len(y)
+    ms = lambda start, per=1: 1000 * (time.perf_counter() - start) / (n_test * per)  # noqa: E731
+    start = time.perf_counter()
     h, a, base_out = layer_io(cut, inp.x_test)
     parts = [h, a, base_out]
     unit = inp.diff.meta.unit
     rows = [_row("base", task, base_out, y)]
+    rows[0].ms_per_sample = ms(start)
 
+    start = time.perf_counter()
     omegas, rho_hat = sample_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed)
     deltas = rho_hat[None, :, None, None] * omegas / unit  # [k, N, out, in]
     member_out = torch.stack([apply_deltas(model, layer, d, inp.x_test) for d in deltas])
-    rows.append(_row("ocd", task, member_out[0], y, deltas[0], inp.oracle_delta))
+    ocd_ms = ms(start)  # all k members
+    rows.append(_row("ocd", task, member_out[0], y, deltas[0], inp.oracle_delta,
+                     note=f"{steps} DDIM steps; time: the {k}-member pass / {k}"))
+    rows[-1].ms_per_sample = ocd_ms / k
     rows.append(_row(f"ocd_ensemble_{k}", task, task.ensemble(member_out), y, note=f"{k} noises"))
+    rows[-1].ms_per_sample = ocd_ms
     mean_delta = deltas.mean(0)
     rows.append(_row("ocd_mean_network", task, apply_deltas(model, layer, mean_delta, inp.x_test), y,
                      mean_delta, inp.oracle_delta, note=f"mean of {k} deltas"))
     no_scale = inp.mean_rho * omegas[0] / unit
     rows.append(_row("ocd_no_scale", task, apply_deltas(model, layer, no_scale, inp.x_test), y,
                      no_scale, inp.oracle_delta, note="rho = mean train rho"))
+    if inp.regressor is not None:
+        start = time.perf_counter()
+        reg_delta = inp.scaler(parts)[:, None, None] * inp.regressor.omega(parts) / unit
+        reg_out = apply_deltas(model, layer, reg_delta, inp.x_test)
+        rows.append(_row("regressor", task, reg_out, y, reg_delta, inp.oracle_delta,
+                         note=f"no diffusion: MLP direction ({inp.regressor.meta.target}) x rho_hat"))
+        rows[-1].ms_per_sample = ms(start)
 
     nn_spaces = {"nn_input": (inp.x_test, inp.x_train),
                  "nn_cond": (_standardised(parts, inp.train_parts), _standardised(inp.train_parts, inp.train_parts))}

@@ -122,8 +122,11 @@ class DiffusionParams:
     # Linear betas: paper (1e-4..1e-2) | reference (the authors' code, 1e-6..1e-2).
     schedule: str = "paper"
     T: int = 1000
+    # What is generated: matrix (the whole delta, the paper) | rank1 (its output
+    # factor u, delta ~ u i_L^T; ocd/diffusion.py). Also the regressor's target.
+    target: str = "matrix"
     # What the network predicts: eps (the paper) | x0.
-    target: str = "eps"
+    prediction: str = "eps"
     steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
@@ -143,7 +146,8 @@ class DiffusionParams:
         _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
         _choice(self, "diffusion", "preset", ("paper", "cpu", "tiny"))
         _choice(self, "diffusion", "schedule", ("paper", "reference"))
-        _choice(self, "diffusion", "target", ("eps", "x0"))
+        _choice(self, "diffusion", "target", ("matrix", "rank1"))
+        _choice(self, "diffusion", "prediction", ("eps", "x0"))
         if not 0 < self.holdout < 1:
             raise ParamsError(f"diffusion.holdout must lie in (0, 1), got {self.holdout}")
         if not 0 <= self.ema < 1:
@@ -165,6 +169,21 @@ class ScaleParams:
     def __post_init__(self):
         _positive(self, "scale", "steps", "batch_size", "lr")
         _choice(self, "scale", "loss", ("paper", "logmse"))
+
+
+@dataclass(frozen=True)
+class RegressorParams:
+    """``regressor:`` the non-diffusion baseline, an MLP from I(x) to the
+    delta's direction (same target as ``diffusion.target``), sized by the scale model."""
+
+    hidden: list[int] = field(default_factory=lambda: [512, 512])
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "regressor", "steps", "batch_size", "lr")
 
 
 @dataclass(frozen=True)
@@ -195,6 +214,7 @@ class Params:
     overfit: OverfitParams = field(default_factory=OverfitParams)
     diffusion: DiffusionParams = field(default_factory=DiffusionParams)
     scale: ScaleParams = field(default_factory=ScaleParams)
+    regressor: RegressorParams = field(default_factory=RegressorParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def section(self, name: str) -> dict[str, Any]:

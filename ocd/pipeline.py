@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ocd import base, diffusion, scale
+from ocd import base, diffusion, regressor, scale
 from ocd.diffusion import DeltaDiffusion
 from ocd.evaluation import apply_deltas, sample_deltas
 from ocd.models import layer_io
 from ocd.overfit import linear_cut
+from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
 from ocd.store import StoreError
 
@@ -24,24 +25,27 @@ class Trained:
     diff: DeltaDiffusion
     scaler: ScaleModel
     mean_rho: float
+    regressor: DeltaRegressor
 
 
 def load_trained(base_dir: str | Path, models_dir: str | Path) -> Trained:
-    """Load and cross-check: both checkpoints must come from this base model and one layer."""
+    """Load and cross-check: every checkpoint must come from this base model and one layer."""
     b = base.load(base_dir)
     models_dir = Path(models_dir)
-    for f in ("diffusion.pt", "scale.pt"):
+    loaders = {"diffusion.pt": diffusion.load, "scale.pt": scale.load, "regressor.pt": regressor.load}
+    for f in loaders:
         if not (models_dir / f).is_file():
             raise FileNotFoundError(f"{models_dir / f} is missing; run the train_diffusion stage first")
-    diff, dckpt = diffusion.load(models_dir / "diffusion.pt")
-    scaler, sckpt = scale.load(models_dir / "scale.pt")
-    for name, prov in (("diffusion.pt", dckpt["provenance"]), ("scale.pt", sckpt["provenance"])):
+    loaded = {f: load(models_dir / f) for f, load in loaders.items()}
+    for name, (_, ckpt) in loaded.items():
+        prov = ckpt["provenance"]
         if prov["base_sha256"] != b.sha256:
             raise StoreError(f"{models_dir / name} was trained for another base model "
                              f"({prov['base_sha256'][:12]}, this one is {b.sha256[:12]}); rerun train_diffusion")
-    if dckpt["provenance"]["layer"] != sckpt["provenance"]["layer"]:
-        raise StoreError(f"{models_dir}: the diffusion and scale models were trained for different layers")
-    return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"])
+    if len({ckpt["provenance"]["layer"] for _, ckpt in loaded.values()}) != 1:
+        raise StoreError(f"{models_dir}: the diffusion, scale and regressor models were trained for different layers")
+    (diff, dckpt), (scaler, sckpt), (reg, _) = loaded.values()
+    return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"], reg)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ocd.diffusion import Standardise
+from ocd.diffusion import ConditionedMLP
 from ocd.store import COND, ChunkReader
 
 LOG_FLOOR = 1e-12
@@ -27,21 +27,11 @@ LOG_FLOOR = 1e-12
 class ScaleModel(nn.Module):
     def __init__(self, stats: dict, hidden: list[int], mean_rho: float):
         super().__init__()
-        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in COND])
-        width = sum(len(stats[n][0]) for n in COND)
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.SiLU()]
-            width = h
-        last = nn.Linear(width, 1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.mlp = nn.Sequential(*layers, last)
+        self.net = ConditionedMLP(stats, hidden, 1)
         self.register_buffer("mean_rho", torch.tensor(float(mean_rho)))
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        v = torch.cat([norm(p) for p, norm in zip(parts, self.norms)], dim=1)
-        return self.mean_rho * torch.exp(self.mlp(v)[:, 0])
+        return self.mean_rho * torch.exp(self.net(parts)[:, 0])
 
 
 def scale_loss(rho_hat: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:

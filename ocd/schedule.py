@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 RANGES = {"paper": (1e-4, 1e-2), "reference": (1e-6, 1e-2)}
-TARGETS = ("eps", "x0")
+PREDICTIONS = ("eps", "x0")
 
 
 class Schedule:
@@ -44,14 +44,14 @@ class Schedule:
         a = self._abar(t, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
-    def split(self, x_t, pred, t, target: str):
-        """(x0_hat, eps_hat) from the network's prediction of ``target``."""
+    def split(self, x_t, pred, t, prediction: str):
+        """(x0_hat, eps_hat) from the network's output, a prediction of ``prediction``."""
         a = self._abar(t, x_t)
-        if target == "eps":
+        if prediction == "eps":
             return (x_t - (1 - a).sqrt() * pred) / a.sqrt(), pred
-        if target == "x0":
+        if prediction == "x0":
             return pred, (x_t - a.sqrt() * pred) / (1 - a).sqrt()
-        raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+        raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
     def timesteps(self, steps: int) -> list[int]:
         """DDIM's decreasing subsequence of ``steps`` timesteps, from T-1 to 0."""
@@ -61,7 +61,7 @@ class Schedule:
 
     @torch.no_grad()
     def sample(self, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape,
-               target: str, steps: int = 10, eta: float = 0.0, mask: torch.Tensor | None = None,
+               prediction: str, steps: int = 10, eta: float = 0.0, mask: torch.Tensor | None = None,
                generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """DDIM from x_T ~ N(0, I). ``predict(x_t, t)`` returns the network's output.
 
@@ -73,7 +73,7 @@ class Schedule:
         for i, t_now in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             t = torch.full((shape[0],), t_now, dtype=torch.long, device=x.device)
-            x0, eps = self.split(x, predict(x, t), t, target)
+            x0, eps = self.split(x, predict(x, t), t, prediction)
             a = self._abar(t, x)
             if mask is not None:
                 x0 = x0 * mask

@@ -21,7 +21,7 @@ def evaluate(
     params: Path = PARAMS_OPTION,
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
     store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store."),
-    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt and scale.pt."),
+    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt, regressor.pt."),
     out: Path = typer.Option(Path("artifacts/eval"), help="Folder for metrics.json, results.csv/md, plots."),
     progress: bool = typer.Option(True, help="Show progress bars (deep-ensemble training)."),
 ) -> None:
@@ -54,7 +54,7 @@ def evaluate(
         x_test=data.x_test, y_test=data.y_test, x_train=data.x_train[train_index],
         train_delta=tensor(train["delta"]), train_parts=[tensor(train[n]) for n in COND],
         oracle_delta=tensor(test["delta"]), diff=trained.diff.cpu(), scaler=trained.scaler,
-        mean_rho=trained.mean_rho)
+        mean_rho=trained.mean_rho, regressor=trained.regressor)
     with torch.no_grad():
         rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed,
                                                    ep.tent_steps, ep.tent_lr, extra)
@@ -77,10 +77,10 @@ def evaluate(
 
 def _markdown(rows) -> str:
     keys = [k for k in rows[0].metrics]
-    lines = ["| row | " + " | ".join(keys) + " | cosine to oracle delta | scale error | note |",
-             "|---" * (len(keys) + 4) + "|"]
+    lines = ["| row | " + " | ".join(keys) + " | cosine to oracle delta | scale error | ms/sample | note |",
+             "|---" * (len(keys) + 5) + "|"]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r.name} | " + " | ".join(fmt(r.metrics[k]) for k in keys)
-                     + f" | {fmt(r.cosine)} | {fmt(r.scale_error)} | {r.note} |")
+                     + f" | {fmt(r.cosine)} | {fmt(r.scale_error)} | {fmt(r.ms_per_sample)} | {r.note} |")
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ def predict(
     inputs: Path = typer.Argument(..., help="A .npy file of raw inputs [N, ...], or a folder of PNG images."),
     params: Path = PARAMS_OPTION,
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
-    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt and scale.pt."),
+    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt and regressor.pt."),
 ) -> None:
     """Print the base model's and OCD's prediction for every input.
 

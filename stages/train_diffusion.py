@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import typer
 
-from ocd import diffusion, scale
+from ocd import diffusion, regressor, scale
 from ocd.device import configure_threads, get_device
 from ocd.params import load_params
 from ocd.store import COND, ChunkReader, open_store, split_chunks
@@ -21,29 +22,34 @@ def train_diffusion(
     out: Path = typer.Option(Path("artifacts/diffusion"), help="Folder for the checkpoints, metrics and loss curve."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Stage 4: train the diffusion and scale models on the store's train group (params: diffusion, scale).
+    """Stage 4: train the diffusion, scale and regressor models on the store's train group
+    (params: diffusion, scale, regressor).
 
     A trailing slice of the train group's chunks is held out for the
     diagnostics in metrics.json: denoising loss, the cosine between deltas
-    sampled from pure noise and the true ones, and the scale model's median
-    relative error beside the constant mean-rho predictor's.
+    sampled from pure noise and the true ones (the regressor's beside it),
+    and the scale model's median relative error beside the constant
+    mean-rho predictor's.
     """
     configure_threads()
     p = load_params(params)
-    dp, sp = p.diffusion, p.scale
+    dp, sp, rp = p.diffusion, p.scale, p.regressor
     device = get_device()
     root = open_store(store)
     group = root["train"]  # never the test group: that is the oracle's alone
+    weight_shape = tuple(root.attrs["weight_shape"])
+    if dp.target == "rank1":
+        diffusion.require_rank1(weight_shape, group["cond/layer_input"].shape[1])
     fit_chunks, held_chunks = split_chunks(group["done"].shape[0], dp.holdout)
-    names = ("delta", "rho", *COND)
-    reader = ChunkReader(group, names, fit_chunks, ram_mb=dp.ram_mb)
-    held = ChunkReader(group, names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
+    reader = ChunkReader(group, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
+    held_names = ("delta", "u", "rank1_share", "rho", *COND)
+    held = ChunkReader(group, held_names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
     stats = diffusion.cond_stats(reader)
     provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
                   "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"]}
 
-    meta = diffusion.make_meta(dp.preset, tuple(root.attrs["weight_shape"]), dp.square, dp.pad, dp.target,
-                               provenance["rho"], dp.schedule, dp.T)
+    meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction,
+                               provenance["rho"], dp.schedule, dp.T, dp.target)
     torch.manual_seed(dp.seed)
     model = diffusion.build(meta, stats)
     start = time.perf_counter()
@@ -59,16 +65,28 @@ def train_diffusion(
                                 loss=sp.loss)
     scale_seconds = time.perf_counter() - start
 
+    torch.manual_seed(rp.seed)
+    reg = regressor.DeltaRegressor(meta, stats, rp.hidden)
+    start = time.perf_counter()
+    reg_history = regressor.train(reg, reader, rp.steps, rp.batch_size, rp.lr, rp.seed, device, progress)
+    regressor_seconds = time.perf_counter() - start
+
     out.mkdir(parents=True, exist_ok=True)
     diffusion.save(out / "diffusion.pt", ema, stats, {"provenance": provenance, "params": p.section("diffusion")})
     scale.save(out / "scale.pt", scaler, stats, sp.hidden, {"provenance": provenance, "params": p.section("scale")})
+    regressor.save(out / "regressor.pt", reg, stats, {"provenance": provenance, "params": p.section("regressor")})
     metrics = {
         "diffusion": diffusion.diagnose(ema, held, dp.sample_steps, dp.eta, dp.seed, dp.diag_samples, device),
+        "regressor": regressor.diagnose(reg, held, device),
         "scale": scale.diagnose(scaler, held, train_mean, device),
+        # the best cosine a rank1 target can reach: sqrt of the share u i_L^T explains
+        "rank1_ceiling_cosine": float(np.mean(np.sqrt(held["rank1_share"]))),
         "rows": {"fit": reader.rows, "held_out": len(held["rho"])},
-        "seconds": {"diffusion": round(diffusion_seconds, 1), "scale": round(scale_seconds, 1)},
+        "seconds": {"diffusion": round(diffusion_seconds, 1), "scale": round(scale_seconds, 1),
+                    "regressor": round(regressor_seconds, 1)},
     }
     write_json(out / "metrics.json", metrics)
     write_csv(out / "loss.csv", ({"step": s, "loss": v} for s, v in history))
     write_csv(out / "scale_loss.csv", ({"step": s, "loss": v} for s, v in scale_history))
-    typer.echo(f"diffusion: {metrics['diffusion']}\nscale: {metrics['scale']}")
+    write_csv(out / "regressor_loss.csv", ({"step": s, "loss": v} for s, v in reg_history))
+    typer.echo(f"diffusion: {metrics['diffusion']}\nregressor: {metrics['regressor']}\nscale: {metrics['scale']}")

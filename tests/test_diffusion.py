@@ -2,29 +2,33 @@ import numpy as np
 import pytest
 import torch
 
-from ocd import diffusion, scale
-from ocd.store import COND, ChunkReader, DeltaStore, Layout, open_store, split_chunks
+from ocd import diffusion, regressor, scale
+from ocd.store import COND, ChunkReader, DeltaStore, Layout, StoreError, open_store, rho_of, split_chunks
 
 SHAPE = (4, 6)
 
 
-def _synthetic_store(path, n=64, chunk=16, seed=0):
+def _synthetic_store(path, n=64, chunk=16, seed=0, rank_one=False):
     """Two kinds of samples; the delta (and its scale) is a function of the kind,
-    which the conditioning reveals."""
+    which the conditioning reveals. ``rank_one``: delta = u_kind i_L^T, as a
+    plain gradient step makes it, with the sample's own layer input i_L."""
     rng = np.random.default_rng(seed)
     patterns = rng.normal(size=(2, *SHAPE)).astype(np.float32)
+    factors = np.random.default_rng(seed + 1).normal(size=(2, SHAPE[0])).astype(np.float32)
     layout = Layout(n={"train": n, "test": 8}, out_features=SHAPE[0], in_features=SHAPE[1], n_outputs=2,
                     chunk=chunk, dtype="float32")
     store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, {}, log=lambda m: None)
     for split, rows in layout.n.items():
         kind = rng.integers(0, 2, rows)
         rho = np.where(kind == 0, 0.5, 2.0).astype(np.float32)
-        unit = patterns[kind] / np.linalg.norm(patterns[kind].reshape(rows, -1), axis=1)[:, None, None]
+        layer_input = (np.eye(2)[kind] @ rng.normal(size=(2, SHAPE[1]))).astype(np.float32) \
+            + (0.3 if rank_one else 0.01) * rng.normal(size=(rows, SHAPE[1])).astype(np.float32)
+        shape = factors[kind][:, :, None] * layer_input[:, None, :] if rank_one else patterns[kind]
+        unit = shape / np.linalg.norm(shape.reshape(rows, -1), axis=1)[:, None, None]
         data = {
             "delta": unit * rho[:, None, None],
             "rho": rho,
-            "cond/layer_input": (np.eye(2)[kind] @ rng.normal(size=(2, SHAPE[1]))).astype(np.float32)
-            + 0.01 * rng.normal(size=(rows, SHAPE[1])).astype(np.float32),
+            "cond/layer_input": layer_input,
             "cond/layer_activation": rng.normal(size=(rows, SHAPE[0])).astype(np.float32),
             "cond/output": np.eye(2, dtype=np.float32)[kind],
             "label": kind, "loss_before": np.ones(rows, np.float32), "loss_after": np.ones(rows, np.float32),
@@ -49,12 +53,12 @@ def test_chunk_reader_covers_every_row_once_per_epoch(tmp_path, ram_mb):
     np.testing.assert_array_equal(np.sort(seen), np.sort(root["train/rho"][:48]))
 
 
-def _fit(tmp_path, target, steps):
-    root = _synthetic_store(tmp_path / "s.zarr")
-    reader = ChunkReader(root["train"], ("delta", "rho", *COND), list(range(4)))
+def _fit(tmp_path, prediction, steps, target="matrix"):
+    root = _synthetic_store(tmp_path / "s.zarr", rank_one=target == "rank1")
+    reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
     stats = diffusion.cond_stats(reader)
-    meta = diffusion.make_meta("tiny", SHAPE, square=False, pad_to=0, target=target, rho="fro",
-                               schedule="paper", T=100)
+    meta = diffusion.make_meta("tiny", SHAPE, square=False, pad_to=0, prediction=prediction, rho="fro",
+                               schedule="paper", T=100, target=target)
     torch.manual_seed(0)
     model = diffusion.build(meta, stats)
     ema, history = diffusion.train(model, reader, steps=steps, batch_size=16, lr=3e-3, ema_decay=0.9,
@@ -62,13 +66,55 @@ def _fit(tmp_path, target, steps):
     return reader, stats, ema, history
 
 
-@pytest.mark.parametrize("target, steps", [("x0", 300), ("eps", 1000)])
-def test_the_denoiser_learns_a_tiny_synthetic_store(tmp_path, target, steps):
-    reader, _, ema, history = _fit(tmp_path, target, steps=steps)
+@pytest.mark.parametrize("prediction, steps, target", [("x0", 300, "matrix"), ("eps", 1000, "matrix"),
+                                                        ("x0", 300, "rank1"), ("eps", 2000, "rank1")])
+def test_the_denoiser_learns_a_tiny_synthetic_store(tmp_path, prediction, steps, target):
+    reader, _, ema, history = _fit(tmp_path, prediction, steps=steps, target=target)
     assert np.mean([v for _, v in history[-30:]]) < np.mean([v for _, v in history[:30]])
     diag = diffusion.diagnose(ema, reader.read(reader.chunks), sample_steps=10, eta=0.0, seed=0,
                               max_samples=32, device="cpu")
     assert diag["cosine_mean"] > 0.9, diag
+
+
+def test_rank1_target_rebuilds_a_rank_one_delta_exactly(tmp_path):
+    root = _synthetic_store(tmp_path / "s.zarr", rank_one=True)
+    data = ChunkReader(root["train"], ("delta", "u", "rho", *COND), [0, 1]).read([0, 1])
+    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1")
+    rep, parts, _ = diffusion.batch_tensors(data, meta, "cpu")
+    assert rep.shape == (32, SHAPE[0])
+    # unit-scale: entries of unit mean square, like the matrix target's
+    torch.testing.assert_close(rep.pow(2).mean(1), torch.ones(32), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(diffusion.to_matrix(rep, parts[0], meta), diffusion.true_omega(data, meta, "cpu"),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_rank1_is_refused_for_a_layer_without_one_input_vector():
+    diffusion.require_rank1((4, 6), 6)
+    with pytest.raises(StoreError, match="rank1 needs a matrix weight"):
+        diffusion.require_rank1((4, 6, 3, 3), 6)
+    with pytest.raises(StoreError, match="input width 5"):
+        diffusion.require_rank1((4, 6), 5)
+
+
+@pytest.mark.parametrize("target", ["matrix", "rank1"])
+def test_the_regressor_learns_the_direction_and_leaves_the_size_to_the_scale_model(tmp_path, target):
+    root = _synthetic_store(tmp_path / "s.zarr", rank_one=True)
+    reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
+    stats = diffusion.cond_stats(reader)
+    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target=target)
+    torch.manual_seed(0)
+    model = regressor.DeltaRegressor(meta, stats, [32])
+    history = regressor.train(model, reader, steps=300, batch_size=16, lr=3e-3, seed=0, device="cpu",
+                              progress=False)
+    assert np.mean([v for _, v in history[-30:]]) < 0.1 * np.mean([v for _, v in history[:30]])
+    diag = regressor.diagnose(model, reader.read(reader.chunks), "cpu")
+    assert diag["cosine_mean"] > 0.9, diag
+    parts = [torch.as_tensor(reader.read([0])[n]) for n in COND]
+    omega = model.omega(parts)
+    torch.testing.assert_close(rho_of(omega / meta.unit, "fro"), torch.ones(len(omega)))
+    regressor.save(tmp_path / "r.pt", model, stats, {"provenance": {"layer": "fc"}})
+    loaded, _ = regressor.load(tmp_path / "r.pt")
+    torch.testing.assert_close(loaded.omega(parts), omega)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -26,11 +26,12 @@ TINY = {
     "overfit": {"batch_size": 128},
     "diffusion": {"preset": "tiny", "steps": 20, "batch_size": 16, "diag_samples": 8, "T": 100},
     "scale": {"hidden": [16], "steps": 20},
+    "regressor": {"hidden": [16], "steps": 20},
     "evaluate": {"k": 2, "tent_steps": [1, 2]},
 }
 
 ROWS = {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
-        "tent_1", "tent_2", "oracle", "deep_ensemble_2"}
+        "regressor", "tent_1", "tent_2", "oracle", "deep_ensemble_2"}
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -103,13 +104,13 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
     for key in ("denoise_loss", "cosine_mean"):
         assert math.isfinite(diff["diffusion"][key])
-    assert math.isfinite(diff["scale"]["median_rel_error"])
+    assert math.isfinite(diff["scale"]["median_rel_error"]) and math.isfinite(diff["regressor"]["cosine_mean"])
     assert diff["rows"]["fit"] + diff["rows"]["held_out"] == n_train
 
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert set(results) == ROWS
     for name, row in results.items():
-        assert set(row) >= {"ce", "acc", "cosine", "scale_error"}, name
+        assert set(row) >= {"ce", "acc", "cosine", "scale_error", "ms_per_sample"}, name
         assert math.isfinite(row["ce"]) and math.isfinite(row["acc"]), name
     assert results["oracle"]["ce"] < results["base"]["ce"]
 
@@ -199,9 +200,10 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
 
 @pytest.mark.e2e
 def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
-    """The same stages on a regression set, chosen by params alone (diabetes: small and bundled)."""
+    """The same stages on a regression set, chosen by params alone (diabetes: small and bundled);
+    with the rank1 diffusion target."""
     tabular = _merge(copy.deepcopy(TINY), {"data": {"name": "diabetes"}, "model": {"hidden": [16, 16]},
-                                           "overfit": {"batch_size": 64}})
+                                           "overfit": {"batch_size": 64}, "diffusion": {"target": "rank1"}})
     project = make_project(tmp_path, tabular)
     project.dvc("repro")
     base_metrics = json.loads((project / "artifacts/base/metrics.json").read_text())
@@ -209,6 +211,8 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     assert base_metrics["test"]["mse"] < 1.0  # beats predicting the train mean (MSE ~1 on the standardised target)
     store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
     assert store["train/cond/output"].shape[1] == 1 and store["train/label"].dtype == np.float32
+    diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
+    assert 0 < diff["rank1_ceiling_cosine"] <= 1 and math.isfinite(diff["diffusion"]["cosine_mean"])
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert "tent" in results["skipped"] and not any(name.startswith("tent_") for name in results)
     rows = {name for name in results if name != "skipped"}

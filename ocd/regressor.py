@@ -1,0 +1,80 @@
+"""The non-diffusion baseline: a regressor from I(x) straight to the delta.
+
+It answers "is diffusion needed at all?". Same conditioning, same target
+representation (``matrix`` or ``rank1``, see :mod:`ocd.diffusion`) and the same
+scale model as the diffusion model; trained with MSE on the unit-scale target.
+MSE makes it predict the conditional mean, whose norm shrinks where samples
+disagree, so its output is used as a direction only: rescaled to unit scale
+(``rho_of(omega / unit) == 1``) and sized by the scale model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, normalised, read_checkpoint,
+                           to_matrix, true_omega)
+from ocd.store import ChunkReader
+
+
+class DeltaRegressor(nn.Module):
+    def __init__(self, meta: ModelMeta, stats: dict, hidden: list[int]):
+        super().__init__()
+        self.meta, self.hidden = meta, list(hidden)
+        self.net = ConditionedMLP(stats, hidden, math.prod(meta.rep_shape))
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The predicted unit-scale target [B, *rep_shape] (not normalised)."""
+        return self.net(parts).view(-1, *self.meta.rep_shape)
+
+    @torch.no_grad()
+    def omega(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Unit-scale deltas [B, out, in]: the prediction's direction at unit scale."""
+        return normalised(to_matrix(self(parts), parts[0], self.meta), self.meta)
+
+
+def train(model: DeltaRegressor, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
+          device, progress: bool = True) -> list[tuple[int, float]]:
+    """Adam on the mean squared error per entry of the unit-scale target."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 2)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = reader.batches(min(batch_size, reader.rows), rng)
+    history = []
+    for step in tqdm(range(1, steps + 1), desc="train regressor", disable=not progress, mininterval=1.0):
+        target, parts, _ = batch_tensors(next(batches), model.meta, device)
+        loss = ((model(parts) - target) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append((step, loss.item()))
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def diagnose(model: DeltaRegressor, data: dict, device) -> dict[str, float]:
+    """Held-out MSE on the target and the cosine to the true deltas (``data`` holds ``delta``)."""
+    model.eval().to(device)
+    target, parts, _ = batch_tensors(data, model.meta, device)
+    return {"mse": float(((model(parts) - target) ** 2).mean()),
+            **cosine_summary(model.omega(parts), true_omega(data, model.meta, device))}
+
+
+def save(path, model: DeltaRegressor, stats: dict, extra: dict) -> None:
+    torch.save({"meta": asdict(model.meta), "stats": {k: [v[0], v[1]] for k, v in stats.items()},
+                "hidden": model.hidden, "state": model.state_dict(), **extra}, path)
+
+
+def load(path) -> tuple[DeltaRegressor, dict]:
+    ckpt, meta, stats = read_checkpoint(path)
+    model = DeltaRegressor(meta, stats, ckpt["hidden"])
+    model.load_state_dict(ckpt["state"])
+    return model.eval(), ckpt
