@@ -38,19 +38,19 @@ def run(tag: str, seeds: list[int], overrides: list[str]) -> None:
         print(f"seed {seed}: {out / f'seed{seed}.json'}", flush=True)
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 4) -> str:
     if not values:
         return ""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def table(folder: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
     if not runs:
         sys.exit(f"no seed*.json in {folder}")
-    order = ["base", "ocd", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
-             "tent", "deep_ensemble", "oracle"]
+    order = ["base", "ocd", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
+             "nn_cond", "tent", "deep_ensemble", "oracle"]
     def rank(name: str) -> tuple[int, int]:
         """Position of the longest matching prefix in ``order``, then the row's number (tent_1 < tent_10)."""
         hits = [(len(p), i) for i, p in enumerate(order) if name == p or name.startswith(p + "_")]
@@ -59,22 +59,36 @@ def table(folder: Path) -> str:
 
     rows = sorted((name for name in runs[0]["eval"] if name != "skipped"), key=rank)
     loss_first = ["ce", "rmse", "mse", "acc"]
-    metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in ("cosine", "scale_error")),
+    extras = ("cosine", "scale_error", "ms_per_sample")
+    metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in extras),
                      key=lambda k: loss_first.index(k) if k in loss_first else 99)
     head = " | ".join(f"test {m}" for m in metrics)
-    lines = [f"| row | {head} | Δ{metrics[0]} vs base (paired) | cosine to oracle delta | scale error |",
-             "|---" * (len(metrics) + 4) + "|"]
+    lines = [f"| row | {head} | Δ{metrics[0]} vs base (paired) | cosine to oracle delta | scale error "
+             "| ms per test sample |", "|---" * (len(metrics) + 5) + "|"]
     for row in rows:
         cells = [fmt([r["eval"][row][m] for r in runs]) for m in metrics]
         delta = fmt([r["eval"][row][metrics[0]] - r["eval"]["base"][metrics[0]] for r in runs])
-        extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row][k] is not None])
-                 for k in ("cosine", "scale_error")]
+        extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row].get(k) is not None], digits)
+                 for k, digits in zip(extras, (4, 4, 2))]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {delta} | " + " | ".join(extra) + " |")
-    diag = [r["diffusion"]["diffusion"]["cosine_mean"] for r in runs]
+    def diag(*keys, digits=4):
+        return fmt([_get(r["diffusion"], keys) for r in runs if _get(r["diffusion"], keys) is not None], digits)
+
     lines.append("")
-    lines.append(f"{len(runs)} seeds; held-out sampled-vs-true cosine of the diffusion model: {fmt(diag)}; "
+    lines.append(f"{len(runs)} seeds; held-out (train rows) sampled-vs-true cosine: diffusion "
+                 f"{diag('diffusion', 'cosine_mean')}, regressor {diag('regressor', 'cosine_mean')}, "
+                 f"rank-one ceiling {diag('rank1_ceiling_cosine')}; training seconds: diffusion "
+                 f"{diag('seconds', 'diffusion', digits=0)}, regressor {diag('seconds', 'regressor', digits=0)}; "
                  f"selected layer per seed: {[r['layers']['selected'] for r in runs]}")
     return "\n".join(lines)
+
+
+def _get(record: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if not isinstance(record, dict) or k not in record:
+            return None
+        record = record[k]
+    return record
 
 
 def main() -> None:
