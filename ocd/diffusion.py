@@ -15,10 +15,12 @@ have unit mean square, like the noise) and 1 when rho is the std; a delta is
 rebuilt as ``rho * omega / unit``. What the network generates (the *target*):
 
 - ``matrix`` (the paper): omega itself, zero-padded for the U-Net;
-- ``rank1``: ``v = omega x_hat / sqrt(in)``, x_hat = i_L(x) / |i_L(x)|, the
-  output factor of the rank-one matrix nearest omega, with unit mean-square
-  entries; omega is rebuilt as ``sqrt(in) v x_hat^T``. i_L(x) is part of the
-  conditioning, so it is known at test time; only u (stored as ``u``) is learnt.
+- ``rank1``: ``v = omega r_hat / sqrt(in)``, the output factor of the rank-one
+  matrix ``u r^T`` nearest omega, with unit mean-square entries; r_hat = r / |r|
+  with r = i_L(x) (plain-SGD overfits) or sign(i_L(x)) (Adam), the store's
+  ``rank1_basis`` (ocd/store.py says why). omega is rebuilt as
+  ``sqrt(in) v r_hat^T``. i_L(x) is part of the conditioning, so r is known at
+  test time; only u (stored as ``u``) is learnt.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from ocd import vecnet
 from ocd.schedule import Schedule, sinusoidal
-from ocd.store import COND, ChunkReader, StoreError, rho_of
+from ocd.store import COND, ChunkReader, StoreError, rank1_right, rho_of
 from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
 
 TARGETS = ("matrix", "rank1")
@@ -133,6 +135,7 @@ class ModelMeta:
     T: int
     target: str = "matrix"  # matrix | rank1
     rho: str = "fro"  # the store's scale definition
+    basis: str = "input"  # rank1: the right factor r(i_L), the store's rank1_basis
 
     @property
     def rep_shape(self) -> tuple[int, ...]:
@@ -152,9 +155,9 @@ def batch_tensors(batch: dict, meta: ModelMeta, device) -> tuple[torch.Tensor, l
     if meta.target == "matrix":
         delta = torch.as_tensor(batch["delta"], dtype=torch.float32, device=device)
         return delta / rho[:, None, None] * meta.unit, parts, rho
-    # omega x_hat / sqrt(in) with omega x_hat = u |i_L| unit / rho
+    # omega r_hat / sqrt(in) with omega r_hat = u |r| unit / rho
     u = torch.as_tensor(batch["u"], dtype=torch.float32, device=device)
-    factor = parts[0].norm(dim=1) * meta.unit / (rho * math.sqrt(meta.shape[1]))
+    factor = rank1_right(parts[0], meta.basis).norm(dim=1) * meta.unit / (rho * math.sqrt(meta.shape[1]))
     return u * factor[:, None], parts, rho
 
 
@@ -168,8 +171,9 @@ def to_matrix(rep: torch.Tensor, layer_input: torch.Tensor, meta: ModelMeta) -> 
     """Generated targets [B, *rep_shape] -> unit-scale deltas omega [B, out, in]."""
     if meta.target == "matrix":
         return rep
-    x_hat = layer_input / layer_input.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return math.sqrt(meta.shape[1]) * rep[:, :, None] * x_hat[:, None, :]
+    r = rank1_right(layer_input, meta.basis)
+    r_hat = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return math.sqrt(meta.shape[1]) * rep[:, :, None] * r_hat[:, None, :]
 
 
 def normalised(omega: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
@@ -245,14 +249,14 @@ def build(meta: ModelMeta, stats: dict) -> DeltaDiffusion:
 
 
 def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rho: str,
-              schedule: str, T: int, target: str = "matrix") -> ModelMeta:
+              schedule: str, T: int, target: str = "matrix", basis: str = "input") -> ModelMeta:
     if preset not in PRESETS:
         raise ValueError(f"unknown diffusion preset {preset!r}; valid: {', '.join(PRESETS)}")
     if target not in TARGETS:
         raise ValueError(f"unknown diffusion target {target!r}; valid: {', '.join(TARGETS)}")
     shape = (int(shape[0]), int(shape[1]))
     padded = padded_shape(shape, PRESETS[preset].factor, square, pad_to) if target == "matrix" else shape
-    return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho)
+    return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho, basis)
 
 
 class EMA:

@@ -38,15 +38,17 @@ ADAM_EPS = 1e-8
 
 
 def code_digest() -> str:
-    """sha256 of the code that computes the rows (this module and ocd.models).
+    """sha256 of the code that computes the rows (this module, ocd.models and
+    ocd.store, which derives u and rank1_share).
 
     Part of a store's fingerprint: with DVC's ``persist``, a rerun after a
     code change would otherwise resume, or reuse, rows of the old code.
     """
     import ocd.models
+    import ocd.store
 
     h = hashlib.sha256()
-    for module in (sys.modules[__name__], ocd.models):
+    for module in (sys.modules[__name__], ocd.models, ocd.store):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()
 

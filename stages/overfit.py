@@ -13,7 +13,7 @@ from ocd.data import load_dataset
 from ocd.device import configure_threads
 from ocd.overfit import code_digest, fill_store, linear_cut
 from ocd.params import load_params
-from ocd.store import DeltaStore, Layout, StoreError, summarize
+from ocd.store import BASIS_OF_OPTIMIZER, DeltaStore, Layout, StoreError, summarize
 from stages.common import PARAMS_OPTION, write_json
 
 
@@ -49,7 +49,8 @@ def overfit(
     layout = Layout(n={"train": len(data.y_train), "test": len(data.y_test)},
                     out_features=cut.layer.out_features, in_features=cut.layer.in_features,
                     n_outputs=data.n_outputs, chunk=p.overfit.batch_size, dtype=p.overfit.dtype,
-                    label_dtype=str(data.y_train.numpy().dtype))
+                    label_dtype=str(data.y_train.numpy().dtype),
+                    rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer])
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
                    "overfit": p.section("overfit"), "n": layout.n, "code": code_digest()}
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),

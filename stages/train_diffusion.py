@@ -49,7 +49,7 @@ def train_diffusion(
                   "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"]}
 
     meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction,
-                               provenance["rho"], dp.schedule, dp.T, dp.target)
+                               provenance["rho"], dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"])
     torch.manual_seed(dp.seed)
     model = diffusion.build(meta, stats)
     start = time.perf_counter()

@@ -8,22 +8,24 @@ from ocd.store import COND, ChunkReader, DeltaStore, Layout, StoreError, open_st
 SHAPE = (4, 6)
 
 
-def _synthetic_store(path, n=64, chunk=16, seed=0, rank_one=False):
+def _synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None):
     """Two kinds of samples; the delta (and its scale) is a function of the kind,
-    which the conditioning reveals. ``rank_one``: delta = u_kind i_L^T, as a
-    plain gradient step makes it, with the sample's own layer input i_L."""
+    which the conditioning reveals. ``rank_one`` (a basis): delta = u_kind r^T
+    with r the sample's own layer input i_L ("input", as plain gradient steps
+    make it) or sign(i_L) ("sign", as Adam does)."""
     rng = np.random.default_rng(seed)
     patterns = rng.normal(size=(2, *SHAPE)).astype(np.float32)
     factors = np.random.default_rng(seed + 1).normal(size=(2, SHAPE[0])).astype(np.float32)
     layout = Layout(n={"train": n, "test": 8}, out_features=SHAPE[0], in_features=SHAPE[1], n_outputs=2,
-                    chunk=chunk, dtype="float32")
+                    chunk=chunk, dtype="float32", rank1_basis=rank_one or "input")
     store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, {}, log=lambda m: None)
     for split, rows in layout.n.items():
         kind = rng.integers(0, 2, rows)
         rho = np.where(kind == 0, 0.5, 2.0).astype(np.float32)
         layer_input = (np.eye(2)[kind] @ rng.normal(size=(2, SHAPE[1]))).astype(np.float32) \
             + (0.3 if rank_one else 0.01) * rng.normal(size=(rows, SHAPE[1])).astype(np.float32)
-        shape = factors[kind][:, :, None] * layer_input[:, None, :] if rank_one else patterns[kind]
+        right = np.sign(layer_input) if rank_one == "sign" else layer_input
+        shape = factors[kind][:, :, None] * right[:, None, :] if rank_one else patterns[kind]
         unit = shape / np.linalg.norm(shape.reshape(rows, -1), axis=1)[:, None, None]
         data = {
             "delta": unit * rho[:, None, None],
@@ -54,7 +56,7 @@ def test_chunk_reader_covers_every_row_once_per_epoch(tmp_path, ram_mb):
 
 
 def _fit(tmp_path, prediction, steps, target="matrix"):
-    root = _synthetic_store(tmp_path / "s.zarr", rank_one=target == "rank1")
+    root = _synthetic_store(tmp_path / "s.zarr", rank_one="input" if target == "rank1" else None)
     reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
     stats = diffusion.cond_stats(reader)
     meta = diffusion.make_meta("tiny", SHAPE, square=False, pad_to=0, prediction=prediction, rho="fro",
@@ -76,10 +78,12 @@ def test_the_denoiser_learns_a_tiny_synthetic_store(tmp_path, prediction, steps,
     assert diag["cosine_mean"] > 0.9, diag
 
 
-def test_rank1_target_rebuilds_a_rank_one_delta_exactly(tmp_path):
-    root = _synthetic_store(tmp_path / "s.zarr", rank_one=True)
+@pytest.mark.parametrize("basis", ["input", "sign"])
+def test_rank1_target_rebuilds_a_rank_one_delta_exactly(tmp_path, basis):
+    root = _synthetic_store(tmp_path / "s.zarr", rank_one=basis)
+    assert root.attrs["rank1_basis"] == basis
     data = ChunkReader(root["train"], ("delta", "u", "rho", *COND), [0, 1]).read([0, 1])
-    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1")
+    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1", basis=basis)
     rep, parts, _ = diffusion.batch_tensors(data, meta, "cpu")
     assert rep.shape == (32, SHAPE[0])
     # unit-scale: entries of unit mean square, like the matrix target's
@@ -98,7 +102,7 @@ def test_rank1_is_refused_for_a_layer_without_one_input_vector():
 
 @pytest.mark.parametrize("target", ["matrix", "rank1"])
 def test_the_regressor_learns_the_direction_and_leaves_the_size_to_the_scale_model(tmp_path, target):
-    root = _synthetic_store(tmp_path / "s.zarr", rank_one=True)
+    root = _synthetic_store(tmp_path / "s.zarr", rank_one="input")
     reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
     stats = diffusion.cond_stats(reader)
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target=target)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,8 @@ import zarr
 
 from ocd.models import lenet5
 from ocd.overfit import fill_store, linear_cut
-from ocd.store import DERIVED, DeltaStore, Layout, StoreError, open_store, rank_one_factor, summarize
+from ocd.store import (BASIS_OF_OPTIMIZER, DERIVED, DeltaStore, Layout, StoreError, open_store, rank_one_factor,
+                       summarize)
 from ocd.tasks import get_task
 
 TASK = get_task("classification")
@@ -29,6 +32,7 @@ def _setup():
 
 def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None, optimizer="adam", lr=5e-4):
     cut, splits, layout = _setup()
+    layout = dataclasses.replace(layout, rank1_basis=BASIS_OF_OPTIMIZER[optimizer])
     messages = log if log is not None else []
     store = DeltaStore.create_or_resume(path, layout, fingerprint, {"layer": "fc1"}, log=messages.append)
     written = []
@@ -51,7 +55,7 @@ def _arrays(path):
 def test_a_stranger_can_open_the_store_with_plain_zarr(tmp_path):
     _fill(tmp_path / "s.zarr")
     root = zarr.open_group(tmp_path / "s.zarr", mode="r")
-    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 2
+    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 3
     assert "never input" in root["test"].attrs["role"]
     assert root["train/delta"].shape == (20, 84, 120) and root["train/delta"].chunks == (8, 84, 120)
     assert root["train/cond/layer_input"].shape == (20, 120)
@@ -105,6 +109,19 @@ def test_on_a_plain_sgd_store_the_rank_one_factor_rebuilds_every_delta(tmp_path)
         np.testing.assert_allclose(g["rank1_share"][:], 1.0, atol=1e-5)
 
 
+def test_adam_deltas_are_rank_one_in_the_sign_of_the_input(tmp_path):
+    # Adam divides each entry m_i h_j by its RMS sqrt(v_i) |h_j|: delta ~ u sign(h)^T
+    _fill(tmp_path / "s.zarr")
+    g = open_store(tmp_path / "s.zarr")["train"]
+    assert zarr.open_group(tmp_path / "s.zarr", mode="r").attrs["rank1_basis"] == "sign"
+    delta, u, x = g["delta"][:], g["u"][:], g["cond/layer_input"][:]
+    assert g["rank1_share"][:].min() > 0.99
+    rebuilt = u[:, :, None] * np.sign(x)[:, None, :]
+    assert np.linalg.norm(rebuilt - delta) < 0.05 * np.linalg.norm(delta)
+    _, share_input = rank_one_factor(delta, x)  # the plain-gradient basis explains less here
+    assert share_input.mean() < g["rank1_share"][:].mean() - 0.01
+
+
 def test_rank_one_factor_share_of_a_matrix_that_is_not_rank_one():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 5)).astype(np.float32)
@@ -116,14 +133,14 @@ def test_rank_one_factor_share_of_a_matrix_that_is_not_rank_one():
     np.testing.assert_allclose(u, u_true, atol=1e-4)
     expected = (u_true**2).sum(1) * (x**2).sum(1) / (delta**2).sum((1, 2))
     np.testing.assert_allclose(share, expected, rtol=1e-4)
-    with pytest.raises(StoreError, match="layer inputs"):
+    with pytest.raises(StoreError, match="right factors"):
         rank_one_factor(delta, x[:, :4])
 
 
 def test_open_store_names_an_old_format(tmp_path):
     _fill(tmp_path / "s.zarr")
     zarr.open_group(tmp_path / "s.zarr", mode="r+").attrs["format_version"] = 1
-    with pytest.raises(StoreError, match="format 1, this code reads format 2; rerun the overfit stage"):
+    with pytest.raises(StoreError, match="format 1, this code reads format 3; rerun the overfit stage"):
         open_store(tmp_path / "s.zarr")
 
 
