@@ -2,49 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from ocd import diffusion, regressor, scale
-from ocd.store import COND, ChunkReader, DeltaStore, Layout, StoreError, open_store, rho_of, split_chunks
+from ocd import diffusion, scale
+from ocd.store import COND, ChunkReader, StoreError, split_chunks
 
-SHAPE = (4, 6)
-
-
-def _synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None):
-    """Two kinds of samples; the delta (and its scale) is a function of the kind,
-    which the conditioning reveals. ``rank_one`` (a basis): delta = u_kind r^T
-    with r the sample's own layer input i_L ("input", as plain gradient steps
-    make it) or sign(i_L) ("sign", as Adam does)."""
-    rng = np.random.default_rng(seed)
-    patterns = rng.normal(size=(2, *SHAPE)).astype(np.float32)
-    factors = np.random.default_rng(seed + 1).normal(size=(2, SHAPE[0])).astype(np.float32)
-    layout = Layout(n={"train": n, "test": 8}, out_features=SHAPE[0], in_features=SHAPE[1], n_outputs=2,
-                    chunk=chunk, dtype="float32", rank1_basis=rank_one or "input")
-    store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, {}, log=lambda m: None)
-    for split, rows in layout.n.items():
-        kind = rng.integers(0, 2, rows)
-        rho = np.where(kind == 0, 0.5, 2.0).astype(np.float32)
-        layer_input = (np.eye(2)[kind] @ rng.normal(size=(2, SHAPE[1]))).astype(np.float32) \
-            + (0.3 if rank_one else 0.01) * rng.normal(size=(rows, SHAPE[1])).astype(np.float32)
-        right = np.sign(layer_input) if rank_one == "sign" else layer_input
-        shape = factors[kind][:, :, None] * right[:, None, :] if rank_one else patterns[kind]
-        unit = shape / np.linalg.norm(shape.reshape(rows, -1), axis=1)[:, None, None]
-        data = {
-            "delta": unit * rho[:, None, None],
-            "rho": rho,
-            "cond/layer_input": layer_input,
-            "cond/layer_activation": rng.normal(size=(rows, SHAPE[0])).astype(np.float32),
-            "cond/output": np.eye(2, dtype=np.float32)[kind],
-            "label": kind, "loss_before": np.ones(rows, np.float32), "loss_after": np.ones(rows, np.float32),
-            "index": np.arange(rows),
-        }
-        for c in range(layout.n_chunks(split)):
-            sl = slice(c * chunk, (c + 1) * chunk)
-            store.write_chunk(split, c, {k: v[sl] for k, v in data.items()})
-    return open_store(path)
+from synthetic import SHAPE, synthetic_store
 
 
 @pytest.mark.parametrize("ram_mb", [2048, 0])
 def test_chunk_reader_covers_every_row_once_per_epoch(tmp_path, ram_mb):
-    root = _synthetic_store(tmp_path / "s.zarr")
+    root = synthetic_store(tmp_path / "s.zarr")
     fit, held = split_chunks(4, 0.25)
     assert fit == [0, 1, 2] and held == [3]
     reader = ChunkReader(root["train"], ("rho", "cond/output"), fit, ram_mb=ram_mb)
@@ -56,7 +22,7 @@ def test_chunk_reader_covers_every_row_once_per_epoch(tmp_path, ram_mb):
 
 
 def _fit(tmp_path, prediction, steps, target="matrix"):
-    root = _synthetic_store(tmp_path / "s.zarr", rank_one="input" if target == "rank1" else None)
+    root = synthetic_store(tmp_path / "s.zarr", rank_one="input" if target == "rank1" else None)
     reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
     stats = diffusion.cond_stats(reader)
     meta = diffusion.make_meta("tiny", SHAPE, square=False, pad_to=0, prediction=prediction, rho="fro",
@@ -70,7 +36,7 @@ def _fit(tmp_path, prediction, steps, target="matrix"):
 
 @pytest.mark.parametrize("prediction, steps, target", [("x0", 300, "matrix"), ("eps", 1000, "matrix"),
                                                         ("x0", 300, "rank1"), ("eps", 2000, "rank1")])
-def test_the_denoiser_learns_a_tiny_synthetic_store(tmp_path, prediction, steps, target):
+def test_the_denoiser_learns_a_tinysynthetic_store(tmp_path, prediction, steps, target):
     reader, _, ema, history = _fit(tmp_path, prediction, steps=steps, target=target)
     assert np.mean([v for _, v in history[-30:]]) < np.mean([v for _, v in history[:30]])
     diag = diffusion.diagnose(ema, reader.read(reader.chunks), sample_steps=10, eta=0.0, seed=0,
@@ -80,7 +46,7 @@ def test_the_denoiser_learns_a_tiny_synthetic_store(tmp_path, prediction, steps,
 
 @pytest.mark.parametrize("basis", ["input", "sign"])
 def test_rank1_target_rebuilds_a_rank_one_delta_exactly(tmp_path, basis):
-    root = _synthetic_store(tmp_path / "s.zarr", rank_one=basis)
+    root = synthetic_store(tmp_path / "s.zarr", rank_one=basis)
     assert root.attrs["rank1_basis"] == basis
     data = ChunkReader(root["train"], ("delta", "u", "rho", *COND), [0, 1]).read([0, 1])
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1", basis=basis)
@@ -100,27 +66,6 @@ def test_rank1_is_refused_for_a_layer_without_one_input_vector():
         diffusion.require_rank1((4, 6), 5)
 
 
-@pytest.mark.parametrize("target", ["matrix", "rank1"])
-def test_the_regressor_learns_the_direction_and_leaves_the_size_to_the_scale_model(tmp_path, target):
-    root = _synthetic_store(tmp_path / "s.zarr", rank_one="input")
-    reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
-    stats = diffusion.cond_stats(reader)
-    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target=target)
-    torch.manual_seed(0)
-    model = regressor.DeltaRegressor(meta, stats, [32])
-    history = regressor.train(model, reader, steps=300, batch_size=16, lr=3e-3, seed=0, device="cpu",
-                              progress=False)
-    assert np.mean([v for _, v in history[-30:]]) < 0.1 * np.mean([v for _, v in history[:30]])
-    diag = regressor.diagnose(model, reader.read(reader.chunks), "cpu")
-    assert diag["cosine_mean"] > 0.9, diag
-    parts = [torch.as_tensor(reader.read([0])[n]) for n in COND]
-    omega = model.omega(parts)
-    torch.testing.assert_close(rho_of(omega / meta.unit, "fro"), torch.ones(len(omega)))
-    regressor.save(tmp_path / "r.pt", model, stats, {"provenance": {"layer": "fc"}})
-    loaded, _ = regressor.load(tmp_path / "r.pt")
-    torch.testing.assert_close(loaded.omega(parts), omega)
-
-
 def test_checkpoint_round_trip(tmp_path):
     reader, stats, ema, _ = _fit(tmp_path, "x0", steps=5)
     diffusion.save(tmp_path / "d.pt", ema, stats, {"provenance": {"layer": "fc"}})
@@ -135,7 +80,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 @pytest.mark.parametrize("loss, bound", [("logmse", 0.05), ("paper", 0.3)])
 def test_scale_model_beats_the_mean_when_rho_depends_on_the_input(tmp_path, loss, bound):
-    root = _synthetic_store(tmp_path / "s.zarr")
+    root = synthetic_store(tmp_path / "s.zarr")
     reader = ChunkReader(root["train"], ("rho", *COND), list(range(4)))
     stats = diffusion.cond_stats(reader)
     mean = scale.mean_rho(reader)
@@ -157,7 +102,7 @@ def test_scale_loss_is_the_papers_formula():
 
 
 def test_chunk_reader_in_ram_reads_a_chunk_like_the_store(tmp_path):
-    root = _synthetic_store(tmp_path / "s.zarr")
+    root = synthetic_store(tmp_path / "s.zarr")
     ram = ChunkReader(root["train"], ("rho", "cond/output"), [0, 1, 2], ram_mb=2048)
     disk = ChunkReader(root["train"], ("rho", "cond/output"), [0, 1, 2], ram_mb=0)
     for chunks in ([1], [2, 0]):
