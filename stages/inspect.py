@@ -31,7 +31,7 @@ def inspect(
         for name, a in s["arrays"].items():
             typer.echo(f"  {name:24s} {str(tuple(a['shape'])):18s} {a['dtype']:8s} chunks {tuple(a['chunks'])}"
                        f" {'+'.join(a['compressors']) or 'uncompressed'}")
-        # rank1_share: |u i_L^T|^2 / |delta|^2, the share a rank1 diffusion target
+        # rank1_share: |u r^T|^2 / |delta|^2 (r from i_L), the share a rank1 diffusion target
         # keeps; rank_one_share: sigma_1^2 / sum sigma^2, the best any rank one does.
         for key in ("rho", "loss_before", "loss_after", "rank1_share", "rank_one_share"):
             st = s[key]
