@@ -3,12 +3,16 @@
     .venv/bin/python scripts/seeds.py run --tag mnist5k --seeds 0 1 2 [-S data.name=digits ...]
     .venv/bin/python scripts/seeds.py table docs/runs/mnist5k
 
+    .venv/bin/python scripts/seeds.py compare docs/runs/mnist5k-rank1 docs/runs/mnist5k-matrix
+
 `run` calls `dvc exp run` once per seed with base.seed, diffusion.seed,
 scale.seed and evaluate.seed set to that seed (the data split and the layer
 scores' draws stay fixed), plus any extra `-S` overrides, and copies the
 experiment's metrics to docs/runs/TAG/seedN.json. `table` prints every row's
 mean ± SD over the seeds (sample SD), with the paired change against the
-base model, as markdown for docs/RESULTS.md.
+base model, as markdown for docs/RESULTS.md. `compare` puts several runs
+(e.g. the two diffusion targets) side by side: the held-out (validation)
+cosines that choose between them, then the paired test changes.
 """
 
 from __future__ import annotations
@@ -83,6 +87,34 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def compare(folders: list[Path]) -> str:
+    lines = ["| run | held-out cosine: diffusion | held-out cosine: regressor | rank-one ceiling "
+             "| diffusion train s | Δloss ocd | Δloss ocd_ensemble | Δloss regressor | cosine to oracle: ocd "
+             "| cosine to oracle: regressor | ms/sample ocd | ms/sample regressor |", "|---" * 12 + "|"]
+    for folder in folders:
+        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+        if not runs:
+            sys.exit(f"no seed*.json in {folder}")
+        loss = next(m for m in ("ce", "rmse") if m in runs[0]["eval"]["base"])
+        ens = next(n for n in runs[0]["eval"] if n.startswith("ocd_ensemble"))
+
+        def diag(*keys, digits=3):
+            return fmt([v for r in runs if (v := _get(r["diffusion"], keys)) is not None], digits)
+
+        def ev(row, key, digits=4):
+            return fmt([v for r in runs if (v := _get(r["eval"], (row, key))) is not None], digits)
+
+        def change(row):
+            return fmt([r["eval"][row][loss] - r["eval"]["base"][loss] for r in runs if row in r["eval"]])
+
+        lines.append(f"| {folder.name} ({len(runs)} seeds, Δ{loss}) | {diag('diffusion', 'cosine_mean')} "
+                     f"| {diag('regressor', 'cosine_mean')} | {diag('rank1_ceiling_cosine')} "
+                     f"| {diag('seconds', 'diffusion', digits=0)} | {change('ocd')} | {change(ens)} "
+                     f"| {change('regressor')} | {ev('ocd', 'cosine', 3)} | {ev('regressor', 'cosine', 3)} "
+                     f"| {ev('ocd', 'ms_per_sample', 2)} | {ev('regressor', 'ms_per_sample', 2)} |")
+    return "\n".join(lines)
+
+
 def _get(record: dict, keys: tuple[str, ...]):
     for k in keys:
         if not isinstance(record, dict) or k not in record:
@@ -100,9 +132,13 @@ def main() -> None:
     r.add_argument("-S", dest="overrides", action="append", default=[])
     t = sub.add_parser("table")
     t.add_argument("folder", type=Path)
+    c = sub.add_parser("compare")
+    c.add_argument("folders", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.tag, args.seeds, args.overrides)
+    elif args.cmd == "compare":
+        print(compare(args.folders))
     else:
         print(table(args.folder))
 
