@@ -5,7 +5,7 @@
 
     .venv/bin/python scripts/seeds.py compare docs/runs/mnist5k-rank1 docs/runs/mnist5k-matrix
 
-`run` calls `dvc exp run` once per seed with base.seed, diffusion.seed,
+`run` calls `dvc exp run` once per seed, from the committed params.yaml, with base.seed, diffusion.seed,
 scale.seed and evaluate.seed set to that seed (the data split and the layer
 scores' draws stay fixed), plus any extra `-S` overrides, and copies the
 experiment's metrics to docs/runs/TAG/seedN.json. `table` prints every row's
@@ -34,6 +34,9 @@ def run(tag: str, seeds: list[int], overrides: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         sets = [a for key in SEEDED for a in ("-S", f"{key}={seed}")] + [a for o in overrides for a in ("-S", o)]
+        # `dvc exp run -S` leaves its values in params.yaml: start every run from
+        # the committed params so one tag's overrides never leak into the next
+        subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
         subprocess.run(["dvc", "exp", "run", *sets], check=True)
         record = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
         record["overrides"] = overrides
