@@ -112,6 +112,24 @@ class ConditionedMLP(nn.Module):
         return self.mlp(torch.cat([norm(p) for p, norm in zip(parts, self.norms)], dim=1))
 
 
+def fit_adam(model: nn.Module, reader: ChunkReader, steps: int, batch_size: int, lr: float,
+             rng: np.random.Generator, loss_of_batch, desc: str, progress: bool = True) -> list[tuple[int, float]]:
+    """Plain Adam over shuffled store minibatches (the scale model and the
+    regressor); ``loss_of_batch(batch) -> scalar``. Returns [(step, loss)]."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = reader.batches(min(batch_size, reader.rows), rng)
+    history = []
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1.0):
+        loss = loss_of_batch(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append((step, loss.item()))
+    model.eval()
+    return history
+
+
 class TimeEmbedding(nn.Module):
     def __init__(self, channels: int, emb_dim: int):
         super().__init__()

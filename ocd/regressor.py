@@ -16,10 +16,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, normalised, read_checkpoint,
-                           to_matrix, true_omega)
+from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, fit_adam, normalised,
+                           read_checkpoint, to_matrix, true_omega)
 from ocd.store import ChunkReader
 
 
@@ -43,20 +42,14 @@ def train(model: DeltaRegressor, reader: ChunkReader, steps: int, batch_size: in
           device, progress: bool = True) -> list[tuple[int, float]]:
     """Adam on the mean squared error per entry of the unit-scale target."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed + 2)
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = reader.batches(min(batch_size, reader.rows), rng)
-    history = []
-    for step in tqdm(range(1, steps + 1), desc="train regressor", disable=not progress, mininterval=1.0):
-        target, parts, _ = batch_tensors(next(batches), model.meta, device)
-        loss = ((model(parts) - target) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append((step, loss.item()))
-    model.eval()
-    return history
+    model.to(device)
+
+    def loss_of_batch(batch):
+        target, parts, _ = batch_tensors(batch, model.meta, device)
+        return ((model(parts) - target) ** 2).mean()
+
+    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 2), loss_of_batch,
+                    "train regressor", progress)
 
 
 @torch.no_grad()

@@ -16,9 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from ocd.diffusion import ConditionedMLP
+from ocd.diffusion import ConditionedMLP, fit_adam
 from ocd.store import COND, ChunkReader
 
 LOG_FLOOR = 1e-12
@@ -55,22 +54,15 @@ def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, l
           device, progress: bool = True, loss: str = "paper") -> list[tuple[int, float]]:
     loss_fn = LOSSES[loss]
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed + 1)
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = reader.batches(min(batch_size, reader.rows), rng)
-    history = []
-    for step in tqdm(range(1, steps + 1), desc="train scale", disable=not progress, mininterval=1.0):
-        batch = next(batches)
+    model.to(device)
+
+    def loss_of_batch(batch):
         parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in COND]
         rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device)
-        value = loss_fn(model(parts), rho)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        history.append((step, value.item()))
-    model.eval()
-    return history
+        return loss_fn(model(parts), rho)
+
+    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 1), loss_of_batch,
+                    "train scale", progress)
 
 
 @torch.no_grad()
