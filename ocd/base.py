@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ocd.artifacts import CheckpointError, save_tensors, write_json
 from ocd.device import get_device
 from ocd.models import ModelSpec
 from ocd.params import BaseParams
@@ -124,9 +126,11 @@ def save(folder: str | Path, model: nn.Sequential, spec: ModelSpec, **meta) -> d
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    torch.save(model.state_dict(), folder / WEIGHTS)
+    # weights first: a kill between the two files leaves a model.json whose
+    # sha256 does not match, which load() reports
+    save_tensors(folder / WEIGHTS, model.state_dict())
     record = {"spec": spec.to_dict(), "sha256": weights_sha256(model), **meta}
-    (folder / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_json(folder / META, record)
     return record
 
 
@@ -136,11 +140,22 @@ def load(folder: str | Path) -> BaseModel:
     for f in (WEIGHTS, META):
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder / f} is missing; run the train_base stage first")
-    meta = json.loads((folder / META).read_text())
-    spec = ModelSpec.from_dict(meta["spec"])
+    try:
+        meta = json.loads((folder / META).read_text())
+        spec = ModelSpec.from_dict(meta["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / META} is damaged ({type(exc).__name__}: {exc}); rerun train_base") from None
     model = spec.build()
-    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-    if weights_sha256(model) != meta["sha256"]:
-        raise ValueError(f"{folder / WEIGHTS} does not match the sha256 in {folder / META}; "
-                         "the folder mixes two base models, rerun train_base")
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{folder / WEIGHTS} holds Python objects beyond tensors, which would run code "
+                              "when loaded; refusing it. Rerun train_base") from None
+    except Exception as exc:
+        raise CheckpointError(f"{folder / WEIGHTS} is not a readable state dict of a {spec.name} "
+                              f"({type(exc).__name__}); rerun train_base") from None
+    if weights_sha256(model) != meta.get("sha256"):
+        raise CheckpointError(f"{folder / WEIGHTS} does not match the sha256 in {folder / META}; "
+                              "the folder mixes two base models, rerun train_base")
     return BaseModel(model.eval().to(get_device()), spec, meta)

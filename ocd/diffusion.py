@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ocd import vecnet
+from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.schedule import Schedule, sinusoidal
 from ocd.store import COND, ChunkReader, StoreError, rank1_right, rho_of
 from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
@@ -351,22 +352,34 @@ def cosine_summary(omega: torch.Tensor, truth: torch.Tensor) -> dict[str, float]
             "cosine_samples": n}
 
 
+def stats_config(stats: dict) -> dict:
+    """Conditioning statistics as JSON-able lists (for a checkpoint's configuration)."""
+    return {k: [np.asarray(v[0]).tolist(), np.asarray(v[1]).tolist()] for k, v in stats.items()}
+
+
 def save(path, model: DeltaDiffusion, stats: dict, extra: dict) -> None:
-    torch.save({"meta": asdict(model.meta), "stats": {k: [v[0], v[1]] for k, v in stats.items()},
-                "state": model.state_dict(), **extra}, path)
+    save_checkpoint(path, model.state_dict(), {"meta": asdict(model.meta), "stats": stats_config(stats), **extra})
 
 
-def read_checkpoint(path) -> tuple[dict, ModelMeta, dict]:
-    """A checkpoint saved with a ModelMeta and conditioning stats: (ckpt, meta, stats)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    meta = ckpt["meta"]
-    meta = ModelMeta(**{**meta, "shape": tuple(meta["shape"]), "padded": tuple(meta["padded"])})
-    stats = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in ckpt["stats"].items()}
-    return ckpt, meta, stats
+def read_checkpoint(path) -> tuple[dict, dict, ModelMeta, dict]:
+    """A checkpoint saved with a ModelMeta and conditioning stats: (state, config, meta, stats)."""
+    state, config = load_checkpoint(path)
+    try:
+        meta = config["meta"]
+        meta = ModelMeta(**{**meta, "shape": tuple(meta["shape"]), "padded": tuple(meta["padded"])})
+        stats = read_stats(config)
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its configuration lacks or mangles {exc}; rerun train_diffusion") from None
+    return state, config, meta, stats
+
+
+def read_stats(config: dict) -> dict:
+    return {k: (np.asarray(v[0], dtype=np.float32), np.asarray(v[1], dtype=np.float32))
+            for k, v in config["stats"].items()}
 
 
 def load(path, device=None) -> tuple[DeltaDiffusion, dict]:
-    ckpt, meta, stats = read_checkpoint(path)
+    state, config, meta, stats = read_checkpoint(path)
     model = DeltaDiffusion(meta, stats)
-    model.load_state_dict(ckpt["state"])
-    return model.eval().to(device or "cpu"), ckpt
+    model.load_state_dict(state)
+    return model.eval().to(device or "cpu"), config

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ocd.artifacts import CheckpointError, save_checkpoint
 from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, fit_adam, normalised,
-                           read_checkpoint, to_matrix, true_omega)
+                           read_checkpoint, stats_config, to_matrix, true_omega)
 from ocd.store import ChunkReader
 
 
@@ -62,12 +63,14 @@ def diagnose(model: DeltaRegressor, data: dict, device) -> dict[str, float]:
 
 
 def save(path, model: DeltaRegressor, stats: dict, extra: dict) -> None:
-    torch.save({"meta": asdict(model.meta), "stats": {k: [v[0], v[1]] for k, v in stats.items()},
-                "hidden": model.hidden, "state": model.state_dict(), **extra}, path)
+    save_checkpoint(path, model.state_dict(), {"meta": asdict(model.meta), "stats": stats_config(stats),
+                                               "hidden": model.hidden, **extra})
 
 
 def load(path) -> tuple[DeltaRegressor, dict]:
-    ckpt, meta, stats = read_checkpoint(path)
-    model = DeltaRegressor(meta, stats, ckpt["hidden"])
-    model.load_state_dict(ckpt["state"])
-    return model.eval(), ckpt
+    state, config, meta, stats = read_checkpoint(path)
+    if "hidden" not in config:
+        raise CheckpointError(f"{path}: its configuration lacks 'hidden'; rerun train_diffusion")
+    model = DeltaRegressor(meta, stats, config["hidden"])
+    model.load_state_dict(state)
+    return model.eval(), config

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ocd.diffusion import ConditionedMLP, fit_adam
+from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
+from ocd.diffusion import ConditionedMLP, fit_adam, read_stats, stats_config
 from ocd.store import COND, ChunkReader
 
 LOG_FLOOR = 1e-12
@@ -78,13 +79,15 @@ def diagnose(model: ScaleModel, data: dict, train_mean: float, device) -> dict[s
 
 
 def save(path, model: ScaleModel, stats: dict, hidden: list[int], extra: dict) -> None:
-    torch.save({"state": model.state_dict(), "stats": {k: [v[0], v[1]] for k, v in stats.items()},
-                "hidden": list(hidden), "mean_rho": float(model.mean_rho), **extra}, path)
+    save_checkpoint(path, model.state_dict(), {"stats": stats_config(stats), "hidden": list(hidden),
+                                               "mean_rho": float(model.mean_rho), **extra})
 
 
 def load(path) -> tuple[ScaleModel, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    stats = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in ckpt["stats"].items()}
-    model = ScaleModel(stats, ckpt["hidden"], ckpt["mean_rho"])
-    model.load_state_dict(ckpt["state"])
-    return model.eval(), ckpt
+    state, config = load_checkpoint(path)
+    try:
+        model = ScaleModel(read_stats(config), config["hidden"], config["mean_rho"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its configuration lacks or mangles {exc}; rerun train_diffusion") from None
+    model.load_state_dict(state)
+    return model.eval(), config

@@ -6,6 +6,7 @@ import functools
 
 import typer
 
+from ocd.artifacts import CheckpointError
 from ocd.data import DataError
 from ocd.layers import ScoreError
 from ocd.models import ModelError
@@ -28,7 +29,7 @@ app = typer.Typer(
 )
 
 # Errors about the user's input: a one-line message and exit code 2, no traceback.
-USER_ERRORS = (ParamsError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError)
+USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError)
 
 
 def _stage(fn):

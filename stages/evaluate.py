@@ -14,7 +14,7 @@ from ocd.device import configure_threads
 from ocd.params import load_params
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
-from stages.common import PARAMS_OPTION, write_csv, write_json
+from stages.common import PARAMS_OPTION, write_csv, write_json, write_text
 
 
 def evaluate(
@@ -36,6 +36,13 @@ def evaluate(
         raise StoreError(f"{store} was written for another base model or layer than {models}; "
                          "rerun the overfit and train_diffusion stages")
 
+    made_with = {"data": root.attrs["fingerprint"].get("data"), "base": trained.base.meta.get("base")}
+    for section, recorded in made_with.items():
+        if recorded is not None and recorded != p.section(section):
+            changed = sorted(k for k in p.section(section) if recorded.get(k) != p.section(section)[k])
+            raise StoreError(f"{params}'s {section} section differs from the one the base model and store were "
+                             f"made with ({', '.join(f'{section}.{k}' for k in changed)}); rerun the earlier "
+                             "stages (`dvc repro`)")
     data = load_dataset(p.data)
     task = data.make_task()
     train, test = root["train"], root["test"]
@@ -64,7 +71,7 @@ def evaluate(
     write_json(out / "metrics.json", {**table, **({"skipped": skipped} if skipped else {})})
     write_csv(out / "results.csv", (r.flat() for r in rows))
     notes = "".join(f"\nSkipped: {name}: {why}.\n" for name, why in skipped.items())
-    (out / "results.md").write_text(_markdown(rows) + notes)
+    write_text(out / "results.md", _markdown(rows) + notes)
     by_name = {r.name: r for r in rows}
     base_loss, ocd_loss = by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss
     write_csv(out / "per_sample_loss.csv",
