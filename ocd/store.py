@@ -24,7 +24,10 @@ Layout (N rows per split, chunked along N; one chunk holds one overfit batch)::
 
 Writers own whole chunks (Zarr rewrites a whole chunk on every write), and a
 chunk's ``done`` flag is written last, so a killed run resumes at the first
-chunk not marked done. The derived arrays are computed by :meth:`DeltaStore.write_chunk`
+chunk not marked done. Every chunk of every array ends in a crc32c checksum
+(Zarr v3's ``crc32c`` codec): :func:`verify` reads each chunk and names the
+ones that fail; a resumed overfit run recomputes them, and readers
+(:func:`open_store`) refuse a damaged store with the command that repairs it. The derived arrays are computed by :meth:`DeltaStore.write_chunk`
 from ``delta`` and ``cond/layer_input``, never given by a writer. A store whose fingerprint (base model, layer, data,
 overfit params, format) differs from the run's is rebuilt, never extended.
 """
@@ -41,10 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 # 2: the derived rank-one arrays u and rank1_share; 3: u's right factor follows
-# the overfit optimizer (attrs rank1_basis)
-FORMAT_VERSION = 3
+# the overfit optimizer (attrs rank1_basis); 4: a crc32c checksum on every chunk
+FORMAT_VERSION = 4
+REPAIR = "`dvc repro overfit` (or `ocd overfit`) recomputes the damaged chunks"
 SPLITS = ("train", "test")
 TEST_ROLE = ("oracle only: test samples overfitted with their own labels, for the "
              "'overfitting on test' upper bound; never input to any model")
@@ -166,9 +171,16 @@ class DeltaStore:
                 # killed run can leave such a half-written file behind.
                 for partial in path.rglob("*.partial"):
                     partial.unlink()
-                log(f"resuming {path}: {cls._done_summary(zarr.open_group(path, mode='r'), layout)}")
-                return cls(zarr.open_group(path, mode="r+"), layout)
-            log(f"rebuilding {path}: it was written for {_diff(old, fingerprint)}")
+                try:
+                    store = cls(zarr.open_group(path, mode="r+"), layout)
+                except Exception as exc:  # an array's metadata is unreadable
+                    log(f"rebuilding {path}: its layout is damaged ({type(exc).__name__}: {exc})")
+                else:
+                    store.heal(log)
+                    log(f"resuming {path}: {cls._done_summary(store.root, layout)}")
+                    return store
+            else:
+                log(f"rebuilding {path}: it was written for {_diff(old, fingerprint)}")
             shutil.rmtree(path)
         root = zarr.open_group(path, mode="w")
         root.attrs.update({
@@ -188,13 +200,14 @@ class DeltaStore:
             n = layout.n[split]
             for name, (row, dtype) in layout.arrays().items():
                 # delta is written uncompressed (the write rate is the stage's
-                # ceiling); the small arrays take Zarr's default compression.
-                extra = {"compressors": None} if name == "delta" else {}
-                extra["config"] = {"write_empty_chunks": True}  # skip the all-fill scan
-                group.create_array(name, shape=(n, *row), chunks=(layout.chunk, *row),
-                                   dtype=dtype, fill_value=0, **extra)
+                # ceiling); the small arrays take Zarr's default compression
+                # (zstd). Every chunk ends in its crc32c.
+                compressors = [Crc32cCodec()] if name == "delta" else [ZstdCodec(level=0), Crc32cCodec()]
+                group.create_array(name, shape=(n, *row), chunks=(layout.chunk, *row), dtype=dtype,
+                                   fill_value=0, compressors=compressors,
+                                   config={"write_empty_chunks": True})  # skip the all-fill scan
             group.create_array("done", shape=(layout.n_chunks(split),), chunks=(1,),
-                               dtype="uint8", fill_value=0)
+                               dtype="uint8", fill_value=0, compressors=[Crc32cCodec()])
         return cls(root, layout)
 
     @staticmethod
@@ -209,6 +222,16 @@ class DeltaStore:
     def pending_rows(self, split: str) -> int:
         n, chunk = self.layout.n[split], self.layout.chunk
         return sum(min(chunk, n - c * chunk) for c in self.pending_chunks(split))
+
+    def heal(self, log=print) -> list["Damage"]:
+        """Clear the done flag of every finished chunk that fails to read or
+        verify (one line each), so that the run recomputes it; an unreadable
+        flag counts as not done."""
+        damaged = verify(self.root, layout=self.layout)
+        for d in damaged:
+            log(f"damaged: {d}; recomputing it")
+            self._arrays[d.split, "done"][d.chunk] = 0
+        return damaged
 
     def write_chunk(self, split: str, chunk: int, rows: dict[str, np.ndarray]) -> None:
         """Write chunk ``chunk`` of every array of ``split`` (the derived ones
@@ -251,24 +274,91 @@ class DeltaStore:
         return all(not self.pending_chunks(s) for s in SPLITS)
 
 
-def open_store(path: str | Path) -> zarr.Group:
-    """Open a finished store read-only; refuse an unfinished or foreign one."""
+def open_store(path: str | Path, check: bool = True) -> zarr.Group:
+    """Open a finished store read-only; refuse an unfinished, foreign or damaged one.
+
+    ``check`` reads every chunk once and verifies its checksum (:func:`verify`),
+    before any work that would otherwise stop half-way on the first bad chunk.
+    """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path} does not exist; run the overfit stage first")
-    root = zarr.open_group(path, mode="r")
+    try:
+        root = zarr.open_group(path, mode="r")
+    except Exception as exc:
+        raise StoreError(f"{path} is not a Zarr group ({type(exc).__name__}: {exc}); {REPAIR}") from None
     version = root.attrs.get("format_version")
     if version is None:
         raise StoreError(f"{path} is not a weight-delta store (no format_version attribute)")
     if version != FORMAT_VERSION:
         raise StoreError(f"{path} is a weight-delta store of format {version}, this code reads format "
                          f"{FORMAT_VERSION}; rerun the overfit stage to rebuild it")
+    if check:
+        damaged = verify(root)
+        if damaged:
+            raise StoreError(f"{path} has {len(damaged)} damaged chunk(s): {damaged[0]}"
+                             + (f" and {len(damaged) - 1} more (`ocd inspect --verify {path}` lists them)"
+                                if len(damaged) > 1 else "") + f"; {REPAIR}")
     for split in SPLITS:
         done = root[split]["done"][:]
         if not np.all(done == 1):
             raise StoreError(f"{path}: {split} has {int(np.sum(done != 1))} unfinished chunks; "
                              "rerun the overfit stage to finish it")
     return root
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One chunk of one array that cannot be read back as written."""
+
+    split: str
+    array: str
+    chunk: int  # the row chunk (the index into done)
+    rows: tuple[int, int]
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.split}/{self.array} chunk {self.chunk} (rows {self.rows[0]}..{self.rows[1] - 1}): {self.reason}"
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "checksum" in text.lower():
+        return "checksum mismatch"
+    return f"unreadable ({type(exc).__name__}: {text[:120]})"
+
+
+def verify(root: zarr.Group, splits=SPLITS, layout: Layout | None = None) -> list[Damage]:
+    """Every chunk marked done that fails to read, fails its checksum or is
+    missing (Zarr would read a missing chunk as zeros), for every array of
+    ``splits``. An unreadable done flag is reported as damage of ``done``."""
+    damaged: list[Damage] = []
+    store_root = Path(str(root.store.root)) if hasattr(root.store, "root") else None
+    for split in splits:
+        group = root[split]
+        n_chunks = group["done"].shape[0]
+        done = np.zeros(n_chunks, dtype=bool)
+        for c in range(n_chunks):
+            try:
+                done[c] = group["done"][c] == 1
+            except Exception as exc:
+                damaged.append(Damage(split, "done", c, (c, c + 1), _reason(exc)))
+        names = list(layout.arrays()) if layout is not None else \
+            [name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array) and name != "done"]
+        for name in names:
+            arr = group[name]
+            rows_per_chunk, n = arr.chunks[0], arr.shape[0]
+            for c in np.flatnonzero(done):
+                lo, hi = int(c) * rows_per_chunk, min((int(c) + 1) * rows_per_chunk, n)
+                key = arr.metadata.encode_chunk_key((int(c),) + (0,) * (arr.ndim - 1))
+                if store_root is not None and not (store_root / arr.path / key).is_file():
+                    damaged.append(Damage(split, name, int(c), (lo, hi), "chunk file missing"))
+                    continue
+                try:
+                    arr[lo:hi]
+                except Exception as exc:
+                    damaged.append(Damage(split, name, int(c), (lo, hi), _reason(exc)))
+    return damaged
 
 
 def _diff(old: dict | None, new: dict) -> str:
@@ -319,28 +409,36 @@ def summarize(path: str | Path, sample: int = 256) -> dict:
     for split in SPLITS:
         if split not in root:
             continue
-        group = root[split]
-        arrays = {name: _array_info(node) for name, node in group.members(max_depth=None)
-                  if isinstance(node, zarr.Array)}
-        chunk = root.attrs.get("chunk_rows", group["rho"].chunks[0])
-        done = group["done"][:] == 1
-        rows = np.concatenate([np.arange(c * chunk, min((c + 1) * chunk, group["rho"].shape[0]))
-                               for c in np.flatnonzero(done)] or [np.zeros(0, int)])
-        pick = rows[np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)] if len(rows) else rows
-        summary["splits"][split] = {
-            "role": group.attrs.get("role"),
-            "n": int(group["rho"].shape[0]),
-            "rows_done": int(len(rows)),
-            "chunks_done": f"{int(done.sum())}/{len(done)}",
-            "arrays": dict(sorted(arrays.items())),
-            "rho": _stats(group["rho"][:][rows]),
-            "loss_before": _stats(group["loss_before"][:][rows]),
-            "loss_after": _stats(group["loss_after"][:][rows]),
-            "rank1_share": _stats(group["rank1_share"][:][rows]) if "rank1_share" in group else {},
-            "rank_one_share": _stats(rank_one_share(group["delta"].get_orthogonal_selection(
-                (pick, slice(None), slice(None))))) if len(pick) else {},
-        }
+        try:
+            summary["splits"][split] = _split_summary(root, split, sample)
+        except Exception as exc:  # a damaged chunk or array: name it, never a traceback
+            raise StoreError(f"{path}: {split} cannot be read ({_reason(exc)}); `ocd inspect --verify {path}` "
+                             f"lists every damaged chunk; {REPAIR}") from None
     return summary
+
+
+def _split_summary(root: zarr.Group, split: str, sample: int) -> dict:
+    group = root[split]
+    arrays = {name: _array_info(node) for name, node in group.members(max_depth=None)
+              if isinstance(node, zarr.Array)}
+    chunk = root.attrs.get("chunk_rows", group["rho"].chunks[0])
+    done = group["done"][:] == 1
+    rows = np.concatenate([np.arange(c * chunk, min((c + 1) * chunk, group["rho"].shape[0]))
+                           for c in np.flatnonzero(done)] or [np.zeros(0, int)])
+    pick = rows[np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)] if len(rows) else rows
+    return {
+        "role": group.attrs.get("role"),
+        "n": int(group["rho"].shape[0]),
+        "rows_done": int(len(rows)),
+        "chunks_done": f"{int(done.sum())}/{len(done)}",
+        "arrays": dict(sorted(arrays.items())),
+        "rho": _stats(group["rho"][:][rows]),
+        "loss_before": _stats(group["loss_before"][:][rows]),
+        "loss_after": _stats(group["loss_after"][:][rows]),
+        "rank1_share": _stats(group["rank1_share"][:][rows]) if "rank1_share" in group else {},
+        "rank_one_share": _stats(rank_one_share(group["delta"].get_orthogonal_selection(
+            (pick, slice(None), slice(None))))) if len(pick) else {},
+    }
 
 
 COND = ("cond/layer_input", "cond/layer_activation", "cond/output")

@@ -7,15 +7,33 @@ from pathlib import Path
 
 import typer
 
-from ocd.store import summarize
+import zarr
+
+from ocd.store import REPAIR, StoreError, summarize, verify
 
 
 def inspect(
     store: Path = typer.Argument(Path("artifacts/deltas.zarr"), help="The Zarr store to summarise."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     sample: int = typer.Option(256, help="Deltas per split used for the rank-one share."),
+    check: bool = typer.Option(False, "--verify", help="Read every finished chunk, verify its checksum and "
+                               "list the damaged ones (exit code 1 if any)."),
 ) -> None:
     """Summarise a weight-delta store: arrays, attrs, rho, losses, rank-one shares."""
+    if check:
+        if not store.exists():
+            raise StoreError(f"{store} does not exist")
+        try:
+            damaged = verify(zarr.open_group(store, mode="r"))
+        except Exception as exc:
+            raise StoreError(f"{store}: its layout cannot be read ({type(exc).__name__}: {exc}); {REPAIR}") from None
+        for d in damaged:
+            typer.echo(f"damaged: {d}")
+        if damaged:
+            typer.echo(f"{store}: {len(damaged)} damaged chunk(s); {REPAIR}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{store}: every finished chunk reads back and matches its checksum")
+        return
     summary = summarize(store, sample=sample)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))

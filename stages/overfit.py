@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ocd import base
 from ocd.data import load_dataset
-from ocd.device import configure_threads
+from ocd.device import configure_threads, runtime
 from ocd.overfit import code_digest, fill_store, linear_cut
 from ocd.params import load_params
 from ocd.store import BASIS_OF_OPTIMIZER, DeltaStore, Layout, StoreError, summarize
@@ -58,7 +58,7 @@ def overfit(
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),
              "rho": {"fro": "Frobenius norm of delta (the paper)",
                      "std": "standard deviation of delta's entries (the authors' code)"}[p.overfit.rho],
-             "delta": "W' - W of the layer's weight, accumulated over the steps"}
+             "delta": "W' - W of the layer's weight, accumulated over the steps", "runtime": runtime()}
     store = DeltaStore.create_or_resume(out, layout, fingerprint, attrs, log=typer.echo)
 
     total = sum(layout.n.values())

@@ -7,8 +7,8 @@ import zarr
 
 from ocd.models import lenet5
 from ocd.overfit import fill_store, linear_cut
-from ocd.store import (BASIS_OF_OPTIMIZER, DERIVED, DeltaStore, Layout, StoreError, open_store, rank_one_factor,
-                       summarize)
+from ocd.store import (BASIS_OF_OPTIMIZER, DERIVED, FORMAT_VERSION, DeltaStore, Layout, StoreError, open_store,
+                       rank_one_factor, summarize, verify)
 from ocd.tasks import get_task
 
 TASK = get_task("classification")
@@ -55,7 +55,7 @@ def _arrays(path):
 def test_a_stranger_can_open_the_store_with_plain_zarr(tmp_path):
     _fill(tmp_path / "s.zarr")
     root = zarr.open_group(tmp_path / "s.zarr", mode="r")
-    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 3
+    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 4
     assert "never input" in root["test"].attrs["role"]
     assert root["train/delta"].shape == (20, 84, 120) and root["train/delta"].chunks == (8, 84, 120)
     assert root["train/cond/layer_input"].shape == (20, 120)
@@ -140,7 +140,7 @@ def test_rank_one_factor_share_of_a_matrix_that_is_not_rank_one():
 def test_open_store_names_an_old_format(tmp_path):
     _fill(tmp_path / "s.zarr")
     zarr.open_group(tmp_path / "s.zarr", mode="r+").attrs["format_version"] = 1
-    with pytest.raises(StoreError, match="format 1, this code reads format 3; rerun the overfit stage"):
+    with pytest.raises(StoreError, match=f"format 1, this code reads format {FORMAT_VERSION}; rerun the overfit stage"):
         open_store(tmp_path / "s.zarr")
 
 
@@ -172,5 +172,58 @@ def test_summary_reports_rank_one_share_and_losses(tmp_path):
     # u i_L^T is one rank-one matrix, so it explains no more than the best one
     assert 0.5 < train["rank1_share"]["mean"] <= train["rank_one_share"]["mean"] + 1e-6
     assert train["loss_after"]["mean"] < train["loss_before"]["mean"]
-    assert train["arrays"]["delta"]["compressors"] == []
+    # delta: uncompressed, checksummed; the small arrays: zstd, checksummed
+    assert train["arrays"]["delta"]["compressors"] == ["Crc32cCodec"]
+    assert train["arrays"]["rho"]["compressors"] == ["ZstdCodec", "Crc32cCodec"]
     assert s["attrs"]["layer"] == "fc1"
+
+
+def _truncate(f):
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+
+
+def _flip_bit(f, at=100):
+    data = bytearray(f.read_bytes())
+    data[at % len(data)] ^= 0x10
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_bit, lambda f: f.unlink()], ids=["truncate", "bit-flip", "delete"])
+def test_damaged_chunks_are_named_refused_by_readers_and_recomputed_on_resume(tmp_path, damage):
+    path = tmp_path / "s.zarr"
+    _fill(path)
+    clean = _arrays(path)
+    damage(path / "train/delta/c/1/0/0")  # rows 8..15 of the deltas
+    damage(path / "test/rho/c/0")
+    found = {(d.split, d.array, d.chunk) for d in verify(zarr.open_group(path, mode="r"))}
+    assert found == {("train", "delta", 1), ("test", "rho", 0)}
+    with pytest.raises(StoreError, match=r"2 damaged chunk\(s\): .*chunk .*rows .*dvc repro overfit"):
+        open_store(path)
+    if damage is not _truncate and damage is not _flip_bit:  # a missing chunk reads as zeros: --verify finds it
+        summarize(path)
+    else:
+        with pytest.raises(StoreError, match="cannot be read.*ocd inspect --verify"):
+            summarize(path)
+
+    log = []
+    _, written = _fill(path, log=log)  # the stage's resume: recompute just those two chunks
+    damaged = sorted(m for m in log if m.startswith("damaged: "))
+    assert len(damaged) == 2
+    assert damaged[0].startswith("damaged: test/rho chunk 0 (rows 0..6): ")
+    assert damaged[1].startswith("damaged: train/delta chunk 1 (rows 8..15): ")
+    assert written == [("train", 8), ("test", 7)]
+    healed = _arrays(path)
+    for name, values in clean.items():
+        np.testing.assert_array_equal(healed[name], values, err_msg=name)
+    open_store(path)
+
+
+def test_a_damaged_done_flag_counts_as_not_done(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path)
+    _flip_bit(path / "train/done/c/2", at=0)
+    found = verify(zarr.open_group(path, mode="r"))
+    assert [(d.split, d.array, d.chunk) for d in found] == [("train", "done", 2)]
+    _, written = _fill(path)
+    assert written == [("train", 4)]
+    assert verify(zarr.open_group(path, mode="r")) == []
