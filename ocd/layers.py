@@ -5,7 +5,14 @@ For a candidate layer L with weight W, K Gaussian draws
 ``W_k = W + noise * std(W) * eps_k`` are shared by the M scored training
 samples. Each sample's K losses are summarised by the differential entropy of
 a Gaussian kernel density estimate of them (:func:`kde_entropy`); the layer's
-score is the mean over samples. Only forward passes: the model is cut at L, so
+score is the mean over samples. Losses are computed without rounding tiny
+losses to zero (``Task.precise_loss``), yet a sample can still be degenerate:
+its K losses all equal (entropy -inf), e.g. a margin so large that e^-margin
+underflows. Such a sample would make every layer's mean -inf and the ranking
+meaningless, so the score is the mean over the samples that are not
+degenerate in any selectable layer, the same samples for every layer, and
+the number of degenerate samples is reported per layer. When no sample is
+left, or the best two selectable layers tie, selection stops with a message. Only forward passes: the model is cut at L, so
 the part before L runs once and only L and what follows it run per draw.
 
 Entropy estimator: ``scipy.stats.gaussian_kde`` (Scott's bandwidth) fitted to
@@ -51,7 +58,9 @@ def kde_entropy(values: np.ndarray, max_grid: int = 4096) -> float:
     values = np.asarray(values, dtype=np.float64).ravel()
     if not np.all(np.isfinite(values)):
         raise ValueError("losses contain NaN or infinity; the perturbation is too large or the model diverged")
-    if values.size < 2 or np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())):
+    # all equal up to float rounding, relative to the values' own size (losses of
+    # confident samples are ~1e-20 and still vary)
+    if values.size < 2 or np.ptp(values) <= 1e-12 * float(np.abs(values).max()):
         return float("-inf")
     kde = gaussian_kde(values)
     bw = math.sqrt(float(kde.covariance[0, 0]))
@@ -80,8 +89,9 @@ def perturbation_losses(model: nn.Sequential, task: Task, name: str, x: torch.Te
         eps = torch.stack([_draw(weight, seed, i) for i in range(start, start + k)])
         z = layer_with_weight_stack(cut.layer, weight + sigma * eps, h)  # [k, M, ...]
         out = cut.suffix(z.flatten(0, 1))
-        # float64 logits: float32 cross-entropy rounds confident samples to exactly 0
-        columns.append(task.per_sample_loss(out.double(), y.repeat(k)).view(k, len(x)).T)
+        # float64 and a precise form: plain cross-entropy rounds confident samples to exactly 0
+        loss = task.precise_loss or task.per_sample_loss
+        columns.append(loss(out.double(), y.repeat(k)).view(k, len(x)).T)
     return torch.cat(columns, dim=1).cpu()
 
 
@@ -95,33 +105,45 @@ def _draw(weight: torch.Tensor, seed: int, index: int) -> torch.Tensor:
 @dataclass
 class LayerScore:
     name: str
-    score: float  # mean entropy over samples (nats); -inf if every sample's loss was constant
-    entropy_sd: float  # spread of the per-sample entropies
+    # mean entropy (nats) over the samples degenerate in no selectable layer;
+    # -inf when this layer has degenerate samples among them (non-selectable layers only)
+    score: float
+    entropy_sd: float  # spread of those per-sample entropies
     selectable: bool
     mean_loss: float  # mean perturbed loss, to see how hard the noise hits
+    degenerate: int = 0  # samples whose K losses were all equal for this layer
+    samples_used: int = 0  # samples behind the score
 
 
 def score_layers(model: nn.Sequential, task: Task, x: torch.Tensor, y: torch.Tensor,
                  draws: int, noise: float, seed: int, progress=None) -> list[LayerScore]:
     """Score every weight layer of ``model`` on the samples (x, y)."""
     selectable = set(selectable_layers(model))
-    scores = []
-    for name in weight_layers(model):
+    names = weight_layers(model)
+    entropies, mean_loss = {}, {}
+    for name in names:
         losses = perturbation_losses(model, task, name, x, y, draws, noise, seed).double().numpy()
         try:
-            entropies = np.array([kde_entropy(row) for row in losses])
+            entropies[name] = np.array([kde_entropy(row) for row in losses])
         except ValueError as exc:
             raise ScoreError(f"layer {name}: {exc}") from None
-        finite = entropies[np.isfinite(entropies)]
-        scores.append(LayerScore(
-            name=name,
-            score=float(entropies.mean()),
-            entropy_sd=float(finite.std()) if finite.size else float("nan"),
-            selectable=name in selectable,
-            mean_loss=float(losses.mean()),
-        ))
+        mean_loss[name] = float(losses.mean())
         if progress is not None:
             progress(name)
+    chosen = [n for n in names if n in selectable] or names
+    used = np.all([np.isfinite(entropies[n]) for n in chosen], axis=0)
+    scores = []
+    for name in names:
+        e = entropies[name][used]
+        scores.append(LayerScore(
+            name=name,
+            score=float(e.mean()) if e.size else float("-inf"),
+            entropy_sd=float(e[np.isfinite(e)].std()) if np.isfinite(e).any() else float("nan"),
+            selectable=name in selectable,
+            mean_loss=mean_loss[name],
+            degenerate=int(np.sum(~np.isfinite(entropies[name]))),
+            samples_used=int(used.sum()),
+        ))
     return scores
 
 
@@ -133,18 +155,39 @@ class Selection:
     forced: bool
 
 
+def check_force(model: nn.Sequential, force: str) -> None:
+    """Refuse a ``layers.force`` that names no selectable layer, before any scoring."""
+    _check_force(force, selectable_layers(model), weight_layers(model))
+
+
+def _check_force(force: str, selectable: list[str], all_names: list[str]) -> None:
+    if force and force not in selectable:
+        why = ("is not a Linear layer, which the overfit stage needs" if force in all_names
+               else "is not a weight layer of this model")
+        raise ModelError(f"layers.force={force!r} {why}; valid names: {', '.join(selectable)}")
+
+
 def select(scores: list[LayerScore], force: str = "") -> Selection:
-    """The selectable layer with the highest score (or ``force``), and the runner-up."""
+    """The selectable layer with the highest score (or ``force``), and the runner-up.
+
+    Without ``force``, stops (ScoreError) rather than choose when no sample
+    could be scored or the best two layers tie.
+    """
     candidates = [s for s in scores if s.selectable]
     if not candidates:
         raise ModelError("the model has no layer the overfit stage can handle (a Linear layer)")
     ranking = [s.name for s in sorted(candidates, key=lambda s: s.score, reverse=True)]
     if force:
-        if force not in ranking:
-            all_names = [s.name for s in scores]
-            why = ("is not a Linear layer, which the overfit stage needs" if force in all_names
-                   else "is not a weight layer of this model")
-            raise ModelError(f"layers.force={force!r} {why}; valid names: {', '.join(ranking)}")
+        _check_force(force, ranking, [s.name for s in scores])
         runner_up = next((n for n in ranking if n != force), None)
         return Selection(force, runner_up, ranking, forced=True)
+    best = sorted(candidates, key=lambda s: s.score, reverse=True)
+    if not math.isfinite(best[0].score):
+        per_layer = ", ".join(f"{s.name} {s.degenerate}" for s in candidates)
+        raise ScoreError("no layer can be selected: every scored sample has the same loss under all weight "
+                         f"draws of some selectable layer (saturated predictions; degenerate samples per layer: "
+                         f"{per_layer}); raise layers.noise or layers.samples, or set layers.force")
+    if len(best) > 1 and math.isclose(best[0].score, best[1].score, rel_tol=1e-9, abs_tol=1e-12):
+        raise ScoreError(f"layers {best[0].name} and {best[1].name} tie at score {best[0].score:.6g}; "
+                         "set layers.force to choose one")
     return Selection(ranking[0], ranking[1] if len(ranking) > 1 else None, ranking, forced=False)

@@ -28,6 +28,9 @@ class Task:
     unsupervised_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
     # A readable prediction from one output vector.
     describe: Callable[[torch.Tensor], str] = lambda out: str(out.tolist())
+    # The per-sample loss computed without rounding tiny losses to 0 (layer
+    # scores compare loss distributions of confident samples); None: per_sample_loss.
+    precise_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -35,6 +38,19 @@ class Task:
 
 def _ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def _ce_precise(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in float64 as softplus(logsumexp_{j != y}(z_j - z_y)).
+
+    ``logsumexp(z) - z_y`` rounds to exactly 0 once the margin exceeds ~37
+    (float64 absorbs e^-37 into the log-sum-exp); this form stays exact until
+    e^-margin underflows (margin ~745).
+    """
+    z = outputs.double()
+    rel = z - z.gather(1, targets[:, None])
+    rel = rel.scatter(1, targets[:, None], float("-inf"))
+    return F.softplus(torch.logsumexp(rel, dim=1))
 
 
 def _classification_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -60,7 +76,8 @@ def _describe_class(out: torch.Tensor) -> str:
 
 
 def classification() -> Task:
-    return Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy, _describe_class)
+    return Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy, _describe_class,
+                _ce_precise)
 
 
 def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:

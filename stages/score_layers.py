@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ocd import base, layers
 from ocd.data import load_dataset
-from ocd.device import configure_threads, get_device
+from ocd.device import configure_threads, get_device, runtime
 from ocd.models import weight_layers
 from ocd.params import load_params
 from stages.common import PARAMS_OPTION, write_csv, write_json
@@ -32,6 +32,7 @@ def score_layers(
     configure_threads()
     p = load_params(params)
     base_model = base.load(base_dir)
+    layers.check_force(base_model.model, p.layers.force)  # before minutes of scoring
     data = load_dataset(p.data)
     task = data.make_task()
     gen = torch.Generator().manual_seed(p.layers.seed)
@@ -56,11 +57,18 @@ def score_layers(
         "forced": selection.forced,
         "base_sha256": base_model.sha256,
         "layers": {s.name: {"score": finite(s.score), "entropy_sd": finite(s.entropy_sd),
-                            "mean_loss": s.mean_loss, "selectable": s.selectable}
+                            "mean_loss": s.mean_loss, "selectable": s.selectable,
+                            "degenerate_samples": s.degenerate}
                    for s in scores},
+        # the score averages the samples degenerate in no selectable layer (ocd/layers.py)
+        "samples_used": scores[0].samples_used,
         "params": p.section("layers"),
         "samples": idx.tolist(),
+        "runtime": runtime(),
     })
     write_csv(out / "scores.csv", ({"layer": s.name, "score": finite(s.score)} for s in scores))
+    degenerate = [f"{s.name} {s.degenerate}" for s in scores if s.degenerate]
     typer.echo(f"selected {selection.selected} (runner-up {selection.runner_up}); scores: "
-               + ", ".join(f"{s.name} {s.score:.3f}" for s in scores))
+               + ", ".join(f"{s.name} {s.score:.3f}" for s in scores)
+               + (f"; degenerate samples (constant loss, left out of every score): {', '.join(degenerate)}; "
+                  f"scores average {scores[0].samples_used} of {len(idx)} samples" if degenerate else ""))

@@ -91,3 +91,73 @@ def test_non_finite_losses_name_the_layer():
     x, y = torch.randn(4, 4), torch.randint(0, 3, (4,))
     with pytest.raises(ScoreError, match="layer quiet: .*NaN"):
         score_layers(model, TASK, x, y, draws=10, noise=0.1, seed=0)
+
+
+def _saturated(scale: float):
+    """The toy model with its logits multiplied by ``scale``: margins of order ``scale``."""
+    model = _toy()
+    with torch.no_grad():
+        model.loud.weight.mul_(scale)
+        model.loud.bias.mul_(scale)
+    return model
+
+
+def test_confident_samples_keep_a_finite_score():
+    """Margins of ~40..700: plain float64 cross-entropy rounds every perturbed loss to 0 (entropy -inf);
+    the precise form keeps them apart."""
+    model = _saturated(30.0)
+    torch.manual_seed(1)
+    x = torch.randn(16, 4)
+    y = model(x).argmax(1)  # every sample confidently right
+    plain = torch.nn.functional.cross_entropy(model(x).double(), y, reduction="none")
+    assert (plain == 0).sum() >= 4  # the failure the precise loss avoids
+    scores = score_layers(model, TASK, x, y, draws=200, noise=0.1, seed=0)
+    assert all(math.isfinite(s.score) and s.degenerate == 0 and s.samples_used == 16 for s in scores)
+    torch.testing.assert_close(TASK.precise_loss(model(x), y)[plain > 0], plain[plain > 0], rtol=1e-6, atol=0)
+
+
+def test_degenerate_samples_are_left_out_and_counted_and_all_degenerate_stops():
+    model = _saturated(2000.0)  # margins of ~1e4: e^-margin underflows, the loss is exactly 0
+    torch.manual_seed(2)
+    x = torch.randn(12, 4)
+    y = model(x).argmax(1)
+    y[:4] = (y[:4] + 1) % 3  # four samples confidently wrong: their losses still vary
+    scores = score_layers(model, TASK, x, y, draws=100, noise=0.1, seed=0)
+    by_name = {s.name: s for s in scores}
+    assert by_name["loud"].degenerate >= 8 and by_name["loud"].samples_used <= 4
+    with_wrong = score_layers(model, TASK, x[:4], y[:4], draws=100, noise=0.1, seed=0)
+    # the score averages exactly the non-degenerate samples
+    assert by_name["loud"].score == pytest.approx({s.name: s.score for s in with_wrong}["loud"])
+    select(scores)  # a choice can be made
+
+    all_right = model(x).argmax(1)
+    saturated = score_layers(model, TASK, x, all_right, draws=100, noise=0.1, seed=0)
+    with pytest.raises(ScoreError, match="no layer can be selected.*degenerate samples per layer: quiet 12, loud 12"):
+        select(saturated)
+    assert select(saturated, force="loud").selected == "loud"  # the user can still choose
+
+
+def test_a_tie_stops_instead_of_choosing():
+    from ocd.layers import LayerScore
+
+    tied = [LayerScore("a", -1.5, 0.1, True, 0.3), LayerScore("b", -1.5, 0.1, True, 0.3)]
+    with pytest.raises(ScoreError, match="a and b tie"):
+        select(tied)
+
+
+def test_the_stage_checks_layers_force_before_scoring(tmp_path, monkeypatch):
+    from ocd import base, layers
+    from ocd.models import ModelSpec
+    from stages.score_layers import score_layers as stage
+
+    spec = ModelSpec("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.0})
+    base.save(tmp_path / "base", spec.build(), spec)
+    (tmp_path / "p.yaml").write_text("data: {name: digits}\nlayers: {force: fc9}\n")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("scored before checking layers.force")
+
+    monkeypatch.setattr(layers, "score_layers", must_not_run)
+    with pytest.raises(ModelError, match="layers.force='fc9' is not a weight layer.*valid names: fc1, fc2"):
+        stage(params=tmp_path / "p.yaml", base_dir=tmp_path / "base", out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
