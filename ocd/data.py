@@ -97,8 +97,6 @@ def load_dataset(params: DataParams) -> Dataset:
         raise DataError(
             f"unknown dataset {params.name!r}; valid choices: {', '.join(sorted(DATASETS))}"
         ) from None
-    if not 0.0 < params.test_fraction < 1.0:
-        raise DataError(f"data.test_fraction must lie in (0, 1), got {params.test_fraction}")
     return loader(params)
 
 

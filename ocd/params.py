@@ -40,6 +40,10 @@ class DataParams:
     max_train: int = 0
     max_test: int = 0
 
+    def __post_init__(self):
+        _open_unit(self, "data", "test_fraction", "val_fraction")
+        _non_negative(self, "data", "max_train", "max_test")
+
 
 @dataclass(frozen=True)
 class ModelParams:
@@ -49,6 +53,11 @@ class ModelParams:
     # MLP only: widths of the hidden layers and dropout after each.
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
+
+    def __post_init__(self):
+        _widths(self, "model", "hidden")
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"model.dropout must lie in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class BaseParams:
 
     def __post_init__(self):
         _positive(self, "base", "epochs", "lr", "batch_size")
+        _non_negative(self, "base", "weight_decay")
         _choice(self, "base", "schedule", ("constant", "cosine"))
 
 
@@ -148,6 +158,7 @@ class DiffusionParams:
         _choice(self, "diffusion", "schedule", ("paper", "reference"))
         _choice(self, "diffusion", "target", ("matrix", "rank1"))
         _choice(self, "diffusion", "prediction", ("eps", "x0"))
+        _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb")
         if not 0 < self.holdout < 1:
             raise ParamsError(f"diffusion.holdout must lie in (0, 1), got {self.holdout}")
         if not 0 <= self.ema < 1:
@@ -168,6 +179,7 @@ class ScaleParams:
 
     def __post_init__(self):
         _positive(self, "scale", "steps", "batch_size", "lr")
+        _widths(self, "scale", "hidden")
         _choice(self, "scale", "loss", ("paper", "logmse"))
 
 
@@ -184,6 +196,7 @@ class RegressorParams:
 
     def __post_init__(self):
         _positive(self, "regressor", "steps", "batch_size", "lr")
+        _widths(self, "regressor", "hidden")
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,10 @@ class EvaluateParams:
     deep_ensemble: bool = True
 
     def __post_init__(self):
-        _positive(self, "evaluate", "k", "sample_steps")
+        _positive(self, "evaluate", "k", "sample_steps", "tent_lr")
+        _non_negative(self, "evaluate", "eta")
+        if any(n <= 0 for n in self.tent_steps):
+            raise ParamsError(f"evaluate.tent_steps must hold positive step counts, got {self.tent_steps}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +242,24 @@ def _positive(section, where: str, *names: str) -> None:
     for name in names:
         if not getattr(section, name) > 0:
             raise ParamsError(f"{where}.{name} must be positive, got {getattr(section, name)!r}")
+
+
+def _non_negative(section, where: str, *names: str) -> None:
+    for name in names:
+        if getattr(section, name) < 0:
+            raise ParamsError(f"{where}.{name} must not be negative, got {getattr(section, name)!r}")
+
+
+def _open_unit(section, where: str, *names: str) -> None:
+    for name in names:
+        if not 0 < getattr(section, name) < 1:
+            raise ParamsError(f"{where}.{name} must lie in (0, 1), got {getattr(section, name)!r}")
+
+
+def _widths(section, where: str, name: str) -> None:
+    widths = getattr(section, name)
+    if not widths or any(w <= 0 for w in widths):
+        raise ParamsError(f"{where}.{name} must list one or more positive layer widths, got {widths!r}")
 
 
 def _choice(section, where: str, name: str, choices: tuple[str, ...]) -> None:

@@ -32,31 +32,41 @@ def predict(
     """
     p = load_params(params)
     trained = load_trained(base_dir, models)
+    if "task" not in trained.base.meta:
+        raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     info = trained.base.meta["data_info"]
+    if "pixel_max" not in info:
+        raise InputError(f"ocd predict reads images; {base_dir} was trained on the tabular set "
+                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose feature transform is not saved")
     in_shape = tuple(trained.base.spec.in_shape)
     names, raw = read_inputs(inputs, in_shape, info["pixel_max"])
     x = torch.as_tensor(((raw / info["pixel_max"] - info["mean"]) / info["std"]).astype(np.float32))
-    if "task" not in trained.base.meta:
-        raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     task = get_task(trained.base.meta["task"], **trained.base.meta.get("task_options", {}))
     base_out, members = ocd_predict(trained, x, k=p.evaluate.k, steps=p.evaluate.sample_steps,
                                     eta=p.evaluate.eta, seed=p.evaluate.seed)
     ocd_out = task.ensemble(members)
+    failed = 0
     for name, b, o in zip(names, base_out, ocd_out):
+        if not (torch.isfinite(b).all() and torch.isfinite(o).all()):
+            failed += 1
+            typer.echo(f"{name}\tno prediction: the model's output is not finite", err=True)
+            continue
         typer.echo(f"{name}\tbase: {task.describe(b)}\tOCD: {task.describe(o)}")
+    if failed:
+        raise InputError(f"{inputs}: {failed} of {len(names)} inputs gave non-finite outputs")
 
 
 def read_inputs(path: Path, in_shape: tuple[int, ...], pixel_max: float) -> tuple[list[str], np.ndarray]:
+    """Raw inputs and their names; every problem is an InputError naming the file."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     if path.is_dir():
         files = sorted(path.glob("*.png"))
         if not files:
             raise InputError(f"{path} holds no .png files")
-        from PIL import Image
-
-        images = [np.asarray(Image.open(f).convert("L"), dtype=np.float64) / 255.0 * pixel_max for f in files]
-        names, raw = [f.name for f in files], np.stack(images)
+        names, raw = [f.name for f in files], np.stack([_read_png(f, pixel_max) for f in files])
     elif path.suffix == ".npy":
-        raw = np.load(path).astype(np.float64)
+        raw = _read_npy(path)
         names = [f"{path.name}[{i}]" for i in range(len(raw))]
     else:
         raise InputError(f"{path}: expected a .npy file or a folder of PNG images")
@@ -66,4 +76,34 @@ def read_inputs(path: Path, in_shape: tuple[int, ...], pixel_max: float) -> tupl
         raise InputError(f"{path}: inputs of shape {raw.shape[1:]}; the model takes {in_shape}")
     if not np.all(np.isfinite(raw)):
         raise InputError(f"{path}: inputs contain NaN or infinite values")
+    lo, hi = float(raw.min()), float(raw.max())
+    if lo < 0 or hi > pixel_max:
+        raise InputError(f"{path}: values range over [{lo:.4g}, {hi:.4g}]; the model's pixels lie in "
+                         f"[0, {pixel_max:g}] (raw values, as the dataset ships them)")
     return names, raw
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a .npy, truncated, or an object array (would need pickle)
+        raise InputError(f"{path}: not a readable .npy array of numbers ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim < 1 or not (np.issubdtype(arr.dtype, np.number)
+                                                                or arr.dtype == bool):
+        raise InputError(f"{path}: holds {getattr(arr, 'dtype', type(arr).__name__)} values; "
+                         "expected an array of numbers [N, ...]")
+    if np.iscomplexobj(arr):
+        raise InputError(f"{path}: holds complex numbers; expected real pixel values")
+    return arr.astype(np.float64)
+
+
+def _read_png(path: Path, pixel_max: float) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            grey = img.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{path}: not a readable PNG image ({type(exc).__name__}: {exc})") from None
+    return np.asarray(grey, dtype=np.float64) / 255.0 * pixel_max

@@ -25,6 +25,16 @@ def test_float_written_as_yaml_string_is_accepted():
         ({"base": {"batch_size": 0}}, ["base.batch_size", "positive"]),
         ({"model": {"hidden": 256}}, ["model.hidden", "list"]),
         ({"model": "lenet5"}, ["model", "mapping"]),
+        # ranges checked when params.yaml is read, before any stage works
+        ({"data": {"test_fraction": 1.5}}, ["data.test_fraction", "(0, 1)"]),
+        ({"data": {"max_train": -5}}, ["data.max_train", "negative"]),
+        ({"model": {"hidden": [64, 0]}}, ["model.hidden", "positive layer widths"]),
+        ({"model": {"dropout": 1.0}}, ["model.dropout", "[0, 1)"]),
+        ({"base": {"weight_decay": -0.1}}, ["base.weight_decay", "negative"]),
+        ({"diffusion": {"pad": -1}}, ["diffusion.pad", "negative"]),
+        ({"scale": {"hidden": []}}, ["scale.hidden", "positive layer widths"]),
+        ({"evaluate": {"tent_steps": [1, 0]}}, ["evaluate.tent_steps", "positive"]),
+        ({"evaluate": {"tent_lr": 0}}, ["evaluate.tent_lr", "positive"]),
         (["data"], ["mapping"]),
     ],
 )

@@ -1,0 +1,51 @@
+"""``ocd predict``'s input reading: every bad input is one line naming the file."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.predict import InputError, read_inputs
+
+SHAPE = (1, 8, 8)
+
+
+def test_good_npy_and_png_inputs_are_read(tmp_path):
+    np.save(tmp_path / "x.npy", np.full((2, 8, 8), 16.0))
+    names, raw = read_inputs(tmp_path / "x.npy", SHAPE, 16.0)
+    assert names == ["x.npy[0]", "x.npy[1]"] and raw.shape == (2, 1, 8, 8)
+    (tmp_path / "pngs").mkdir()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "pngs" / "a.png")
+    names, raw = read_inputs(tmp_path / "pngs", SHAPE, 16.0)
+    assert names == ["a.png"] and raw.max() == 16.0
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.array([["a", "b"]]), "holds <U1 values; expected an array of numbers"),
+    (np.array([{"x": 1}], dtype=object), "not a readable .npy array of numbers"),
+    (np.full((2, 8, 8), 1e30), r"values range over \[1e\+30, 1e\+30\]; the model's pixels lie in \[0, 16\]"),
+    (np.full((2, 8, 8), np.nan), "NaN or infinite"),
+    (np.zeros((2, 5, 5)), r"the model takes \(1, 8, 8\)"),
+    (np.zeros((2, 8, 8), dtype=complex), "complex"),
+])
+def test_bad_npy_inputs_name_the_file_and_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.npy"
+    np.save(path, content, allow_pickle=True)
+    with pytest.raises(InputError, match=message) as err:
+        read_inputs(path, SHAPE, 16.0)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_corrupted_png_and_odd_paths_name_the_file(tmp_path):
+    (tmp_path / "pngs").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "pngs" / "good.png")
+    (tmp_path / "pngs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(InputError, match=r"broken.png: not a readable PNG image"):
+        read_inputs(tmp_path / "pngs", SHAPE, 16.0)
+    (tmp_path / "notnpy.npy").write_text("hello")
+    with pytest.raises(InputError, match="notnpy.npy: not a readable .npy"):
+        read_inputs(tmp_path / "notnpy.npy", SHAPE, 16.0)
+    with pytest.raises(InputError, match="does not exist"):
+        read_inputs(tmp_path / "absent.npy", SHAPE, 16.0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no .png files"):
+        read_inputs(tmp_path / "empty", SHAPE, 16.0)
