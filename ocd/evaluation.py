@@ -180,7 +180,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
                      inp.oracle_delta, inp.oracle_delta, note="overfit on the test label: upper bound"))
 
     if extra_members:
-        outs = [base_out] + [m.eval()(inp.x_test) for m in extra_members]
+        outs = [base_out] + [m.eval().to(inp.x_test.device)(inp.x_test) for m in extra_members]
         rows.append(_row(f"deep_ensemble_{len(outs)}", task, task.ensemble(torch.stack(outs)), y,
                          note=f"{len(outs)} base models, seeds differ"))
 

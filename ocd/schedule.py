@@ -68,7 +68,9 @@ class Schedule:
         ``mask`` (broadcastable to ``shape``) is 1 where x0 is unknown and 0
         where it is known to be zero; x0_hat is masked at every step.
         """
-        x = torch.randn(shape, generator=generator, device=device)
+        # drawn on the CPU (the generator's device) and moved: a seed gives the
+        # same noise whatever device the model runs on
+        x = torch.randn(shape, generator=generator).to(device)
         ts = self.timesteps(steps)
         for i, t_now in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
@@ -82,7 +84,7 @@ class Schedule:
             sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp_min(0).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
             if eta > 0 and t_prev >= 0:
-                x = x + sigma * torch.randn(shape, generator=generator, device=x.device)
+                x = x + sigma * torch.randn(shape, generator=generator).to(x.device)
         return x
 
 
