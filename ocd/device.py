@@ -24,3 +24,19 @@ def configure_threads() -> None:
     threads = os.environ.get("OCD_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def runtime() -> dict:
+    """What a seeded run's numbers depend on besides the code, params and data.
+
+    On one machine a run is bit-for-bit repeatable; another torch build,
+    device, CPU instruction set or number of threads sums floats in another
+    order, so trained weights (and every later number) differ slightly.
+    Recorded in the artifacts so that two runs can be compared knowingly.
+    """
+    device = get_device()
+    info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

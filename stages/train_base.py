@@ -8,7 +8,7 @@ import typer
 
 from ocd import base
 from ocd.data import load_dataset
-from ocd.device import configure_threads
+from ocd.device import configure_threads, runtime
 from ocd.models import ModelSpec
 from ocd.params import load_params
 from stages.common import PARAMS_OPTION, write_csv, write_json
@@ -35,7 +35,7 @@ def train_base(
     history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
     metrics = {split: base.evaluate(model, task, *data.split(split)) for split in ("train", "test")}
     base.save(out, model, spec, data=p.section("data"), data_info=data.info, task=data.task,
-              task_options=data.task_options, base=p.section("base"))
+              task_options=data.task_options, base=p.section("base"), runtime=runtime())
     write_json(out / "metrics.json", metrics)
     write_csv(out / "loss.csv", ({"epoch": i + 1, "loss": v} for i, v in enumerate(history)))
     typer.echo(f"base model: test {metrics['test']}")

@@ -10,7 +10,7 @@ import torch
 import typer
 
 from ocd import diffusion, regressor, scale
-from ocd.device import configure_threads, get_device
+from ocd.device import configure_threads, get_device, runtime
 from ocd.params import load_params
 from ocd.store import COND, ChunkReader, open_store, split_chunks
 from stages.common import PARAMS_OPTION, write_csv, write_json
@@ -46,7 +46,7 @@ def train_diffusion(
     held = ChunkReader(group, held_names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
     stats = diffusion.cond_stats(reader)
     provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
-                  "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"]}
+                  "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"], "runtime": runtime()}
 
     meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction,
                                provenance["rho"], dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"])

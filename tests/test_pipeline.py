@@ -197,6 +197,10 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 5, 5)))
     bad = project.run("ocd", "predict", str(tmp_path / "bad.npy"), check=False)
     assert bad.returncode == 2 and "the model takes (1, 8, 8)" in bad.stderr
+    np.save(tmp_path / "huge.npy", np.full((2, 8, 8), 1e30))
+    huge = project.run("ocd", "predict", str(tmp_path / "huge.npy"), check=False)
+    assert huge.returncode == 2 and "huge.npy: values range over" in huge.stderr and "p=nan" not in huge.stdout
+    assert len(huge.stderr.strip().splitlines()) == 1  # one line, no traceback
 
 
 @pytest.mark.e2e
@@ -220,3 +224,28 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     assert rows == {r for r in ROWS if not r.startswith("tent_")}
     for name in rows:
         assert math.isfinite(results[name]["rmse"]) and "acc" not in results[name], name
+
+
+@pytest.mark.e2e
+def test_a_damaged_store_is_named_refused_and_healed_by_dvc_repro(project, tmp_path):
+    project.dvc("repro")
+    metrics = (project / "artifacts/eval/metrics.json").read_text()
+    chunk = project / "artifacts/deltas.zarr/train/delta/c/0/0/0"
+    clean = chunk.read_bytes()
+    chunk.write_bytes(clean[: len(clean) // 3])  # truncated
+
+    verify = project.run("ocd", "inspect", "--verify", "artifacts/deltas.zarr", check=False)
+    assert verify.returncode == 1
+    assert "damaged: train/delta chunk 0 (rows 0..127): checksum mismatch" in verify.stdout
+    inspect = project.run("ocd", "inspect", "artifacts/deltas.zarr", check=False)
+    assert inspect.returncode == 2 and "train cannot be read" in inspect.stderr and "Traceback" not in inspect.stderr
+    # a stage that reads the store stops before any training, naming the chunk and the repair
+    train = project.run("ocd", "train-diffusion", "--out", str(tmp_path / "d"), check=False)
+    assert train.returncode == 2 and "train/delta chunk 0" in train.stderr and "dvc repro overfit" in train.stderr
+    assert not (tmp_path / "d").exists()
+
+    healed = project.dvc("repro")  # DVC sees the store changed and reruns overfit, which recomputes the chunk
+    assert "damaged: train/delta chunk 0" in healed.stdout + healed.stderr
+    assert chunk.read_bytes() == clean
+    assert project.run("ocd", "inspect", "--verify", "artifacts/deltas.zarr").returncode == 0
+    assert (project / "artifacts/eval/metrics.json").read_text() == metrics

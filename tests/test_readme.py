@@ -1,0 +1,72 @@
+"""README's commands work as written: on a fresh copy of the project, with no
+virtualenv activated and the venv's bin folder absent from PATH."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_pipeline import TINY, _merge, make_project
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
+
+
+def readme_commands() -> list[str]:
+    """Every shell command README shows (comments stripped), in order."""
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for block in readme_blocks("sh") for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_readme_has_exactly_two_set_up_and_go_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert [c for c in commands if c.startswith("make")] == ["make repro", "make test"]
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    # every other command names its program by its path in the project's venv
+    assert all(c.startswith(".venv/bin/") for c in commands if not c.startswith("make")), commands
+
+
+@pytest.mark.e2e
+def test_every_readme_command_runs_as_written_without_the_venv_on_path(tmp_path):
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the tests run outside a virtualenv; README's commands assume the project's .venv")
+    # tiny params and small caps keep each `dvc exp run` to seconds
+    project = make_project(tmp_path, _merge(TINY, {"data": {"max_train": 300, "max_test": 100}}))
+    (project / ".venv").symlink_to(sys.prefix)
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env = {k: v for k, v in project.env.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                  if p and Path(p).resolve() != Path(venv_bin).resolve()
+                                  and Path(p).resolve() != Path(sys.executable).resolve().parent)
+    assert subprocess.run(["sh", "-c", "command -v ocd"], env=env, capture_output=True).returncode != 0
+
+    def run(command: str):
+        return subprocess.run(["bash", "-c", command], cwd=project.root, env=env, capture_output=True, text=True)
+
+    git = "git -c user.name=t -c user.email=t@example.com"
+    assert run(f"git add -A && {git} commit -qm init").returncode == 0
+
+    ran = 0
+    for command in readme_commands():
+        if command.startswith("make"):
+            continue  # `make test` is this suite; `make repro` is the full job (the pipeline test runs it small)
+        result = run(command)
+        output = result.stdout + result.stderr
+        missing = re.search(r"data\.path=(\S+)", command)
+        if missing and not Path(missing.group(1)).exists():
+            # the data set is not installed here: the stage must say so in one line
+            assert result.returncode != 0 and "is not a folder" in output, (command, output[-2000:])
+            continue
+        assert result.returncode == 0, (command, output[-3000:])
+        ran += 1
+    assert ran >= 3
+    for snippet in readme_blocks("python"):
+        result = run(f".venv/bin/python - <<'EOF'\n{snippet}EOF")
+        assert result.returncode == 0, result.stderr[-2000:]
