@@ -92,9 +92,14 @@ class LayersParams:
     seed: int = 0
     # A layer name overrides the selection; "" selects the highest score.
     force: str = ""
+    # Which layers are scored: selectable (the Linear layers, which the overfit
+    # stage can use) | all (every weight layer, convolutions too: a report only,
+    # ~5x the time on LeNet5).
+    scope: str = "selectable"
 
     def __post_init__(self):
         _positive(self, "layers", "draws", "samples", "noise")
+        _choice(self, "layers", "scope", ("selectable", "all"))
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ def score_layers(
     device = get_device()
     x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
 
-    names = weight_layers(base_model.model)
+    names = weight_layers(base_model.model) if p.layers.scope == "all" else layers.selectable_layers(base_model.model)
     bar = tqdm(total=len(names), desc="score layers", unit="layer", disable=not progress)
     scores = layers.score_layers(base_model.model, task, x, y, p.layers.draws, p.layers.noise,
-                                 p.layers.seed, progress=lambda name: bar.update())
+                                 p.layers.seed, progress=lambda name: bar.update(), scope=p.layers.scope)
     bar.close()
     selection = layers.select(scores, p.layers.force)
 

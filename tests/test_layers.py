@@ -161,3 +161,14 @@ def test_the_stage_checks_layers_force_before_scoring(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="layers.force='fc9' is not a weight layer.*valid names: fc1, fc2"):
         stage(params=tmp_path / "p.yaml", base_dir=tmp_path / "base", out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_seed_changes_the_draws():
+    """A regression test: draws were seeded with (seed << 32) + index, of which torch keeps 32 bits."""
+    model = _toy()
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    a = perturbation_losses(model, TASK, "loud", x, y, draws=20, noise=0.1, seed=0)
+    b = perturbation_losses(model, TASK, "loud", x, y, draws=20, noise=0.1, seed=1)
+    assert not torch.equal(a, b)
+    # the draws of one seed are distinct from each other
+    assert len({round(float(v), 12) for v in a[0]}) == 20
