@@ -18,6 +18,7 @@ rows differ only in where ``delta(x)`` comes from:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -69,7 +70,7 @@ def _row(name: str, task: Task, outputs: torch.Tensor, y: torch.Tensor, deltas=N
         norm, ref = deltas.flatten(1).norm(dim=1), oracle.flatten(1).norm(dim=1)
         scale_error = float(((norm - ref).abs() / ref.clamp_min(1e-12)).median())
     return Row(name, task.metrics(outputs, y), cosine, scale_error, note,
-               task.per_sample_loss(outputs, y).numpy())
+               task.per_sample_loss(outputs, y).cpu().numpy())
 
 
 @torch.no_grad()
@@ -118,6 +119,15 @@ class EvalInputs:
     mean_rho: float
     regressor: DeltaRegressor | None = None
 
+    def to(self, device) -> "EvalInputs":
+        """Every tensor and model on ``device`` (models move in place)."""
+        def move(v):
+            if isinstance(v, list):
+                return [move(t) for t in v]
+            return v.to(device) if isinstance(v, (torch.Tensor, nn.Module)) else v
+
+        return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
 
 def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
              tent_lr: float, extra_members: list[nn.Sequential] | None = None) -> tuple[list[Row], dict, dict]:
@@ -127,7 +137,12 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     model.eval()
     cut = linear_cut(model, layer)
     n_test = len(y)
-    ms = lambda start, per=1: 1000 * (time.perf_counter() - start) / (n_test * per)  # noqa: E731
+
+    def ms(start: float) -> float:
+        if y.device.type == "cuda":
+            torch.cuda.synchronize(y.device)  # kernels run asynchronously: time them to the end
+        return 1000 * (time.perf_counter() - start) / n_test
+
     start = time.perf_counter()
     h, a, base_out = layer_io(cut, inp.x_test)
     parts = [h, a, base_out]
@@ -185,7 +200,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
                          note=f"{len(outs)} base models, seeds differ"))
 
     oracle_rho = inp.oracle_delta.flatten(1).norm(dim=1)
-    plots = {"rho": {"true": oracle_rho.numpy(), "predicted": deltas[0].flatten(1).norm(dim=1).numpy()}}
+    plots = {"rho": {"true": oracle_rho.cpu().numpy(), "predicted": deltas[0].flatten(1).norm(dim=1).cpu().numpy()}}
     return rows, plots, skipped
 
 

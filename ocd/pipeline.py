@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ocd import base, diffusion, regressor, scale
+from ocd.device import get_device
 from ocd.diffusion import DeltaDiffusion
 from ocd.evaluation import apply_deltas, sample_deltas
 from ocd.models import layer_io
@@ -51,10 +52,13 @@ def load_trained(base_dir: str | Path, models_dir: str | Path) -> Trained:
 @torch.no_grad()
 def predict(t: Trained, x: torch.Tensor, k: int = 1, steps: int = 10, eta: float = 0.0,
             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Base outputs and OCD outputs (the task's ensemble of k samples) for inputs x."""
-    model = t.base.model.cpu().eval()
+    """Base outputs and OCD outputs (the task's ensemble of k samples) for inputs x,
+    computed on the library's device and returned on the CPU."""
+    device = get_device()
+    model = t.base.model.to(device).eval()
+    x = x.to(device)
     h, a, out = layer_io(linear_cut(model, t.layer), x)
-    omegas, rho_hat = sample_deltas(t.diff.cpu(), t.scaler, [h, a, out], k, steps, eta, seed)
+    omegas, rho_hat = sample_deltas(t.diff.to(device), t.scaler.to(device), [h, a, out], k, steps, eta, seed)
     deltas = rho_hat[None, :, None, None] * omegas / t.diff.meta.unit
     members = torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas])
-    return out, members
+    return out.cpu(), members.cpu()

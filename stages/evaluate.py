@@ -10,7 +10,7 @@ import typer
 
 from ocd import base, evaluation
 from ocd.data import load_dataset
-from ocd.device import configure_threads
+from ocd.device import configure_threads, get_device
 from ocd.params import load_params
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
@@ -57,11 +57,11 @@ def evaluate(
     extra = base.train_seeds(base_model.spec, task, data.x_train, data.y_train, p.base, seeds, progress)
 
     inputs = evaluation.EvalInputs(
-        model=base_model.model.cpu().eval(), layer=root.attrs["layer"], task=task,
+        model=base_model.model.eval(), layer=root.attrs["layer"], task=task,
         x_test=data.x_test, y_test=data.y_test, x_train=data.x_train[train_index],
         train_delta=tensor(train["delta"]), train_parts=[tensor(train[n]) for n in COND],
-        oracle_delta=tensor(test["delta"]), diff=trained.diff.cpu(), scaler=trained.scaler,
-        mean_rho=trained.mean_rho, regressor=trained.regressor)
+        oracle_delta=tensor(test["delta"]), diff=trained.diff, scaler=trained.scaler,
+        mean_rho=trained.mean_rho, regressor=trained.regressor).to(get_device())
     with torch.no_grad():
         rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed,
                                                    ep.tent_steps, ep.tent_lr, extra)

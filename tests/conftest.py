@@ -11,3 +11,15 @@ def digits_params():
     from ocd.params import DataParams
 
     return DataParams(name="digits", seed=0)
+
+
+# The device lane: tests that take the `device` fixture run on the CPU and, where
+# one is present, on CUDA. On a machine without a GPU the CUDA cases are
+# skipped with this reason (pytest -ra prints it); on a GPU machine pytest runs both.
+NO_CUDA = "no CUDA device here: the CUDA lane runs on a GPU machine (../shared/gpu/README.md)"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)

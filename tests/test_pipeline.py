@@ -249,3 +249,26 @@ def test_a_damaged_store_is_named_refused_and_healed_by_dvc_repro(project, tmp_p
     assert chunk.read_bytes() == clean
     assert project.run("ocd", "inspect", "--verify", "artifacts/deltas.zarr").returncode == 0
     assert (project / "artifacts/eval/metrics.json").read_text() == metrics
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device here: the CUDA lane "
+                    "runs on a GPU machine (../shared/gpu/README.md)")
+def test_the_five_stages_on_cuda_agree_with_the_cpu_run(project, tmp_path):
+    """The real dvc repro with OCD_DEVICE=cuda, beside the CPU run of the same tiny params.
+    Training on another device sums in another order (and draws dropout and shuffles on its
+    own generator where it does), so the trained numbers agree only loosely; the stages'
+    structure exactly."""
+    project.dvc("repro")
+    (tmp_path / "gpu").mkdir()
+    gpu = make_project(tmp_path / "gpu", TINY)
+    gpu.env["OCD_DEVICE"] = "cuda"
+    gpu.dvc("repro")
+    cpu_results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    gpu_results = json.loads((gpu / "artifacts/eval/metrics.json").read_text())
+    assert set(gpu_results) == set(cpu_results)
+    base = json.loads((gpu / "artifacts/base/model.json").read_text())
+    assert base["runtime"]["device"].startswith("cuda")
+    for name, row in gpu_results.items():
+        assert math.isfinite(row["ce"]) and abs(row["acc"] - cpu_results[name]["acc"]) < 0.1, name
+    assert gpu_results["oracle"]["ce"] < gpu_results["base"]["ce"]
