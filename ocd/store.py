@@ -325,6 +325,17 @@ def _reason(exc: Exception) -> str:
     return f"unreadable ({type(exc).__name__}: {text[:120]})"
 
 
+def verify_path(path: str | Path) -> list[Damage]:
+    """:func:`verify` for the store at ``path``; a StoreError if it cannot be opened at all."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path} does not exist")
+    try:
+        return verify(zarr.open_group(path, mode="r"))
+    except Exception as exc:
+        raise StoreError(f"{path}: its layout cannot be read ({type(exc).__name__}: {exc}); {REPAIR}") from None
+
+
 def verify(root: zarr.Group, splits=SPLITS, layout: Layout | None = None) -> list[Damage]:
     """Every chunk marked done that fails to read, fails its checksum or is
     missing (Zarr would read a missing chunk as zeros), for every array of

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import typer
 
-import zarr
-
-from ocd.store import REPAIR, StoreError, summarize, verify
+from ocd.store import REPAIR, summarize, verify_path
 
 
 def inspect(
@@ -21,12 +19,7 @@ def inspect(
 ) -> None:
     """Summarise a weight-delta store: arrays, attrs, rho, losses, rank-one shares."""
     if check:
-        if not store.exists():
-            raise StoreError(f"{store} does not exist")
-        try:
-            damaged = verify(zarr.open_group(store, mode="r"))
-        except Exception as exc:
-            raise StoreError(f"{store}: its layout cannot be read ({type(exc).__name__}: {exc}); {REPAIR}") from None
+        damaged = verify_path(store)
         for d in damaged:
             typer.echo(f"damaged: {d}")
         if damaged:
