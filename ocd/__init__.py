@@ -3,7 +3,8 @@
 The library behind the pipeline's stages, one module per concept:
 
 - ``ocd.params``  params.yaml, parsed and validated into typed sections
-- ``ocd.device``  where tensors live (CUDA when present, else CPU) and threads
+- ``ocd.device``  where tensors live (CUDA when present, else CPU), threads, the runtime record
+- ``ocd.artifacts`` atomic writes and checkpoints that load without unpickling code
 - ``ocd.data``    dataset registry (``mnist5k``, ``mnist_idx``, ``digits``, ``california``, ``diabetes``)
 - ``ocd.tasks``   loss, metrics and ensembling per task type (classification, regression)
 - ``ocd.models``  model registry and the per-sample-weight primitive

@@ -27,9 +27,11 @@ chunk's ``done`` flag is written last, so a killed run resumes at the first
 chunk not marked done. Every chunk of every array ends in a crc32c checksum
 (Zarr v3's ``crc32c`` codec): :func:`verify` reads each chunk and names the
 ones that fail; a resumed overfit run recomputes them, and readers
-(:func:`open_store`) refuse a damaged store with the command that repairs it. The derived arrays are computed by :meth:`DeltaStore.write_chunk`
-from ``delta`` and ``cond/layer_input``, never given by a writer. A store whose fingerprint (base model, layer, data,
-overfit params, format) differs from the run's is rebuilt, never extended.
+(:func:`open_store`) refuse a damaged store with the command that repairs it.
+The derived arrays are computed by :meth:`DeltaStore.write_chunk` from
+``delta`` and ``cond/layer_input``, never given by a writer. A store whose
+fingerprint (base model, layer, data, overfit params, format) differs from the
+run's is rebuilt, never extended.
 """
 
 from __future__ import annotations
@@ -271,11 +273,11 @@ class DeltaStore:
         return all(not self.pending_chunks(s) for s in SPLITS)
 
 
-def open_store(path: str | Path, check: bool = True) -> zarr.Group:
+def open_store(path: str | Path) -> zarr.Group:
     """Open a finished store read-only; refuse an unfinished, foreign or damaged one.
 
-    ``check`` reads every chunk once and verifies its checksum (:func:`verify`),
-    before any work that would otherwise stop half-way on the first bad chunk.
+    Every chunk is read once and its checksum verified (:func:`verify`) before
+    any work that would otherwise stop half-way on the first bad chunk.
     """
     path = Path(path)
     if not path.exists():
@@ -290,12 +292,11 @@ def open_store(path: str | Path, check: bool = True) -> zarr.Group:
     if version != FORMAT_VERSION:
         raise StoreError(f"{path} is a weight-delta store of format {version}, this code reads format "
                          f"{FORMAT_VERSION}; rerun the overfit stage to rebuild it")
-    if check:
-        damaged = verify(root)
-        if damaged:
-            raise StoreError(f"{path} has {len(damaged)} damaged chunk(s): {damaged[0]}"
-                             + (f" and {len(damaged) - 1} more (`ocd inspect --verify {path}` lists them)"
-                                if len(damaged) > 1 else "") + f"; {REPAIR}")
+    damaged = verify(root)
+    if damaged:
+        raise StoreError(f"{path} has {len(damaged)} damaged chunk(s): {damaged[0]}"
+                         + (f" and {len(damaged) - 1} more (`ocd inspect --verify {path}` lists them)"
+                            if len(damaged) > 1 else "") + f"; {REPAIR}")
     for split in SPLITS:
         done = root[split]["done"][:]
         if not np.all(done == 1):

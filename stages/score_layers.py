@@ -12,7 +12,6 @@ from tqdm import tqdm
 from ocd import base, layers
 from ocd.data import load_dataset
 from ocd.device import configure_threads, get_device, runtime
-from ocd.models import weight_layers
 from ocd.params import load_params
 from stages.common import PARAMS_OPTION, write_csv, write_json
 
@@ -40,7 +39,7 @@ def score_layers(
     device = get_device()
     x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
 
-    names = weight_layers(base_model.model) if p.layers.scope == "all" else layers.selectable_layers(base_model.model)
+    names = layers.scored_layers(base_model.model, p.layers.scope)
     bar = tqdm(total=len(names), desc="score layers", unit="layer", disable=not progress)
     scores = layers.score_layers(base_model.model, task, x, y, p.layers.draws, p.layers.noise,
                                  p.layers.seed, progress=lambda name: bar.update(), scope=p.layers.scope)
