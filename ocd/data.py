@@ -61,6 +61,11 @@ class Dataset:
     info: dict = field(default_factory=dict)
     # Keyword options of the task (regression: the target's train mean and scale).
     task_options: dict = field(default_factory=dict)
+    # Calibration rows: carved from the train split before any model sees it
+    # (images: data.cal_fraction; tabular sets: their validation rows). Only
+    # for fitting a temperature and the like, never for training, never test.
+    x_cal: torch.Tensor | None = None
+    y_cal: torch.Tensor | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -72,9 +77,12 @@ class Dataset:
         return get_task(self.task, **self.task_options)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name not in ("train", "test"):
-            raise DataError(f"unknown split {name!r}; valid splits: train, test")
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if name not in ("train", "test", "cal"):
+            raise DataError(f"unknown split {name!r}; valid splits: train, test, cal")
+        x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if x is None:
+            raise DataError(f"{self.name} has no {name} split (data.cal_fraction is 0)")
+        return x, y
 
 
 Loader = Callable[[DataParams], Dataset]
@@ -108,6 +116,14 @@ def _stratified_split(x, y, test_fraction: float, seed: int):
     return train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
 
 
+def _carve(x, y, fraction: float, seed: int):
+    """Split off ``fraction`` of the rows, stratified where every class can have a row on both sides."""
+    try:
+        return _stratified_split(x, y, fraction, seed)
+    except ValueError:  # too few rows for a stratified split (tiny sets, tests)
+        return train_test_split(x, y, test_size=fraction, random_state=seed)
+
+
 def _cap(x, y, n: int, seed: int, stratify: bool = True):
     """A (stratified) subsample of n rows (all rows when n is 0 or too large)."""
     if n <= 0 or n >= len(y):
@@ -118,19 +134,22 @@ def _cap(x, y, n: int, seed: int, stratify: bool = True):
 
 
 def _finish(name, params, x_train, y_train, x_test, y_test, pixel_max, info) -> Dataset:
-    """Cap, scale by pixel_max, standardise with train statistics, to tensors."""
+    """Cap, carve the calibration rows out of train, scale by pixel_max,
+    standardise with train statistics, to tensors."""
     x_train, y_train = _cap(x_train, y_train, params.max_train, params.seed)
     x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed)
-    x_train = np.asarray(x_train, dtype=np.float64) / pixel_max
-    x_test = np.asarray(x_test, dtype=np.float64) / pixel_max
-    mean, std = float(x_train.mean()), float(x_train.std())
-    to_x = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))  # noqa: E731
-    to_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
-    info = dict(info, pixel_max=pixel_max, mean=mean, std=std,
-                n_train=len(y_train), n_test=len(y_test))
+    x_cal = y_cal = None
+    if params.cal_fraction > 0:
+        x_train, x_cal, y_train, y_cal = _carve(x_train, y_train, params.cal_fraction, params.seed)
+    scaled = lambda a: np.asarray(a, dtype=np.float64) / pixel_max  # noqa: E731
+    mean, std = float(scaled(x_train).mean()), float(scaled(x_train).std())
+    to_x = lambda a: None if a is None else torch.from_numpy(((scaled(a) - mean) / std).astype(np.float32))  # noqa: E731
+    to_y = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    info = dict(info, pixel_max=pixel_max, mean=mean, std=std, n_train=len(y_train), n_test=len(y_test),
+                n_cal=0 if y_cal is None else len(y_cal))
     n_classes = int(max(np.max(y_train), np.max(y_test))) + 1
-    return Dataset(name, "classification", to_x(x_train), to_y(y_train),
-                   to_x(x_test), to_y(y_test), n_classes, info)
+    return Dataset(name, "classification", to_x(x_train), to_y(y_train), to_x(x_test), to_y(y_test), n_classes,
+                   info, x_cal=to_x(x_cal), y_cal=to_y(y_cal))
 
 
 # --------------------------------------------------------------------------
@@ -181,8 +200,9 @@ def _finish_tabular(name, params, x, y, info) -> Dataset:
     to_y = lambda a: torch.from_numpy(((np.asarray(a) - mean) / scale).astype(np.float32))  # noqa: E731
     info = dict(info, n_train=len(y_train), n_val=len(y_val), n_test=len(y_test), target_mean=mean,
                 target_scale=scale, features="quantile-transformed to normal, fitted on train")
+    x_val = np.where(np.isnan(x_val), medians, x_val)
     return Dataset(name, "regression", to_x(x_train), to_y(y_train), to_x(x_test), to_y(y_test), 1, info,
-                   {"target_mean": mean, "target_scale": scale})
+                   {"target_mean": mean, "target_scale": scale}, x_cal=to_x(x_val), y_cal=to_y(y_val))
 
 
 @register("california")

@@ -13,7 +13,13 @@ rows differ only in where ``delta(x)`` comes from:
   nearest in input space / in standardised conditioning space;
 - ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
 - ``oracle``: the test sample's own overfit delta (it used the label: an upper bound);
-- ``deep_ensemble``: k base models trained with different seeds, no delta.
+- ``deep_ensemble``: k base models trained with different seeds, no delta;
+- ``temperature`` / ``ocd_temperature``: the base model's / OCD's outputs
+  divided by one temperature fitted on the calibration rows (never test).
+
+Every row of a classification run also reports its ECE and its mean test loss
+split into the part from the samples the base model gets right and the rest
+(``loss_base_right + loss_base_wrong = ce``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocd.calibration import fit_temperature, reliability
 from ocd.diffusion import DeltaDiffusion
 from ocd.models import forward_with_layer_weights, layer_io
 from ocd.overfit import linear_cut, overfit_batch
@@ -118,6 +125,9 @@ class EvalInputs:
     scaler: ScaleModel
     mean_rho: float
     regressor: DeltaRegressor | None = None
+    # calibration rows (ocd.data: carved from train, seen by no model); None: none
+    x_cal: torch.Tensor | None = None
+    y_cal: torch.Tensor | None = None
 
     def to(self, device) -> "EvalInputs":
         """Every tensor and model on ``device`` (models move in place)."""
@@ -158,6 +168,25 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     rows.append(_row("ocd", task, member_out[0], y, deltas[0], inp.oracle_delta,
                      note=f"{steps} DDIM steps; time: the {k}-member pass / {k}"))
     rows[-1].ms_per_sample = ocd_ms / k
+    reliability_of = {"base": base_out, "ocd": member_out[0]}
+
+    skipped = {}
+    if task.with_temperature is None:
+        skipped["temperature"] = f"{task.name} outputs take no temperature"
+    elif inp.x_cal is None or not len(inp.x_cal):
+        skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
+    else:
+        # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
+        h_cal, a_cal, base_cal = layer_io(cut, inp.x_cal)
+        om_cal, rho_cal = sample_deltas(inp.diff, inp.scaler, [h_cal, a_cal, base_cal], 1, steps, eta, seed + 1)
+        ocd_cal = apply_deltas(model, layer, rho_cal[:, None, None] * om_cal[0] / unit, inp.x_cal)
+        n_cal = len(inp.y_cal)
+        for name, cal_out, test_out in (("temperature", base_cal, base_out), ("ocd_temperature", ocd_cal, member_out[0])):
+            t = fit_temperature(task.per_sample_loss, cal_out, inp.y_cal, task.with_temperature)
+            scaled = task.with_temperature(test_out, t)
+            rows.append(_row(name, task, scaled, y, note=f"{'base' if name == 'temperature' else 'ocd'} / T, "
+                                                            f"T = {t:.3f} fitted on {n_cal} calibration rows"))
+            reliability_of[name] = scaled
     rows.append(_row(f"ocd_ensemble_{k}", task, task.ensemble(member_out), y, note=f"{k} noises"))
     rows[-1].ms_per_sample = ocd_ms
     mean_delta = deltas.mean(0)
@@ -181,7 +210,6 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         d = inp.train_delta[idx]
         rows.append(_row(name, task, apply_deltas(model, layer, d, inp.x_test), y, d, inp.oracle_delta))
 
-    skipped = {}
     if task.unsupervised_loss is None:
         skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
     else:
@@ -198,9 +226,19 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         outs = [base_out] + [m.eval().to(inp.x_test.device)(inp.x_test) for m in extra_members]
         rows.append(_row(f"deep_ensemble_{len(outs)}", task, task.ensemble(torch.stack(outs)), y,
                          note=f"{len(outs)} base models, seeds differ"))
+        reliability_of["deep_ensemble"] = task.ensemble(torch.stack(outs))
+
+    if task.correct is not None:
+        # every row's mean test loss = the part from the samples the base model gets right + the rest
+        right = task.correct(base_out, y).cpu().numpy()
+        for r in rows:
+            r.metrics["loss_base_right"] = float(r.per_sample_loss[right].sum() / n_test)
+            r.metrics["loss_base_wrong"] = float(r.per_sample_loss[~right].sum() / n_test)
 
     oracle_rho = inp.oracle_delta.flatten(1).norm(dim=1)
     plots = {"rho": {"true": oracle_rho.cpu().numpy(), "predicted": deltas[0].flatten(1).norm(dim=1).cpu().numpy()}}
+    if task.with_temperature is not None:
+        plots["reliability"] = {name: reliability(out, y) for name, out in reliability_of.items()}
     return rows, plots, skipped
 
 

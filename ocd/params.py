@@ -32,8 +32,13 @@ class DataParams:
     seed: int = 0
     # Share of samples held out as test, for sets without an official split.
     test_fraction: float = 0.2
-    # Tabular sets: share of the non-test rows held out as validation.
+    # Tabular sets: share of the non-test rows held out as validation (the
+    # calibration rows of those sets).
     val_fraction: float = 0.2
+    # Image sets: share of the train split carved out, stratified with data.seed,
+    # as calibration rows (a temperature is fitted there); no model trains on them.
+    # 0: none (the temperature rows are then skipped).
+    cal_fraction: float = 0.1
     # Folder of the four IDX files, for ``mnist_idx`` (a .csv path for ``california``).
     path: str = "/usr/share/datasets/fashion-mnist"
     # Optional caps (first N after a seeded stratified subsample); 0 = all.
@@ -42,6 +47,8 @@ class DataParams:
 
     def __post_init__(self):
         _open_unit(self, "data", "test_fraction", "val_fraction")
+        if not 0 <= self.cal_fraction < 1:
+            raise ParamsError(f"data.cal_fraction must lie in [0, 1), got {self.cal_fraction}")
         _non_negative(self, "data", "max_train", "max_test")
 
 

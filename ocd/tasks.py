@@ -2,7 +2,7 @@
 
 Stages ask the task for its loss and metrics instead of branching on the
 dataset, so a new task type is one entry here. Classification reports
-cross-entropy and accuracy; regression MSE on the standardised target and
+cross-entropy, accuracy and expected calibration error (ocd.calibration); regression MSE on the standardised target and
 RMSE in the target's own units.
 """
 
@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ocd.calibration import expected_calibration_error
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Task:
     # The per-sample loss computed without rounding tiny losses to 0 (layer
     # scores compare loss distributions of confident samples); None: per_sample_loss.
     precise_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # outputs rescaled by a temperature T (classification: logits / T); None: no temperature applies.
+    with_temperature: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    # Per sample, whether the output predicts the target (classification: the top class is right).
+    correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -57,6 +63,7 @@ def _classification_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dic
     return {
         "ce": float(_ce(outputs, targets).mean()),
         "acc": float((outputs.argmax(dim=-1) == targets).float().mean()),
+        "ece": expected_calibration_error(outputs, targets),
     }
 
 
@@ -77,7 +84,8 @@ def _describe_class(out: torch.Tensor) -> str:
 
 def classification() -> Task:
     return Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy, _describe_class,
-                _ce_precise)
+                _ce_precise, with_temperature=lambda out, t: out / t,
+                correct=lambda out, y: out.argmax(dim=-1) == y)
 
 
 def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:

@@ -61,7 +61,7 @@ def evaluate(
         x_test=data.x_test, y_test=data.y_test, x_train=data.x_train[train_index],
         train_delta=tensor(train["delta"]), train_parts=[tensor(train[n]) for n in COND],
         oracle_delta=tensor(test["delta"]), diff=trained.diff, scaler=trained.scaler,
-        mean_rho=trained.mean_rho, regressor=trained.regressor).to(get_device())
+        mean_rho=trained.mean_rho, regressor=trained.regressor, x_cal=data.x_cal, y_cal=data.y_cal).to(get_device())
     with torch.no_grad():
         rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed,
                                                    ep.tent_steps, ep.tent_lr, extra)
@@ -76,6 +76,14 @@ def evaluate(
     base_loss, ocd_loss = by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss
     write_csv(out / "per_sample_loss.csv",
               ({"index": i, "base": float(b), "ocd": float(o)} for i, (b, o) in enumerate(zip(base_loss, ocd_loss))))
+    if "reliability" in plots:  # accuracy per confidence bin, one column per row (blank: empty bin)
+        curves = plots["reliability"]
+        write_csv(out / "reliability.csv", (
+            {"bin_centre": bins[0]["bin_centre"],
+             **{name: "" if b["accuracy"] is None else b["accuracy"] for name, b in zip(curves, bins)}}
+            for bins in zip(*curves.values())))
+    else:  # the output DVC expects, saying why it is empty
+        write_csv(out / "reliability.csv", [{"bin_centre": "", "note": f"{task.name}: no confidence to bin"}])
     norms = plots["rho"]
     write_csv(out / "delta_norm.csv",
               ({"oracle": float(t), "ocd": float(q)} for t, q in zip(norms["true"], norms["predicted"])))

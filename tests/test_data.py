@@ -9,7 +9,8 @@ from ocd.params import DataParams
 def test_digits_split_is_stratified_standardised_and_seeded(digits_params):
     d = load_dataset(digits_params)
     assert d.in_shape == (1, 8, 8) and d.n_outputs == 10 and d.task == "classification"
-    assert len(d.y_train) + len(d.y_test) == 1797
+    assert len(d.y_train) + len(d.y_cal) + len(d.y_test) == 1797
+    assert len(d.y_cal) == round(0.1 * (1797 - len(d.y_test)))  # data.cal_fraction of the train split
     assert len(d.y_test) == pytest.approx(0.2 * 1797, abs=1)
     # stratified: every class keeps its share in test
     share = np.bincount(d.y_test.numpy()) / len(d.y_test)
@@ -24,8 +25,10 @@ def test_digits_split_is_stratified_standardised_and_seeded(digits_params):
 
 def test_mnist5k_is_the_documented_4000_1000_split():
     d = load_dataset(DataParams(name="mnist5k"))
-    assert d.x_train.shape == (4000, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)
-    assert np.bincount(d.y_train.numpy()).tolist() == [400] * 10
+    # 4,000 train rows, of which data.cal_fraction (10%) are carved out for calibration
+    assert d.x_train.shape == (3600, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)
+    assert d.x_cal.shape == (400, 1, 28, 28) and sorted(np.bincount(d.y_cal.numpy())) == [40] * 10
+    assert np.bincount(d.y_train.numpy()).tolist() == [360] * 10
     assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
 
 
@@ -33,7 +36,7 @@ def test_caps_subsample_stratified(digits_params):
     from dataclasses import replace
 
     d = load_dataset(replace(digits_params, max_train=100, max_test=50))
-    assert len(d.y_train) == 100 and len(d.y_test) == 50
+    assert len(d.y_train) + len(d.y_cal) == 100 and len(d.y_test) == 50
     assert set(d.y_train.tolist()) == set(range(10))
 
 
@@ -58,7 +61,7 @@ def test_idx_roundtrip_and_mnist_idx_loader(tmp_path, gz):
     arr = read_idx(tmp_path / f"train-labels-idx1-ubyte{'.gz' if gz else ''}")
     assert arr.tolist() == [i % 10 for i in range(30)]
     d = load_dataset(DataParams(name="mnist_idx", path=str(tmp_path)))
-    assert d.x_train.shape == (30, 1, 28, 28) and d.x_test.shape == (10, 1, 28, 28)
+    assert d.x_train.shape == (27, 1, 28, 28) and len(d.y_cal) == 3 and d.x_test.shape == (10, 1, 28, 28)
     assert d.n_outputs == 10
 
 

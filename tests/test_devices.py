@@ -132,17 +132,21 @@ def test_the_evaluation_table_on_each_device(tmp_path, device):
         model=model, layer="fc2", task=TASK, x_test=torch.randn(8, 6), y_test=torch.randint(0, 2, (8,)),
         x_train=torch.randn(64, 6), train_delta=tensor("delta"), train_parts=[tensor(n) for n in COND],
         oracle_delta=tensor("delta", "test"), diff=diffusion.build(meta, stats),
-        scaler=scale.ScaleModel(stats, [8], 1.0), mean_rho=1.0, regressor=regressor.DeltaRegressor(meta, stats, [8]))
+        scaler=scale.ScaleModel(stats, [8], 1.0), mean_rho=1.0, regressor=regressor.DeltaRegressor(meta, stats, [8]),
+        x_cal=torch.randn(16, 6), y_cal=torch.randint(0, 2, (16,)))
 
     def table(inp, members):
         with torch.no_grad():
             rows, plots, _ = evaluate(inp, 2, 3, 0.0, 0, [1, 2], 1e-3, members)
+        for r in rows:  # the loss split adds up to the row's loss
+            assert r.metrics["loss_base_right"] + r.metrics["loss_base_wrong"] == pytest.approx(r.metrics["ce"])
         return {r.name: [v for v in (*r.metrics.values(), r.cosine, r.scale_error) if v is not None]
                 for r in rows}, plots
 
     ref, ref_plots = table(copy.deepcopy(inputs), [copy.deepcopy(member)])
     got, plots = table(copy.deepcopy(inputs).to(device), [copy.deepcopy(member).to(device)])
-    assert set(got) == set(ref) and "deep_ensemble_2" in got and "tent_2" in got
+    assert set(got) == set(ref) and {"deep_ensemble_2", "tent_2", "temperature", "ocd_temperature"} <= set(got)
+    assert set(plots["reliability"]) == {"base", "ocd", "temperature", "ocd_temperature", "deep_ensemble"}
     for name in ref:
         assert_matches(got[name], ref[name], device, what=name)
     assert_matches(plots["rho"]["predicted"], ref_plots["rho"]["predicted"], device, what="delta norms")

@@ -32,7 +32,7 @@ TINY = {
 }
 
 ROWS = {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
-        "regressor", "tent_1", "tent_2", "oracle", "deep_ensemble_2"}
+        "regressor", "tent_1", "tent_2", "oracle", "deep_ensemble_2", "temperature", "ocd_temperature"}
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -96,7 +96,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
     assert store.attrs["layer"] == scores["selected"] and store.attrs["base_sha256"] == meta["sha256"]
     n_train = store["train/delta"].shape[0]
-    assert n_train + store["test/delta"].shape[0] == 1797
+    assert n_train + store["test/delta"].shape[0] == 1797 - 144  # 144 train rows are the calibration rows
     overfit = json.loads((project / "artifacts/overfit/metrics.json").read_text())
     assert overfit["train"]["loss_after"] < overfit["train"]["loss_before"]
     inspect = json.loads(project.run("ocd", "inspect", "artifacts/deltas.zarr", "--json").stdout)
@@ -111,9 +111,16 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert set(results) == ROWS
     for name, row in results.items():
-        assert set(row) >= {"ce", "acc", "cosine", "scale_error", "ms_per_sample"}, name
+        assert set(row) >= {"ce", "acc", "ece", "loss_base_right", "loss_base_wrong", "cosine", "scale_error",
+                            "ms_per_sample"}, name
         assert math.isfinite(row["ce"]) and math.isfinite(row["acc"]), name
+        assert row["loss_base_right"] + row["loss_base_wrong"] == pytest.approx(row["ce"], rel=1e-6), name
     assert results["oracle"]["ce"] < results["base"]["ce"]
+    # one temperature moves the loss, never the predicted class
+    assert results["temperature"]["acc"] == results["base"]["acc"]
+    assert "T = " in (project / "artifacts/eval/results.md").read_text()
+    plots = json.loads(project.dvc("plots", "show", "--json").stdout)["data"]
+    assert "reliability" in plots, list(plots)  # the top-level reliability diagram renders
 
     weights = project / "artifacts/base/model.pt"
     stamp = weights.stat().st_mtime_ns
@@ -220,8 +227,9 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     assert 0 < diff["rank1_ceiling_cosine"] <= 1 and math.isfinite(diff["diffusion"]["cosine_mean"])
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert "tent" in results["skipped"] and not any(name.startswith("tent_") for name in results)
+    assert "temperature" in results["skipped"]
     rows = {name for name in results if name != "skipped"}
-    assert rows == {r for r in ROWS if not r.startswith("tent_")}
+    assert rows == {r for r in ROWS if not r.startswith("tent_") and not r.endswith("temperature")}
     for name in rows:
         assert math.isfinite(results[name]["rmse"]) and "acc" not in results[name], name
 
