@@ -18,7 +18,9 @@ cosines that choose between them, then the paired test changes.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -40,6 +42,9 @@ def run(tag: str, seeds: list[int], overrides: list[str]) -> None:
         subprocess.run(["dvc", "exp", "run", *sets], check=True)
         record = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
         record["overrides"] = overrides
+        # each row's note (e.g. the fitted temperature) from the results table
+        with open("artifacts/eval/results.csv", newline="") as fh:
+            record["notes"] = {row["row"]: row["note"] for row in csv.DictReader(fh)}
         record["layers"] = {k: record["layers"][k] for k in ("selected", "runner_up", "layers")}
         (out / f"seed{seed}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         print(f"seed {seed}: {out / f'seed{seed}.json'}", flush=True)
@@ -56,7 +61,7 @@ def table(folder: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
     if not runs:
         sys.exit(f"no seed*.json in {folder}")
-    order = ["base", "ocd", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
+    order = ["base", "temperature", "ocd", "ocd_temperature", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
              "nn_cond", "tent", "deep_ensemble", "oracle"]
     def rank(name: str) -> tuple[int, int]:
         """Position of the longest matching prefix in ``order``, then the row's number (tent_1 < tent_10)."""
@@ -118,6 +123,63 @@ def compare(folders: list[Path]) -> str:
     return "\n".join(lines)
 
 
+STUDY_ROWS = ("temperature", "ocd", "ocd_temperature", "regressor", "nn_input", "deep_ensemble")
+
+
+def _temperature(note: str) -> float | None:
+    match = re.search(r"T = ([0-9.]+)", note or "")
+    return float(match.group(1)) if match else None
+
+
+def study(folders: list[Path], png: Path | None) -> str:
+    """Per setting (one folder of seeds each): the base model's CE, ECE and fitted
+    temperature, and the paired CE change of each row against the base model."""
+    lines = ["| setting | base test CE | base ECE | fitted T | " + " | ".join(f"Δce {r}" for r in STUDY_ROWS)
+             + " | Δ of OCD: base-right part | base-wrong part |", "|---" * (len(STUDY_ROWS) + 6) + "|"]
+    points = []
+    for folder in folders:
+        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+        if not runs:
+            sys.exit(f"no seed*.json in {folder}")
+
+        def name_of(r, row):
+            return next(n for n in r["eval"] if n == row or (row == "deep_ensemble" and n.startswith(row)))
+
+        def change(row, key="ce"):
+            return [r["eval"][name_of(r, row)][key] - r["eval"]["base"][key] for r in runs]
+
+        temps = [t for r in runs if (t := _temperature(r.get("notes", {}).get("temperature"))) is not None]
+        base_ce = [r["eval"]["base"]["ce"] for r in runs]
+        base_ece = [r["eval"]["base"]["ece"] for r in runs]
+        lines.append(f"| {folder.name} ({len(runs)} seeds) | {fmt(base_ce)} | {fmt(base_ece)} | "
+                     f"{fmt(temps, 3)}{'' if len(temps) == len(runs) else f' ({len(temps)} seeds)'} | "
+                     + " | ".join(fmt(change(row)) for row in STUDY_ROWS)
+                     + f" | {fmt(change('ocd', 'loss_base_right'))} | {fmt(change('ocd', 'loss_base_wrong'))} |")
+        points.append((folder.name, statistics.mean(temps) if temps else None,
+                       {row: statistics.mean(change(row)) for row in STUDY_ROWS}))
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        shown = [(n, t, d) for n, t, d in points if t is not None]
+        for row, marker in zip(STUDY_ROWS, "osD^vx"):
+            ax.scatter([t for _, t, _ in shown], [d[row] for *_, d in shown], label=row, marker=marker)
+        for n, t, d in shown:
+            ax.annotate(n.removeprefix("study-"), (t, d["ocd"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(1, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("fitted temperature of the base model (> 1: overconfident, < 1: underconfident)")
+        ax.set_ylabel("paired test CE change vs base (mean over seeds)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+    return "\n".join(lines)
+
+
 def _get(record: dict, keys: tuple[str, ...]):
     for k in keys:
         if not isinstance(record, dict) or k not in record:
@@ -137,11 +199,16 @@ def main() -> None:
     t.add_argument("folder", type=Path)
     c = sub.add_parser("compare")
     c.add_argument("folders", type=Path, nargs="+")
+    st = sub.add_parser("study")
+    st.add_argument("folders", type=Path, nargs="+")
+    st.add_argument("--png", type=Path, default=None)
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.tag, args.seeds, args.overrides)
     elif args.cmd == "compare":
         print(compare(args.folders))
+    elif args.cmd == "study":
+        print(study(args.folders, args.png))
     else:
         print(table(args.folder))
 

@@ -16,6 +16,7 @@ from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.overfit import overfit
 from stages.predict import InputError, predict
+from stages.preset import preset
 from stages.score_layers import score_layers
 from stages.train_base import train_base
 from stages.train_diffusion import train_diffusion
@@ -56,6 +57,7 @@ app.command("train-diffusion")(_stage(train_diffusion))
 app.command("evaluate")(_stage(evaluate))
 app.command("inspect")(_stage(inspect))
 app.command("predict")(_stage(predict))
+app.command("preset")(_stage(preset))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+import pytest
+import yaml
+
+from ocd import presets
+from ocd.params import ParamsError
+
+
+@pytest.mark.parametrize("name", ["paper", "project"])
+@pytest.mark.parametrize("cuda", [False, True])
+def test_every_preset_parses_with_the_repo_params(name, cuda):
+    chosen, notes = presets.resolve(presets.load(name), cuda=cuda)
+    params = presets.apply("params.yaml", chosen)  # the dry parse
+    for section, values in chosen.items():
+        for key, value in values.items():
+            assert getattr(getattr(params, section), key) == value, f"{section}.{key}"
+    # the flags read back (as dvc's -S reads them, YAML) to the same values
+    flags = presets.flags(chosen)
+    assert flags[::2] == ["-S"] * (len(flags) // 2)
+    back = {}
+    for flag in flags[1::2]:
+        dotted, text = flag.split("=", 1)
+        section, key = dotted.split(".")
+        back.setdefault(section, {})[key] = yaml.safe_load(text)
+    assert back == chosen
+
+
+def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in():
+    paper = presets.load("paper")
+    assert paper["layers"]["force"] == "fc1" and paper["diffusion"]["target"] == "matrix"
+    assert paper["diffusion"]["prediction"] == "eps" and paper["scale"]["loss"] == "paper"
+    on_cpu, notes = presets.resolve(paper, cuda=False)
+    assert on_cpu["diffusion"]["preset"] == "cpu" and paper["diffusion"]["preset"] == "paper"
+    assert len(notes) == 1 and "needs a GPU" in notes[0] and "diffusion.preset=cpu stands in" in notes[0]
+    on_gpu, notes = presets.resolve(paper, cuda=True)
+    assert on_gpu["diffusion"]["preset"] == "paper" and notes == []
+    # the project preset holds the committed defaults
+    project = presets.load("project")
+    defaults = yaml.safe_load(open("params.yaml"))
+    for section, values in project.items():
+        for key, value in values.items():
+            assert defaults[section][key] == value, f"{section}.{key}"
+
+
+def test_unknown_presets_and_bad_keys_are_named():
+    with pytest.raises(ParamsError, match="unknown preset 'nope'; valid presets: paper, project"):
+        presets.load("nope")
+    with pytest.raises(ParamsError, match="diffusion: unknown key.*predicton"):
+        presets.apply("params.yaml", {"diffusion": {"predicton": "eps"}})
