@@ -104,6 +104,13 @@ def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Te
     return torch.cat(omegas, dim=1), torch.cat(rhos)
 
 
+def ocd_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int, steps: int,
+               eta: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OCD's deltas for every sample: (unit-scale omegas, deltas sized by rho_hat), both [k, N, out, in]."""
+    omegas, rho_hat = sample_deltas(diff, scaler, parts, k, steps, eta, seed)
+    return omegas, rho_hat[None, :, None, None] * omegas / diff.meta.unit
+
+
 def nearest(query: torch.Tensor, pool: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Index of the nearest pool row (Euclidean) for every query row."""
     query, pool = query.flatten(1).float(), pool.flatten(1).float()
@@ -161,8 +168,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     rows[0].ms_per_sample = ms(start)
 
     start = time.perf_counter()
-    omegas, rho_hat = sample_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed)
-    deltas = rho_hat[None, :, None, None] * omegas / unit  # [k, N, out, in]
+    omegas, deltas = ocd_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed)  # [k, N, out, in]
     member_out = torch.stack([apply_deltas(model, layer, d, inp.x_test) for d in deltas])
     ocd_ms = ms(start)  # all k members
     rows.append(_row("ocd", task, member_out[0], y, deltas[0], inp.oracle_delta,
@@ -178,8 +184,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     else:
         # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
         h_cal, a_cal, base_cal = layer_io(cut, inp.x_cal)
-        om_cal, rho_cal = sample_deltas(inp.diff, inp.scaler, [h_cal, a_cal, base_cal], 1, steps, eta, seed + 1)
-        ocd_cal = apply_deltas(model, layer, rho_cal[:, None, None] * om_cal[0] / unit, inp.x_cal)
+        _, cal_deltas = ocd_deltas(inp.diff, inp.scaler, [h_cal, a_cal, base_cal], 1, steps, eta, seed + 1)
+        ocd_cal = apply_deltas(model, layer, cal_deltas[0], inp.x_cal)
         n_cal = len(inp.y_cal)
         for name, cal_out, test_out in (("temperature", base_cal, base_out), ("ocd_temperature", ocd_cal, member_out[0])):
             t = fit_temperature(task.per_sample_loss, cal_out, inp.y_cal, task.with_temperature)
@@ -224,9 +230,9 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
 
     if extra_members:
         outs = [base_out] + [m.eval().to(inp.x_test.device)(inp.x_test) for m in extra_members]
-        rows.append(_row(f"deep_ensemble_{len(outs)}", task, task.ensemble(torch.stack(outs)), y,
-                         note=f"{len(outs)} base models, seeds differ"))
         reliability_of["deep_ensemble"] = task.ensemble(torch.stack(outs))
+        rows.append(_row(f"deep_ensemble_{len(outs)}", task, reliability_of["deep_ensemble"], y,
+                         note=f"{len(outs)} base models, seeds differ"))
 
     if task.correct is not None:
         # every row's mean test loss = the part from the samples the base model gets right + the rest

@@ -11,7 +11,7 @@ import torch
 from ocd import base, diffusion, regressor, scale
 from ocd.device import get_device
 from ocd.diffusion import DeltaDiffusion
-from ocd.evaluation import apply_deltas, sample_deltas
+from ocd.evaluation import apply_deltas, ocd_deltas
 from ocd.models import layer_io
 from ocd.overfit import linear_cut
 from ocd.regressor import DeltaRegressor
@@ -58,7 +58,6 @@ def predict(t: Trained, x: torch.Tensor, k: int = 1, steps: int = 10, eta: float
     model = t.base.model.to(device).eval()
     x = x.to(device)
     h, a, out = layer_io(linear_cut(model, t.layer), x)
-    omegas, rho_hat = sample_deltas(t.diff.to(device), t.scaler.to(device), [h, a, out], k, steps, eta, seed)
-    deltas = rho_hat[None, :, None, None] * omegas / t.diff.meta.unit
+    _, deltas = ocd_deltas(t.diff.to(device), t.scaler.to(device), [h, a, out], k, steps, eta, seed)
     members = torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas])
     return out.cpu(), members.cpu()
