@@ -51,7 +51,7 @@ def main() -> None:
 
     # warm-up (allocator, vmap tracing)
     with torch.no_grad():
-        overfit_batch(cut, task, cut.prefix(x[:32]), y[:32], **hyper)
+        overfit_batch(cut, task, cut.enter(x[:32]), y[:32], **hyper)
 
     with tempfile.TemporaryDirectory() as tmp:
         layout = Layout(n={"train": len(y), "test": 0}, out_features=84, in_features=120,
@@ -66,7 +66,7 @@ def main() -> None:
         t = time.perf_counter()
         for i in range(0, len(y), args.batch):
             with torch.no_grad():
-                h = cut.prefix(x[i:i + args.batch])
+                h = cut.enter(x[i:i + args.batch])
             overfit_batch(cut, task, h, y[i:i + args.batch], **hyper)
         return len(y) / (time.perf_counter() - t)
 
@@ -77,13 +77,13 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     # the writer's side alone: one chunk written again and again, and the same bytes as a plain file
-    delta = overfit_batch(cut, task, cut.prefix(x[: args.batch]).detach(), y[: args.batch], **hyper)
+    delta = overfit_batch(cut, task, cut.enter(x[: args.batch]).detach(), y[: args.batch], **hyper)
     with tempfile.TemporaryDirectory() as tmp:
         chunks = max(1, len(y) // args.batch)
         layout = Layout(n={"train": chunks * args.batch, "test": 0}, out_features=84, in_features=120,
                         n_outputs=10, chunk=args.batch, dtype="float32")
         store = DeltaStore.create_or_resume(Path(tmp) / "w.zarr", layout, {"bench": 2}, {}, log=lambda m: None)
-        h = cut.prefix(x[: args.batch]).detach()
+        h = cut.enter(x[: args.batch]).h[:, 0].detach()
         rows = {"delta": delta.delta.numpy(), "rho": delta.delta.flatten(1).norm(dim=1).numpy(),
                 "cond/layer_input": h.numpy(), "cond/layer_activation": h.numpy()[:, :84],
                 "cond/output": model(x[: args.batch]).detach().numpy(), "label": y[: args.batch].numpy(),

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ocd.artifacts import CheckpointError, save_tensors, write_json
 from ocd.device import get_device
-from ocd.models import ModelSpec
+from ocd.models import ModelSpec, rows_per_pass
 from ocd.params import BaseParams
 from ocd.tasks import Task
 
@@ -42,28 +42,42 @@ def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
 
     Deterministic for a given ``params.seed`` on a given device: the seed sets
     the initialisation (when the caller seeds before building), the shuffling
-    and dropout.
+    and dropout. A model family with its own way of training (a NeRF trains
+    on rays, not views) defines ``fit(task, x, y, params, device, progress)``.
     """
     device = get_device()
+    own = getattr(model, "fit", None)
+    if callable(own):
+        return own(task, x, y, params, device, progress)
     model.to(device)
     seed_everything(params.seed)
+
+    def loss_of(idx):
+        return task.loss(model(x[idx].to(device)), y[idx].to(device))
+
+    return fit_minibatches(model, params, len(y), loss_of, "train base", progress)
+
+
+def fit_minibatches(model: nn.Module, params: BaseParams, n: int, loss_of, desc: str,
+                    progress: bool = True) -> list[float]:
+    """Adam (``params.lr``, ``params.weight_decay``) for ``params.epochs`` passes over
+    ``n`` examples in minibatches of ``params.batch_size``, shuffled with
+    ``params.seed``, under the constant or cosine schedule. ``loss_of(idx)`` is
+    the mean loss of the examples ``idx``. Returns the mean loss of each epoch."""
     order = torch.Generator().manual_seed(params.seed)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    n = len(y)
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
              if params.schedule == "cosine" else None)
     history = []
-    bar = tqdm(total=params.epochs * steps, desc="train base", disable=not progress,
-               mininterval=1.0, unit="step")
+    bar = tqdm(total=params.epochs * steps, desc=desc, disable=not progress, mininterval=1.0, unit="step")
     for epoch in range(params.epochs):
         model.train()
         perm = torch.randperm(n, generator=order)
         total = 0.0
         for i in range(steps):
             idx = perm[i * params.batch_size:(i + 1) * params.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            loss = task.loss(model(xb), yb)
+            loss = loss_of(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -72,14 +86,14 @@ def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
             total += loss.item() * len(idx)
             bar.update()
         history.append(total / n)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}", refresh=False)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4g}", refresh=False)
     bar.close()
     model.eval()
     return history
 
 
 def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, params: BaseParams,
-                seeds: list[int], progress: bool = True) -> list[nn.Sequential]:
+                seeds: list[int], progress: bool = True) -> list[nn.Module]:
     """Fresh base models trained like the base model, one per seed (a deep ensemble's members),
     all at once.
 
@@ -93,6 +107,8 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
     """
     if not seeds:
         return []
+    if callable(getattr(spec.build(), "fit", None)):  # a family with its own training: one by one
+        return train_seeds_one_by_one(spec, task, x, y, params, seeds, progress)
     device = get_device()
     members = []
     for seed in seeds:
@@ -135,7 +151,7 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
 
 
 def train_seeds_one_by_one(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, params: BaseParams,
-                           seeds: list[int], progress: bool = True) -> list[nn.Sequential]:
+                           seeds: list[int], progress: bool = True) -> list[nn.Module]:
     """The reference for :func:`train_seeds`: :func:`train` once per seed."""
     members = []
     for seed in seeds:
@@ -147,8 +163,9 @@ def train_seeds_one_by_one(spec: ModelSpec, task: Task, x: torch.Tensor, y: torc
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Outputs of the model in eval mode, batched, on the CPU."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Outputs of the model in eval mode, batched (by default 1,024 rows, or the model's rows_per_pass), on the CPU."""
+    batch_size = batch_size or rows_per_pass(model, 1024)
     device = get_device()
     model.eval().to(device)
     return torch.cat([model(x[i:i + batch_size].to(device)).cpu()
@@ -171,7 +188,7 @@ def weights_sha256(model: nn.Module) -> str:
 
 @dataclass
 class BaseModel:
-    model: nn.Sequential
+    model: nn.Module
     spec: ModelSpec
     meta: dict
 
@@ -180,7 +197,7 @@ class BaseModel:
         return self.meta["sha256"]
 
 
-def save(folder: str | Path, model: nn.Sequential, spec: ModelSpec, **meta) -> dict:
+def save(folder: str | Path, model: nn.Module, spec: ModelSpec, **meta) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()

@@ -11,6 +11,8 @@ already split into train and test. All three sets work offline:
   ``dataset-fashion-mnist`` installs Fashion-MNIST under
   /usr/share/datasets/fashion-mnist.
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), for fast tests.
+- ``nerf_blocks``, ``nerf_food``, ``nerf_drums`` (rendering): analytic 3-D
+  scenes rendered offline into camera views (ocd/scenes.py), for TinyNeRF.
 - ``california`` (regression): California Housing from the CSV committed under
   data/california_housing (SOURCE.md maps its columns to scikit-learn's eight
   features); ``diabetes`` (regression): scikit-learn's bundled set.
@@ -313,3 +315,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wb") as fh:
         fh.write(body)
+
+
+# Rendered 3-D scenes (the TinyNeRF experiment) register themselves: nerf_blocks, nerf_food, nerf_drums.
+from ocd import scenes  # noqa: E402,F401

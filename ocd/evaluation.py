@@ -19,7 +19,9 @@ rows differ only in where ``delta(x)`` comes from:
 
 Every row of a classification run also reports its ECE and its mean test loss
 split into the part from the samples the base model gets right and the rest
-(``loss_base_right + loss_base_wrong = ce``).
+(``loss_base_right + loss_base_wrong = ce``). A rendering run (TinyNeRF)
+reports the image MSE and PSNR of every row, and a few test views as the
+truth, base, oracle and OCD renderings (:func:`views_figure`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch import nn
 
 from ocd.calibration import fit_temperature, reliability
 from ocd.diffusion import DeltaDiffusion
-from ocd.models import forward_with_layer_weights, layer_io
+from ocd.models import forward_with_layer_weights, layer_io, rows_per_pass
 from ocd.overfit import linear_cut, overfit_batch
 from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
@@ -61,10 +63,12 @@ class Row:
 
 
 @torch.no_grad()
-def apply_deltas(model: nn.Sequential, layer: str, deltas: torch.Tensor, x: torch.Tensor,
-                 batch: int = 256) -> torch.Tensor:
-    """Outputs of ``model`` with ``W + deltas[i]`` as layer's weight for ``x[i]``."""
+def apply_deltas(model: nn.Module, layer: str, deltas: torch.Tensor, x: torch.Tensor,
+                 batch: int | None = None) -> torch.Tensor:
+    """Outputs of ``model`` with ``W + deltas[i]`` as layer's weight for ``x[i]``
+    (``batch`` samples per pass, by default the model's :func:`rows_per_pass`)."""
     weight = getattr(model, layer).weight
+    batch = batch or rows_per_pass(model)
     return torch.cat([forward_with_layer_weights(model, layer, weight + deltas[i:i + batch].to(weight),
                                                  x[i:i + batch]) for i in range(0, len(x), batch)])
 
@@ -111,6 +115,18 @@ def ocd_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tenso
     return omegas, rho_hat[None, :, None, None] * omegas / diff.meta.unit
 
 
+@torch.no_grad()
+def conditioning(cut, x: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """I(x) parts and the model's outputs for every row of x, ``batch`` rows
+    per pass (a NeRF view's layer inputs are 131,072 points: none is kept)."""
+    parts, outputs = [], []
+    for i in range(0, len(x), batch):
+        io = layer_io(cut, x[i:i + batch])
+        parts.append(io.cond)
+        outputs.append(io.output)
+    return [torch.cat(p) for p in zip(*parts)], torch.cat(outputs)
+
+
 def nearest(query: torch.Tensor, pool: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Index of the nearest pool row (Euclidean) for every query row."""
     query, pool = query.flatten(1).float(), pool.flatten(1).float()
@@ -119,7 +135,7 @@ def nearest(query: torch.Tensor, pool: torch.Tensor, batch: int = 512) -> torch.
 
 @dataclass
 class EvalInputs:
-    model: nn.Sequential
+    model: nn.Module
     layer: str
     task: Task
     x_test: torch.Tensor
@@ -147,13 +163,14 @@ class EvalInputs:
 
 
 def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
-             tent_lr: float, extra_members: list[nn.Sequential] | None = None) -> tuple[list[Row], dict, dict]:
+             tent_lr: float, extra_members: list[nn.Module] | None = None) -> tuple[list[Row], dict, dict]:
     """Every row of the results table, per-sample data for the plots, and the
     rows skipped for this task (name -> why), which are never faked."""
     task, y, model, layer = inp.task, inp.y_test, inp.model, inp.layer
     model.eval()
     cut = linear_cut(model, layer)
     n_test = len(y)
+    size = rows_per_pass(model)
 
     def ms(start: float) -> float:
         if y.device.type == "cuda":
@@ -161,8 +178,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         return 1000 * (time.perf_counter() - start) / n_test
 
     start = time.perf_counter()
-    h, a, base_out = layer_io(cut, inp.x_test)
-    parts = [h, a, base_out]
+    parts, base_out = conditioning(cut, inp.x_test, size)
     unit = inp.diff.meta.unit
     rows = [_row("base", task, base_out, y)]
     rows[0].ms_per_sample = ms(start)
@@ -183,8 +199,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
     else:
         # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
-        h_cal, a_cal, base_cal = layer_io(cut, inp.x_cal)
-        _, cal_deltas = ocd_deltas(inp.diff, inp.scaler, [h_cal, a_cal, base_cal], 1, steps, eta, seed + 1)
+        cal_parts, base_cal = conditioning(cut, inp.x_cal, size)
+        _, cal_deltas = ocd_deltas(inp.diff, inp.scaler, cal_parts, 1, steps, eta, seed + 1)
         ocd_cal = apply_deltas(model, layer, cal_deltas[0], inp.x_cal)
         n_cal = len(inp.y_cal)
         for name, cal_out, test_out in (("temperature", base_cal, base_out), ("ocd_temperature", ocd_cal, member_out[0])):
@@ -221,15 +237,21 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     else:
         tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
         for n in tent_steps:
-            d = overfit_batch(cut, tent_task, h, y, steps=n, optimizer="adam", lr=tent_lr).delta
+            d = torch.cat([overfit_batch(cut, tent_task, cut.enter(inp.x_test[i:i + size]), y[i:i + size],
+                                         steps=n, optimizer="adam", lr=tent_lr).delta for i in range(0, n_test, size)])
             rows.append(_row(f"tent_{n}", task, apply_deltas(model, layer, d, inp.x_test), y, d,
                              inp.oracle_delta, note=f"{n} Adam steps on the entropy, lr {tent_lr:g}"))
 
-    rows.append(_row("oracle", task, apply_deltas(model, layer, inp.oracle_delta, inp.x_test), y,
-                     inp.oracle_delta, inp.oracle_delta, note="overfit on the test label: upper bound"))
+    oracle_out = apply_deltas(model, layer, inp.oracle_delta, inp.x_test)
+    rows.append(_row("oracle", task, oracle_out, y, inp.oracle_delta, inp.oracle_delta,
+                     note="overfit on the test label: upper bound"))
 
     if extra_members:
-        outs = [base_out] + [m.eval().to(inp.x_test.device)(inp.x_test) for m in extra_members]
+        def outputs(m):
+            m.eval().to(inp.x_test.device)
+            return torch.cat([m(inp.x_test[i:i + size]) for i in range(0, n_test, size)])
+
+        outs = [base_out] + [outputs(m) for m in extra_members]
         reliability_of["deep_ensemble"] = task.ensemble(torch.stack(outs))
         rows.append(_row(f"deep_ensemble_{len(outs)}", task, reliability_of["deep_ensemble"], y,
                          note=f"{len(outs)} base models, seeds differ"))
@@ -245,7 +267,30 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     plots = {"rho": {"true": oracle_rho.cpu().numpy(), "predicted": deltas[0].flatten(1).norm(dim=1).cpu().numpy()}}
     if task.with_temperature is not None:
         plots["reliability"] = {name: reliability(out, y) for name, out in reliability_of.items()}
+    if task.as_images is not None:  # a few test views, evenly spaced: the truth and three rows' renderings
+        pick = torch.linspace(0, n_test - 1, min(VIEWS_SHOWN, n_test)).round().long().to(y.device)
+        plots["views"] = {name: task.as_images(out[pick]).cpu()
+                          for name, out in (("truth", y), ("base", base_out), ("oracle", oracle_out),
+                                            ("ocd", member_out[0]))}
     return rows, plots, skipped
+
+
+VIEWS_SHOWN = 4
+
+
+def views_figure(views: dict[str, torch.Tensor], zoom: int = 3, gap: int = 4) -> np.ndarray:
+    """One picture [rows, cols, 3] (uint8): a row per view, a column per name of ``views``
+    (each ``[V, H, W, 3]`` in [0, 1]), every image ``zoom`` times larger, ``gap`` pixels between."""
+    columns = list(views.values())
+    n, h, w = columns[0].shape[:3]
+    h, w = h * zoom, w * zoom
+    canvas = np.full((n * h + (n + 1) * gap, len(columns) * w + (len(columns) + 1) * gap, 3), 255, np.uint8)
+    for c, images in enumerate(columns):
+        big = images.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2).numpy()
+        for r in range(n):
+            top, left = gap + r * (h + gap), gap + c * (w + gap)
+            canvas[top:top + h, left:left + w] = np.round(big[r] * 255).astype(np.uint8)
+    return canvas
 
 
 def _standardised(parts: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:

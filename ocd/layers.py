@@ -36,9 +36,9 @@ from torch import nn
 from ocd.models import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.tasks import Task
 
-# Layers the overfit stage can handle: a matrix weight applied to one input
-# vector per sample. Other weight layers (convolutions) are scored, reported,
-# and not selectable.
+# Layers the overfit stage can handle: a matrix weight applied to each of a
+# sample's input vectors (one, or a set: ocd.models' layer contract). Other
+# weight layers (convolutions) are scored, reported, and not selectable.
 SELECTABLE = (nn.Linear,)
 
 
@@ -46,7 +46,7 @@ class ScoreError(ValueError):
     """A layer cannot be scored (non-finite losses); the message names the layer."""
 
 
-def selectable_layers(model: nn.Sequential) -> list[str]:
+def selectable_layers(model: nn.Module) -> list[str]:
     return [n for n in weight_layers(model) if isinstance(getattr(model, n), SELECTABLE)]
 
 
@@ -94,25 +94,30 @@ def kde_entropy(values: np.ndarray, step_per_bw: int = 32, max_grid: int = 1 << 
 
 
 @torch.no_grad()
-def perturbation_losses(model: nn.Sequential, task: Task, name: str, x: torch.Tensor,
+def perturbation_losses(model: nn.Module, task: Task, name: str, x: torch.Tensor,
                         y: torch.Tensor, draws: int, noise: float, seed: int,
-                        pairs_per_pass: int = 16384) -> torch.Tensor:
-    """Losses ``[M, K]`` of the M samples under K shared draws of layer ``name``'s weight."""
+                        points_per_pass: int = 16384) -> torch.Tensor:
+    """Losses ``[M, K]`` of the M samples under K shared draws of layer ``name``'s weight.
+
+    A pass holds about ``points_per_pass`` (draw, sample, point) triples: 16,384
+    draw-sample pairs for a model with one layer input per sample, one draw
+    at a time for a NeRF view's 131,072 points.
+    """
     model.eval()
     cut = cut_at(model, name)
-    h = cut.prefix(x)
+    inp = cut.enter(x)
     weight = cut.layer.weight
     sigma = noise * weight.std()
-    chunk = max(1, pairs_per_pass // len(x))
+    chunk = max(1, points_per_pass // (len(x) * inp.points))
+    loss = task.precise_loss or task.per_sample_loss
     columns = []
     for start in range(0, draws, chunk):
         k = min(chunk, draws - start)
         eps = torch.stack([_draw(weight, seed, i) for i in range(start, start + k)])
-        z = layer_with_weight_stack(cut.layer, weight + sigma * eps, h)  # [k, M, ...]
-        out = cut.suffix(z.flatten(0, 1))
+        z = layer_with_weight_stack(cut.layer, weight + sigma * eps, inp.h)  # [k, M, P, ...]
+        out = cut.leave(z.flatten(0, 1), inp.repeat(k).ctx)
         # float64 and a precise form: plain cross-entropy rounds confident samples to exactly 0
-        loss = task.precise_loss or task.per_sample_loss
-        columns.append(loss(out.double(), y.repeat(k)).view(k, len(x)).T)
+        columns.append(loss(out.double(), y.repeat(k, *[1] * (y.dim() - 1))).view(k, len(x)).T)
     return torch.cat(columns, dim=1).cpu()
 
 
@@ -144,14 +149,14 @@ class LayerScore:
 SCOPES = ("selectable", "all")
 
 
-def scored_layers(model: nn.Sequential, scope: str) -> list[str]:
+def scored_layers(model: nn.Module, scope: str) -> list[str]:
     """The layers ``scope`` scores: every weight layer ("all") or the selectable ones."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
     return weight_layers(model) if scope == "all" else selectable_layers(model)
 
 
-def score_layers(model: nn.Sequential, task: Task, x: torch.Tensor, y: torch.Tensor,
+def score_layers(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
                  draws: int, noise: float, seed: int, progress=None, scope: str = "all") -> list[LayerScore]:
     """Score the weight layers of ``model`` on the samples (x, y): every one
     (``scope="all"``) or only those the overfit stage can use ("selectable")."""
@@ -192,7 +197,7 @@ class Selection:
     forced: bool
 
 
-def check_force(model: nn.Sequential, force: str) -> None:
+def check_force(model: nn.Module, force: str) -> None:
     """Refuse a ``layers.force`` that names no selectable layer, before any scoring."""
     _check_force(force, selectable_layers(model), weight_layers(model))
 

@@ -1,11 +1,12 @@
 """Overfit every sample: a few optimizer steps on one sample's loss, updating
 only the selected layer's weight, for a whole batch of samples at once.
 
-The vectorised path (:func:`overfit_batch`) cuts the model at the layer: the
-layer's input ``h = prefix(x)`` is fixed per sample and computed once; each
-step evaluates only the suffix for every sample's own delta, with per-sample
-gradients from ``torch.func.vmap(grad(...))`` and a hand-written batched
-optimizer update that matches ``torch.optim`` exactly.
+The vectorised path (:func:`overfit_batch`) cuts the model at the layer
+(ocd.models' layer contract): the layer's input set ``cut.enter(x)`` is fixed
+per sample and computed once; each step evaluates only the rest of the model
+for every sample's own delta, with per-sample gradients from one batched
+backward pass and a hand-written batched optimizer update that matches
+``torch.optim`` exactly.
 The delta is accumulated over the steps (never computed as W' - W, which
 loses precision for tiny updates).
 
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.models import LayerCut, ModelError, cut_at, layer_io
-from ocd.store import DeltaStore, rho_of
+from ocd.models import LayerCut, LayerInput, ModelError, cut_at, layer_io
+from ocd.store import COND, DeltaStore, rho_of
 from ocd.tasks import Task
 
 OPTIMIZERS = ("adam", "sgd")
@@ -37,9 +38,10 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def code_digest() -> str:
-    """sha256 of the code that computes the rows (this module, ocd.models and
-    ocd.store, which derives u and rank1_share).
+def code_digest(model: nn.Module | None = None) -> str:
+    """sha256 of the code that computes the rows (this module, ocd.models,
+    ocd.store, which derives u and rank1_share, and the module that defines
+    ``model``'s class, e.g. ocd.nerf).
 
     Part of a store's fingerprint: with DVC's ``persist``, a rerun after a
     code change would otherwise resume, or reuse, rows of the old code.
@@ -47,8 +49,12 @@ def code_digest() -> str:
     import ocd.models
     import ocd.store
 
+    modules = [sys.modules[__name__], ocd.models, ocd.store]
+    own = None if model is None else sys.modules.get(type(model).__module__)
+    if own is not None and own.__name__.startswith("ocd.") and own not in modules:
+        modules.append(own)
     h = hashlib.sha256()
-    for module in (sys.modules[__name__], ocd.models, ocd.store):
+    for module in modules:
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()
 
@@ -62,80 +68,116 @@ class Overfit:
     loss_after: torch.Tensor  # [B]: the loss with W + delta
 
 
-def linear_cut(model: nn.Sequential, name: str) -> LayerCut:
-    """Cut at ``name``, which must be a Linear layer (a matrix applied to a vector)."""
+def linear_cut(model: nn.Module, name: str) -> LayerCut:
+    """Cut at ``name``, which must be a Linear layer (a matrix applied to each of a sample's input vectors)."""
     cut = cut_at(model, name)
     if not isinstance(cut.layer, nn.Linear):
         raise ModelError(f"layer {name!r} is a {type(cut.layer).__name__}; the overfit stage "
-                         "needs a Linear layer (a 2-D weight applied to one input vector per sample)")
+                         "needs a Linear layer (a 2-D weight applied to each of a sample's input vectors)")
     return cut
 
 
-def overfit_batch(cut: LayerCut, task: Task, h: torch.Tensor, y: torch.Tensor,
+def overfit_batch(cut: LayerCut, task: Task, inp: LayerInput, y: torch.Tensor,
                   steps: int, optimizer: str, lr: float) -> Overfit:
-    """Overfit each sample (h[b], y[b]) on the cut layer; ``h`` is the layer's input.
+    """Overfit each sample (inp[b], y[b]) on the cut layer; ``inp`` is the layer's input (``cut.enter(x)``).
 
-    For a linear layer the gradient of one sample's loss is an outer product
-    ``u_t h^T`` with ``u_t = dL/dz`` (z the layer's output) and ``h`` fixed over
-    the steps. So per-sample gradients are needed with respect to z alone
-    ([B, out] numbers instead of [B, out, in]), and Adam's moments stay outer
-    products too: ``m_t = mu_t h^T`` and ``v_t = nu_t (h^2)^T``. Only the
-    update itself and the accumulated delta are full matrices. The arithmetic
-    is torch.optim's, so the result equals the naive loop's (tested to 1e-5).
+    The layer's input is fixed over the steps, so each step runs only the layer
+    and what follows it. The suffix runs in eval mode, where samples do not
+    interact, so the gradient of the summed loss with respect to the layer's
+    output z is exactly the stack of per-sample gradients: one batched
+    backward pass. (``vmap(grad)`` gives the same numbers but costs ~35 ms of
+    overhead per step here, 4x the step.) The arithmetic is torch.optim's, so
+    the result equals the naive loop's (tested to 1e-5).
 
-    The suffix runs in eval mode, where samples do not interact, so the
-    gradient of the summed loss with respect to z is exactly the stack of
-    per-sample gradients: one batched backward pass. (``vmap(grad)`` gives the
-    same numbers but costs ~35 ms of overhead per step here, 4x the step.)
+    One input per sample (P = 1): the gradient of a sample's loss is an outer
+    product ``u_t h^T`` (``u_t = dL/dz``), and Adam's moments stay outer
+    products too, ``m_t = mu_t h^T`` and ``v_t = nu_t (h^2)^T``, so only the
+    update and the delta are full matrices (:func:`_overfit_one_input`). A set
+    of P inputs (a NeRF view's points): the gradient is the sum of P outer
+    products ``sum_p u_p h_p^T``, a full matrix, and so are Adam's moments
+    (:func:`_overfit_input_set`).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     weight = cut.layer.weight.detach()
     bias = None if cut.layer.bias is None else cut.layer.bias.detach()
+    inp = inp.detach()
 
-    def grad_z(z, y):
-        """Per-sample dL/dz and losses, for the batch at once."""
+    def grad_z(z):
+        """Per-sample dL/dz [B, P, out] and losses, for the batch at once."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            loss = task.per_sample_loss(cut.suffix(z), y)
+            loss = task.per_sample_loss(cut.leave(z, inp.ctx), y)
             (u,) = torch.autograd.grad(loss.sum(), z)
         return u, loss.detach()
 
     with torch.no_grad():
-        z0 = F.linear(h, weight, bias)  # the base output of the layer, [B, out]
-        delta = torch.zeros((len(h), *weight.shape), dtype=weight.dtype, device=weight.device)
-        mu = torch.zeros_like(z0)  # Adam's first moment is mu (x) h
-        nu = torch.zeros_like(z0)  # and its second moment nu (x) h^2
-        h_abs = h.abs()[:, None, :]
-        eps = torch.tensor(ADAM_EPS, dtype=weight.dtype, device=weight.device)
-        beta1, beta2 = ADAM_BETAS
-        z = z0
-        loss_before = None
-        for t in range(1, steps + 1):
-            u, loss = grad_z(z, y)
-            if loss_before is None:
-                loss_before = loss
-            if optimizer == "sgd":
-                delta.sub_(lr * u[:, :, None] * h[:, None, :])
-            else:
-                mu.lerp_(u, 1 - beta1)
-                nu.mul_(beta2).add_(u * u, alpha=1 - beta2)
-                # torch.optim.Adam: delta -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps),
-                # with m = mu h^T and sqrt(v) = sqrt(nu) |h|^T; the [B, out] factors
-                # first, then three passes over the [B, out, in] matrices.
-                step = (lr / (1 - beta1**t)) * mu
-                scale = nu.sqrt() / (1 - beta2**t) ** 0.5
-                update = torch.addcmul(eps, scale[:, :, None], h_abs)
-                update = torch.div(step[:, :, None] * h[:, None, :], update, out=update)
-                delta.sub_(update)
-            z = z0 + torch.einsum("boi,bi->bo", delta, h)
-        loss_after = task.per_sample_loss(cut.suffix(z), y)
+        z0 = F.linear(inp.h, weight, bias)  # the base output of the layer, [B, P, out]
+        run = _overfit_one_input if inp.points == 1 else _overfit_input_set
+        delta, z, loss_before = run(inp.h, z0, grad_z, weight, steps, optimizer, lr)
+        loss_after = task.per_sample_loss(cut.leave(z, inp.ctx), y)
         if loss_before is None:  # steps == 0
             loss_before = loss_after
     return Overfit(delta, loss_before, loss_after)
 
 
-def overfit_naive(model: nn.Sequential, name: str, task: Task, x: torch.Tensor, y: torch.Tensor,
+def _overfit_one_input(h3, z0, grad_z, weight, steps, optimizer, lr):
+    """P = 1: factored Adam moments; returns (delta, the layer's output, loss before)."""
+    h, z0 = h3[:, 0], z0[:, 0]  # [B, in], [B, out]
+    delta = torch.zeros((len(h), *weight.shape), dtype=weight.dtype, device=weight.device)
+    mu = torch.zeros_like(z0)  # Adam's first moment is mu (x) h
+    nu = torch.zeros_like(z0)  # and its second moment nu (x) h^2
+    h_abs = h.abs()[:, None, :]
+    eps = torch.tensor(ADAM_EPS, dtype=weight.dtype, device=weight.device)
+    beta1, beta2 = ADAM_BETAS
+    z = z0
+    loss_before = None
+    for t in range(1, steps + 1):
+        u, loss = grad_z(z[:, None])
+        u = u[:, 0]
+        if loss_before is None:
+            loss_before = loss
+        if optimizer == "sgd":
+            delta.sub_(lr * u[:, :, None] * h[:, None, :])
+        else:
+            mu.lerp_(u, 1 - beta1)
+            nu.mul_(beta2).add_(u * u, alpha=1 - beta2)
+            # torch.optim.Adam: delta -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps),
+            # with m = mu h^T and sqrt(v) = sqrt(nu) |h|^T; the [B, out] factors
+            # first, then three passes over the [B, out, in] matrices.
+            step = (lr / (1 - beta1**t)) * mu
+            scale = nu.sqrt() / (1 - beta2**t) ** 0.5
+            update = torch.addcmul(eps, scale[:, :, None], h_abs)
+            update = torch.div(step[:, :, None] * h[:, None, :], update, out=update)
+            delta.sub_(update)
+        z = z0 + torch.einsum("boi,bi->bo", delta, h)
+    return delta, z[:, None], loss_before
+
+
+def _overfit_input_set(h, z0, grad_z, weight, steps, optimizer, lr):
+    """P > 1: the per-sample gradient sum_p u_p h_p^T and full-matrix Adam moments."""
+    delta = torch.zeros((len(h), *weight.shape), dtype=weight.dtype, device=weight.device)
+    m, v = torch.zeros_like(delta), torch.zeros_like(delta)
+    beta1, beta2 = ADAM_BETAS
+    z = z0
+    loss_before = None
+    for t in range(1, steps + 1):
+        u, loss = grad_z(z)
+        if loss_before is None:
+            loss_before = loss
+        g = torch.einsum("bpo,bpi->boi", u, h)
+        if optimizer == "sgd":
+            delta.sub_(lr * g)
+        else:  # torch.optim.Adam's update, entry by entry
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(ADAM_EPS)
+            delta.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        z = z0 + torch.einsum("boi,bpi->bpo", delta, h)
+    return delta, z, loss_before
+
+
+def overfit_naive(model: nn.Module, name: str, task: Task, x: torch.Tensor, y: torch.Tensor,
                   steps: int, optimizer: str, lr: float) -> Overfit:
     """The reference loop: one model copy and one torch.optim optimizer per sample."""
     deltas, before, after = [], [], []
@@ -178,16 +220,14 @@ def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, t
         if on_chunk is not None:
             on_chunk(split, len(rows["index"]))
 
-    # Leave one core to the writer thread (on 2 cores: one torch thread).
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))
     try:
-        _fill(store, cut, task, splits, steps, optimizer, lr, rho, write)
+        _fill(store, cut, task, splits, steps, optimizer, lr, rho, write, threads)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fill(store, cut, task, splits, steps, optimizer, lr, rho, write) -> None:
+def _fill(store, cut, task, splits, steps, optimizer, lr, rho, write, threads) -> None:
     device = cut.layer.weight.device
     rows_per_chunk = store.layout.chunk
     dtype = store.layout.dtype
@@ -197,15 +237,18 @@ def _fill(store, cut, task, splits, steps, optimizer, lr, rho, write) -> None:
             for c in store.pending_chunks(split):
                 idx = torch.arange(c * rows_per_chunk, min((c + 1) * rows_per_chunk, len(y)))
                 xb, yb = x[idx].to(device), y[idx].to(device)
-                h, a, out = layer_io(cut, xb)
-                r = overfit_batch(cut, task, h, yb, steps, optimizer, lr)
+                io = layer_io(cut, xb)
+                # One input per sample: a chunk computes in a fraction of its write
+                # time (the write rate bounds the stage), so leave one core to the
+                # writer thread. A set of inputs (a NeRF view: 131,072 points for a
+                # 32 KB row): the compute bounds it, and gets every thread.
+                torch.set_num_threads(max(1, threads - 1) if io.inp.points == 1 else threads)
+                r = overfit_batch(cut, task, io.inp, yb, steps, optimizer, lr)
                 cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
                 rows = {
                     "delta": cpu(r.delta).astype(dtype, copy=False),
                     "rho": cpu(rho_of(r.delta, rho)),
-                    "cond/layer_input": cpu(h),
-                    "cond/layer_activation": cpu(a),
-                    "cond/output": cpu(out),
+                    **{name: cpu(part) for name, part in zip(COND, io.cond)},
                     "label": cpu(yb),
                     "loss_before": cpu(r.loss_before),
                     "loss_after": cpu(r.loss_after),

@@ -44,12 +44,15 @@ class DataParams:
     # Optional caps (first N after a seeded stratified subsample); 0 = all.
     max_train: int = 0
     max_test: int = 0
+    # Rendered scenes (nerf_*) only: image side in pixels.
+    image_size: int = 64
 
     def __post_init__(self):
         _open_unit(self, "data", "test_fraction", "val_fraction")
         if not 0 <= self.cal_fraction < 1:
             raise ParamsError(f"data.cal_fraction must lie in [0, 1), got {self.cal_fraction}")
         _non_negative(self, "data", "max_train", "max_test")
+        _positive(self, "data", "image_size")
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,21 @@ class ModelParams:
     # MLP only: widths of the hidden layers and dropout after each.
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
+    # tinynerf only: sine/cosine frequencies per axis of the point encoding,
+    # depth samples per ray, and the conditioning's image encoder (ocd/nerf.py:
+    # thumbnail | random).
+    frequencies: int = 10
+    depth_samples: int = 32
+    encoder: str = "thumbnail"
 
     def __post_init__(self):
         _widths(self, "model", "hidden")
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        _non_negative(self, "model", "frequencies")
+        if self.depth_samples < 2:
+            raise ParamsError(f"model.depth_samples must be at least 2, got {self.depth_samples}")
+        _choice(self, "model", "encoder", ("thumbnail", "random"))
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,8 @@ class DiffusionParams:
     schedule: str = "paper"
     T: int = 1000
     # What is generated: matrix (the whole delta, the paper) | rank1 (its output
-    # factor u, delta ~ u i_L^T; ocd/diffusion.py). Also the regressor's target.
+    # factor u, delta ~ u i_L^T) | flat (the whole delta as one vector, an MLP
+    # denoiser; ocd/diffusion.py). Also the regressor's target.
     target: str = "matrix"
     # What the network predicts: eps (the paper) | x0.
     prediction: str = "eps"
@@ -168,7 +182,7 @@ class DiffusionParams:
         _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
         _choice(self, "diffusion", "preset", ("paper", "cpu", "tiny"))
         _choice(self, "diffusion", "schedule", ("paper", "reference"))
-        _choice(self, "diffusion", "target", ("matrix", "rank1"))
+        _choice(self, "diffusion", "target", ("matrix", "rank1", "flat"))
         _choice(self, "diffusion", "prediction", ("eps", "x0"))
         _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb")
         if not 0 < self.holdout < 1:

@@ -11,8 +11,8 @@ import torch
 from ocd import base, diffusion, regressor, scale
 from ocd.device import get_device
 from ocd.diffusion import DeltaDiffusion
-from ocd.evaluation import apply_deltas, ocd_deltas
-from ocd.models import layer_io
+from ocd.evaluation import apply_deltas, conditioning, ocd_deltas
+from ocd.models import rows_per_pass
 from ocd.overfit import linear_cut
 from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
@@ -57,7 +57,7 @@ def predict(t: Trained, x: torch.Tensor, k: int = 1, steps: int = 10, eta: float
     device = get_device()
     model = t.base.model.to(device).eval()
     x = x.to(device)
-    h, a, out = layer_io(linear_cut(model, t.layer), x)
-    _, deltas = ocd_deltas(t.diff.to(device), t.scaler.to(device), [h, a, out], k, steps, eta, seed)
+    parts, out = conditioning(linear_cut(model, t.layer), x, rows_per_pass(model))
+    _, deltas = ocd_deltas(t.diff.to(device), t.scaler.to(device), parts, k, steps, eta, seed)
     members = torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas])
     return out.cpu(), members.cpu()

@@ -69,11 +69,12 @@ class Layout:
     n: dict[str, int]  # rows per split
     out_features: int
     in_features: int
-    n_outputs: int
+    n_outputs: int  # width of cond/output: the model's output, as the cut encodes it
     chunk: int
     dtype: str  # of delta
     label_dtype: str = "int64"
     rank1_basis: str = "input"  # the right factor of u: BASIS_OF_OPTIMIZER[overfit optimizer]
+    label_shape: tuple[int, ...] = ()  # per row: () for a class or a number, [H * W * 3] for a view
 
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Array path -> (row shape, dtype)."""
@@ -83,7 +84,7 @@ class Layout:
             "cond/layer_input": ((self.in_features,), "float32"),
             "cond/layer_activation": ((self.out_features,), "float32"),
             "cond/output": ((self.n_outputs,), "float32"),
-            "label": ((), self.label_dtype),
+            "label": (tuple(self.label_shape), self.label_dtype),
             "loss_before": ((), "float32"),
             "loss_after": ((), "float32"),
             "index": ((), "int64"),

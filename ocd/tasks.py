@@ -3,7 +3,7 @@
 Stages ask the task for its loss and metrics instead of branching on the
 dataset, so a new task type is one entry here. Classification reports
 cross-entropy, accuracy and expected calibration error (ocd.calibration); regression MSE on the standardised target and
-RMSE in the target's own units.
+RMSE in the target's own units; rendering (a NeRF's views) the image MSE and PSNR.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Task:
     with_temperature: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     # Per sample, whether the output predicts the target (classification: the top class is right).
     correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # Outputs as pictures [N, H, W, 3] in [0, 1] (rendering); None: outputs are not images.
+    as_images: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -106,7 +108,30 @@ def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:
                 lambda out: f"{float(out[0]) * target_scale + target_mean:.4f}")
 
 
-TASKS = {"classification": classification, "regression": regression}
+def _psnr(mse: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio (dB) of images with values in [0, 1]."""
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def rendering(height: int, width: int) -> Task:
+    """Rendered images [N, H * W * 3] against the true views: the mean squared
+    error per view (the loss) and its PSNR, each as the mean and SD over views."""
+
+    def per_sample(outputs, targets):
+        return ((outputs - targets) ** 2).mean(1)
+
+    def metrics(outputs, targets):
+        mse = per_sample(outputs, targets).double()
+        psnr = _psnr(mse)
+        sd = (lambda v: float(v.std())) if len(mse) > 1 else (lambda v: 0.0)
+        return {"mse": float(mse.mean()), "mse_sd": sd(mse), "psnr": float(psnr.mean()), "psnr_sd": sd(psnr)}
+
+    return Task("rendering", per_sample, metrics, lambda outs: outs.mean(0), None,
+                lambda out: f"image, mean colour {float(out.mean()):.3f}",
+                as_images=lambda outs: outs.reshape(-1, height, width, 3).clamp(0, 1))
+
+
+TASKS = {"classification": classification, "regression": regression, "rendering": rendering}
 
 
 def get_task(name: str, **options) -> Task:

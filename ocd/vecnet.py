@@ -1,4 +1,4 @@
-"""The denoiser of the ``rank1`` target: a residual MLP over a vector.
+"""The denoiser of the ``rank1`` and ``flat`` targets: a residual MLP over a vector.
 
 For ``diffusion.target: rank1`` the diffusion model generates only the output
 factor u of a delta ~ u i_L(x)^T (``out`` numbers instead of ``out x in``),

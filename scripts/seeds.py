@@ -103,7 +103,7 @@ def compare(folders: list[Path]) -> str:
         runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
         if not runs:
             sys.exit(f"no seed*.json in {folder}")
-        loss = next(m for m in ("ce", "rmse") if m in runs[0]["eval"]["base"])
+        loss = next(m for m in ("ce", "rmse", "mse") if m in runs[0]["eval"]["base"])
         ens = next(n for n in runs[0]["eval"] if n.startswith("ocd_ensemble"))
 
         def diag(*keys, digits=3):

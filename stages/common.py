@@ -5,6 +5,6 @@ from __future__ import annotations
 
 import typer
 
-from ocd.artifacts import write_csv, write_json, write_text  # noqa: F401  (the stages' writers)
+from ocd.artifacts import write_bytes, write_csv, write_json, write_text  # noqa: F401  (the stages' writers)
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="The params file to read.")

@@ -14,7 +14,7 @@ from ocd.device import configure_threads, get_device
 from ocd.params import load_params
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
-from stages.common import PARAMS_OPTION, write_csv, write_json, write_text
+from stages.common import PARAMS_OPTION, write_bytes, write_csv, write_json, write_text
 
 
 def evaluate(
@@ -84,10 +84,29 @@ def evaluate(
             for bins in zip(*curves.values())))
     else:  # the output DVC expects, saying why it is empty
         write_csv(out / "reliability.csv", [{"bin_centre": "", "note": f"{task.name}: no confidence to bin"}])
+    pictures = out / "pictures"
+    pictures.mkdir(exist_ok=True)
+    if "views" in plots:
+        names = ", ".join(plots["views"])
+        write_bytes(pictures / "views.png", _png(evaluation.views_figure(plots["views"])))
+        write_text(pictures / "README.md", f"views.png: a row per test view, columns {names}\n")
+    else:
+        (pictures / "views.png").unlink(missing_ok=True)  # an earlier run's
+        write_text(pictures / "README.md", f"No pictures: {task.name} outputs are not images.\n")
     norms = plots["rho"]
     write_csv(out / "delta_norm.csv",
               ({"oracle": float(t), "ocd": float(q)} for t, q in zip(norms["true"], norms["predicted"])))
     typer.echo(_markdown(rows) + notes)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _markdown(rows) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import typer
 from tqdm import tqdm
 
 from ocd import base
 from ocd.data import load_dataset
-from ocd.device import configure_threads, runtime
+from ocd.device import configure_threads, get_device, runtime
 from ocd.overfit import code_digest, fill_store, linear_cut
 from ocd.params import load_params
 from ocd.store import BASIS_OF_OPTIMIZER, DeltaStore, Layout, StoreError, summarize
@@ -46,13 +47,15 @@ def overfit(
     data = load_dataset(p.data)
     task = data.make_task()
 
+    with torch.no_grad():  # the conditioning's width of the output part, as the cut encodes it
+        cond_outputs = cut.encode_output(torch.zeros(1, data.n_outputs, device=get_device())).shape[1]
     layout = Layout(n={"train": len(data.y_train), "test": len(data.y_test)},
                     out_features=cut.layer.out_features, in_features=cut.layer.in_features,
-                    n_outputs=data.n_outputs, chunk=p.overfit.batch_size, dtype=p.overfit.dtype,
-                    label_dtype=str(data.y_train.numpy().dtype),
+                    n_outputs=cond_outputs, chunk=p.overfit.batch_size, dtype=p.overfit.dtype,
+                    label_dtype=str(data.y_train.numpy().dtype), label_shape=tuple(data.y_train.shape[1:]),
                     rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer])
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
-                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest()}
+                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest(model.model)}
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
              "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),

@@ -36,8 +36,9 @@ def predict(
         raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     info = trained.base.meta["data_info"]
     if "pixel_max" not in info:
-        raise InputError(f"ocd predict reads images; {base_dir} was trained on the tabular set "
-                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose feature transform is not saved")
+        raise InputError(f"ocd predict reads images; {base_dir} was trained on "
+                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose inputs are not images "
+                         "(a tabular set's feature transform is not saved; a scene's inputs are camera poses)")
     in_shape = tuple(trained.base.spec.in_shape)
     names, raw = read_inputs(inputs, in_shape, info["pixel_max"])
     x = torch.as_tensor(((raw / info["pixel_max"] - info["mean"]) / info["std"]).astype(np.float32))

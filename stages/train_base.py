@@ -29,7 +29,7 @@ def train_base(
     p = load_params(params)
     data = load_dataset(p.data)
     task = data.make_task()
-    spec = ModelSpec.from_params(p.model, data.in_shape, data.n_outputs)
+    spec = ModelSpec.from_params(p.model, data.in_shape, data.n_outputs, data.info)
     base.seed_everything(p.base.seed)
     model = spec.build()
     history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)

@@ -52,7 +52,7 @@ def test_overfit_on_each_device(device, layer, optimizer, lr):
     def run(m, dev):
         cut = linear_cut(m.to(dev), layer)
         with torch.no_grad():
-            h = cut.prefix(x.to(dev))
+            h = cut.enter(x.to(dev))
         return overfit_batch(cut, TASK, h, y.to(dev), steps=3, optimizer=optimizer, lr=lr)
 
     ref, got = run(copy.deepcopy(model), "cpu"), run(copy.deepcopy(model), device)

@@ -47,7 +47,7 @@ def _toy():
 def test_perturbation_losses_shape_and_seed():
     model = _toy()
     x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))
-    a = perturbation_losses(model, TASK, "loud", x, y, draws=50, noise=0.1, seed=3, pairs_per_pass=64)
+    a = perturbation_losses(model, TASK, "loud", x, y, draws=50, noise=0.1, seed=3, points_per_pass=64)
     b = perturbation_losses(model, TASK, "loud", x, y, draws=50, noise=0.1, seed=3)
     assert a.shape == (7, 50) and a.dtype == torch.float64
     # the chunking does not change the draws

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ocd.models import ModelError, ModelSpec, lenet5
+from ocd.models import LayerInput, ModelError, ModelSpec, lenet5
 from ocd.overfit import linear_cut, overfit_batch, overfit_naive
 from ocd.store import rank_one_share
 from ocd.tasks import get_task
@@ -27,7 +27,7 @@ def test_vectorised_overfit_equals_the_naive_loop(make, layer, shape, optimizer,
     x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
     cut = linear_cut(model, layer)
     with torch.no_grad():
-        h = cut.prefix(x)
+        h = cut.enter(x)
     fast = overfit_batch(cut, TASK, h, y, steps=3, optimizer=optimizer, lr=lr)
     slow = overfit_naive(model, layer, TASK, x, y, steps=3, optimizer=optimizer, lr=lr)
     assert fast.delta.shape == (16, *getattr(model, layer).weight.shape)
@@ -43,7 +43,7 @@ def test_sgd_deltas_are_exactly_rank_one_and_adam_nearly():
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     cut = linear_cut(model, "fc1")
     with torch.no_grad():
-        h = cut.prefix(x)
+        h = cut.enter(x)
     sgd = overfit_batch(cut, TASK, h, y, steps=3, optimizer="sgd", lr=0.05)
     adam = overfit_batch(cut, TASK, h, y, steps=3, optimizer="adam", lr=5e-4)
     assert rank_one_share(sgd.delta.numpy()).min() > 1 - 1e-5
@@ -54,7 +54,7 @@ def test_the_base_weights_are_untouched():
     model = _lenet()
     before = model.fc1.weight.clone()
     cut = linear_cut(model, "fc1")
-    overfit_batch(cut, TASK, torch.randn(4, 120), torch.randint(0, 10, (4,)), 3, "adam", 1e-2)
+    overfit_batch(cut, TASK, LayerInput(torch.randn(4, 1, 120)), torch.randint(0, 10, (4,)), 3, "adam", 1e-2)
     assert torch.equal(model.fc1.weight, before)
 
 

@@ -280,3 +280,42 @@ def test_the_five_stages_on_cuda_agree_with_the_cpu_run(project, tmp_path):
     for name, row in gpu_results.items():
         assert math.isfinite(row["ce"]) and abs(row["acc"] - cpu_results[name]["acc"]) < 0.1, name
     assert gpu_results["oracle"]["ce"] < gpu_results["base"]["ce"]
+
+
+NERF = {
+    "data": {"name": "nerf_drums", "image_size": 16, "max_train": 12, "max_test": 4},
+    "model": {"name": "tinynerf", "depth_samples": 8, "frequencies": 4},
+    "base": {"epochs": 3, "lr": 0.005, "batch_size": 256},
+    "layers": {"draws": 16, "samples": 4, "force": "layer1"},
+    "overfit": {"steps": 10, "lr": 0.005, "batch_size": 4},
+    "diffusion": {"target": "flat", "steps": 20, "batch_size": 8},
+    "evaluate": {"deep_ensemble": False},
+}
+
+
+@pytest.mark.e2e
+def test_the_tinynerf_pipeline_end_to_end(tmp_path):
+    """A model whose layer sees a set of inputs per sample (a view's points), chosen by params alone."""
+    project = make_project(tmp_path, _merge(copy.deepcopy(TINY), NERF))
+    project.dvc("repro")
+    base_metrics = json.loads((project / "artifacts/base/metrics.json").read_text())
+    assert set(base_metrics["test"]) == {"mse", "mse_sd", "psnr", "psnr_sd"}
+    scores = json.loads((project / "artifacts/layers/scores.json").read_text())
+    assert scores["selected"] == "layer1" and scores["forced"] and set(scores["ranking"]) == {"layer1", "layer2",
+                                                                                                "layer3"}
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store["train/delta"].shape == (12, 128, 3 + 6 * 4)
+    assert store["train/label"].shape == (12, 16 * 16 * 3) and store["train/cond/output"].shape == (12, 192)
+    assert float(np.mean(store["train/rank1_share"][:])) < 0.5  # a sum over the view's points: not rank one
+    results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    assert {"temperature", "tent"} <= set(results["skipped"])
+    rows = {name for name in results if name != "skipped"}
+    assert rows == {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
+                    "nn_cond", "oracle"}
+    for name in rows:
+        assert math.isfinite(results[name]["psnr"]) and math.isfinite(results[name]["mse"]), name
+    assert results["oracle"]["mse"] < results["base"]["mse"]
+    from PIL import Image
+
+    with Image.open(project / "artifacts/eval/pictures/views.png") as img:  # 4 views x (truth, base, oracle, OCD)
+        assert img.size == (4 * 16 * 3 + 5 * 4, 4 * 16 * 3 + 5 * 4)
