@@ -205,11 +205,15 @@ def overfit_naive(model: nn.Module, name: str, task: Task, x: torch.Tensor, y: t
 
 
 def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
-               steps: int, optimizer: str, lr: float, rho: str, on_chunk=None) -> None:
+               steps: int, optimizer: str, lr: float, rho: str, on_chunk=None,
+               chunks: list[tuple[str, int]] | None = None) -> None:
     """Overfit every pending chunk of every split and write it to ``store``.
 
     ``splits`` maps a split name to its (x, y); a chunk is one batch.
     ``on_chunk(split, rows)`` is called after each chunk is written.
+    ``chunks``: only these (split, chunk) pairs (a rank's share of
+    :func:`pending_work`); by default every pending chunk. A chunk's rows
+    depend on that chunk alone, so any division of the work gives the same store.
 
     One writer thread writes chunk c while chunk c + 1 is computed (file
     writes and torch kernels both release the GIL); at most one chunk is in
@@ -221,41 +225,47 @@ def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, t
             on_chunk(split, len(rows["index"]))
 
     threads = torch.get_num_threads()
+    work = pending_work(store, splits) if chunks is None else chunks
     try:
-        _fill(store, cut, task, splits, steps, optimizer, lr, rho, write, threads)
+        _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, threads)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fill(store, cut, task, splits, steps, optimizer, lr, rho, write, threads) -> None:
+def pending_work(store: DeltaStore, splits) -> list[tuple[str, int]]:
+    """Every (split, chunk) not yet done, in order: what a run (or its ranks, dealt out) computes."""
+    return [(split, c) for split in splits for c in store.pending_chunks(split)]
+
+
+def _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, threads) -> None:
     device = cut.layer.weight.device
     rows_per_chunk = store.layout.chunk
     dtype = store.layout.dtype
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
-        for split, (x, y) in splits.items():
-            for c in store.pending_chunks(split):
-                idx = torch.arange(c * rows_per_chunk, min((c + 1) * rows_per_chunk, len(y)))
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                io = layer_io(cut, xb)
-                # One input per sample: a chunk computes in a fraction of its write
-                # time (the write rate bounds the stage), so leave one core to the
-                # writer thread. A set of inputs (a NeRF view: 131,072 points for a
-                # 32 KB row): the compute bounds it, and gets every thread.
-                torch.set_num_threads(max(1, threads - 1) if io.inp.points == 1 else threads)
-                r = overfit_batch(cut, task, io.inp, yb, steps, optimizer, lr)
-                cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
-                rows = {
-                    "delta": cpu(r.delta).astype(dtype, copy=False),
-                    "rho": cpu(rho_of(r.delta, rho)),
-                    **{name: cpu(part) for name, part in zip(COND, io.cond)},
-                    "label": cpu(yb),
-                    "loss_before": cpu(r.loss_before),
-                    "loss_after": cpu(r.loss_after),
-                    "index": idx.numpy(),
-                }
-                if pending is not None:
-                    pending.result()  # raises the writer's error, if any
-                pending = writer.submit(write, split, c, rows)
+        for split, c in work:
+            x, y = splits[split]
+            idx = torch.arange(c * rows_per_chunk, min((c + 1) * rows_per_chunk, len(y)))
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            io = layer_io(cut, xb)
+            # One input per sample: a chunk computes in a fraction of its write
+            # time (the write rate bounds the stage), so leave one core to the
+            # writer thread. A set of inputs (a NeRF view: 131,072 points for a
+            # 32 KB row): the compute bounds it, and gets every thread.
+            torch.set_num_threads(max(1, threads - 1) if io.inp.points == 1 else threads)
+            r = overfit_batch(cut, task, io.inp, yb, steps, optimizer, lr)
+            cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
+            rows = {
+                "delta": cpu(r.delta).astype(dtype, copy=False),
+                "rho": cpu(rho_of(r.delta, rho)),
+                **{name: cpu(part) for name, part in zip(COND, io.cond)},
+                "label": cpu(yb),
+                "loss_before": cpu(r.loss_before),
+                "loss_after": cpu(r.loss_after),
+                "index": idx.numpy(),
+            }
+            if pending is not None:
+                pending.result()  # raises the writer's error, if any
+            pending = writer.submit(write, split, c, rows)
         if pending is not None:
             pending.result()

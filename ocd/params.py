@@ -248,6 +248,19 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ComputeParams:
+    """``compute:`` how a stage runs; never what it computes (no stage's outputs depend on it)."""
+
+    # Processes of the overfit stage on this machine: above 1, the stage launches
+    # itself under torchrun (ocd/distributed.py), each process writing its share of
+    # the store's chunks; the store equals the one-process store.
+    nproc: int = 1
+
+    def __post_init__(self):
+        _positive(self, "compute", "nproc")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -258,6 +271,7 @@ class Params:
     scale: ScaleParams = field(default_factory=ScaleParams)
     regressor: RegressorParams = field(default_factory=RegressorParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    compute: ComputeParams = field(default_factory=ComputeParams)
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (for provenance records)."""

@@ -214,6 +214,19 @@ class DeltaStore:
                                dtype="uint8", fill_value=0, compressors=[Crc32cCodec()])
         return cls(root, layout)
 
+    @classmethod
+    def attach(cls, path: str | Path, layout: Layout, fingerprint: dict) -> "DeltaStore":
+        """Open the store another process made with :meth:`create_or_resume`
+        (a rank of a multi-process run after rank 0 made it); it must carry ``fingerprint``."""
+        fingerprint = json.loads(json.dumps(fingerprint))
+        try:
+            root = zarr.open_group(Path(path), mode="r+")
+        except Exception as exc:
+            raise StoreError(f"{path}: no store to attach to ({type(exc).__name__}: {exc})") from None
+        if root.attrs.get("fingerprint") != fingerprint:
+            raise StoreError(f"{path} was written for {_diff(root.attrs.get('fingerprint'), fingerprint)}")
+        return cls(root, layout)
+
     @staticmethod
     def _done_summary(root: zarr.Group, layout: Layout) -> str:
         return ", ".join(f"{s} {int(np.sum(root[s]['done'][:]))}/{layout.n_chunks(s)} chunks"

@@ -8,6 +8,7 @@ import typer
 
 from ocd.artifacts import CheckpointError
 from ocd.data import DataError
+from ocd.distributed import launched
 from ocd.layers import ScoreError
 from ocd.models import ModelError
 from ocd.params import ParamsError
@@ -33,9 +34,14 @@ app = typer.Typer(
 USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError)
 
 
-def _stage(fn):
+def _stage(fn, many_processes: bool = False):
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        if launched() and not many_processes:
+            # every process would write the same artifacts at once
+            typer.echo(f"error: `ocd {fn.__name__.replace('_', '-')}` runs in one process; run it without "
+                       "torchrun (the overfit stage runs on many: README, \"Many processes\")", err=True)
+            raise typer.Exit(2)
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
@@ -52,7 +58,7 @@ def main() -> None:
 
 app.command("train-base")(_stage(train_base))
 app.command("score-layers")(_stage(score_layers))
-app.command("overfit")(_stage(overfit))
+app.command("overfit")(_stage(overfit, many_processes=True))
 app.command("train-diffusion")(_stage(train_diffusion))
 app.command("evaluate")(_stage(evaluate))
 app.command("inspect")(_stage(inspect))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 import typer
 from tqdm import tqdm
 
-from ocd import base
+from ocd import base, distributed
 from ocd.data import load_dataset
 from ocd.device import configure_threads, get_device, runtime
-from ocd.overfit import code_digest, fill_store, linear_cut
+from ocd.overfit import code_digest, fill_store, linear_cut, pending_work
 from ocd.params import load_params
 from ocd.store import BASIS_OF_OPTIMIZER, DeltaStore, Layout, StoreError, summarize
 from stages.common import PARAMS_OPTION, write_json
@@ -32,10 +33,26 @@ def overfit(
 
     Writes every delta, its scale rho and its conditioning I(x) to a Zarr
     store; resumes a killed run; rebuilds a store made by another base model,
-    layer or params. `ocd inspect` summarises the result.
+    layer or params. `ocd inspect` summarises the result. With compute.nproc
+    above 1, or run by torchrun, the store's chunks are dealt out to the
+    processes; the store is the same.
     """
-    configure_threads()
     p = load_params(params)
+    if p.compute.nproc > 1 and not distributed.launched():
+        code = distributed.relaunch(p.compute.nproc, sys.argv[1:])
+        if code:
+            raise typer.Exit(code)
+        return
+    configure_threads()
+    group = distributed.start()
+    try:
+        _overfit(p, base_dir, scores, layer, out, metrics, progress, group)
+    finally:
+        distributed.stop(group)
+
+
+def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Path, progress: bool,
+             group: distributed.Group) -> None:
     model = base.load(base_dir)
     chosen = json.loads(scores.read_text())
     if chosen.get("base_sha256") != model.sha256:
@@ -62,15 +79,34 @@ def overfit(
              "rho": {"fro": "Frobenius norm of delta (the paper)",
                      "std": "standard deviation of delta's entries (the authors' code)"}[p.overfit.rho],
              "delta": "W' - W of the layer's weight, accumulated over the steps", "runtime": runtime()}
-    store = DeltaStore.create_or_resume(out, layout, fingerprint, attrs, log=typer.echo)
-
-    total = sum(layout.n.values())
-    bar = tqdm(total=total, desc=f"overfit {name}", unit="sample", disable=not progress)
-    bar.update(total - sum(store.pending_rows(s) for s in layout.n))
+    # rank 0 makes, resumes or heals the store; then every rank reads the same
+    # pending chunks before any is written, and computes and writes its share
+    if group.main:
+        store = DeltaStore.create_or_resume(out, layout, fingerprint, attrs, log=typer.echo)
+    group.barrier()
+    if not group.main:
+        store = DeltaStore.attach(out, layout, fingerprint)
     splits = {s: data.split(s) for s in layout.n}
+    work = pending_work(store, splits)
+    group.barrier()
+    mine = group.deal(work)
+
+    def rows(split: str, c: int) -> int:
+        return min(layout.chunk, layout.n[split] - c * layout.chunk)
+
+    # the bar counts this rank's rows (all of them in one process) and the rows already done
+    done = sum(layout.n.values()) - sum(rows(*w) for w in work)
+    desc = f"overfit {name}" + (f" (rank 0 of {group.world})" if group.world > 1 else "")
+    bar = tqdm(total=done + sum(rows(*w) for w in mine), initial=done, desc=desc, unit="sample",
+               disable=not (progress and group.main))
+    if group.world > 1:
+        typer.echo(f"rank {group.rank} of {group.world}: {len(mine)} of {len(work)} pending chunks")
     fill_store(store, cut, task, splits, p.overfit.steps, p.overfit.optimizer, p.overfit.lr,
-               p.overfit.rho, on_chunk=lambda split, rows: bar.update(rows))
+               p.overfit.rho, on_chunk=lambda split, rows: bar.update(rows), chunks=mine)
     bar.close()
+    group.barrier()  # every share written
+    if not group.main:
+        return
     summary = summarize(out)["splits"]
     write_json(metrics, {split: {key: summary[split][key]["mean"]
                                  for key in ("rho", "loss_before", "loss_after", "rank1_share", "rank_one_share")}

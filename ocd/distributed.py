@@ -1,0 +1,93 @@
+"""One stage on many processes: ``torch.distributed``, launched by ``torchrun``.
+
+A stage run by ``torchrun`` (``torch.distributed.run``) finds its rank and
+the number of processes in the environment torchrun sets (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, the rendezvous address) and joins the group:
+gloo on the CPU, NCCL on GPUs, one GPU per process (``LOCAL_RANK``). Work is
+dealt out by rank (:meth:`Group.deal`); only rank 0 writes artifacts that are
+not split by rank (metrics, logs). Run without torchrun, a stage is one
+process, and nothing here does anything.
+
+``compute.nproc`` in params.yaml asks a stage to launch itself under
+torchrun with that many processes on this machine (:func:`relaunch`); for
+several machines, run torchrun yourself (README, "Many processes").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+# A rank that finishes its share waits at the next barrier for the slowest;
+# torch's default (30 min) would fail a long stage that is merely uneven.
+TIMEOUT = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the stage's processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes what is not split by rank."""
+        return self.rank == 0
+
+    def deal(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``, dealt round-robin (every rank must pass the same list)."""
+        return list(items[self.rank::self.world])
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.world > 1:
+            dist.barrier()
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher that sets WORLD_SIZE) started this process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start() -> Group:
+    """Join the process group torchrun set up (one process without it)."""
+    if not launched():
+        return Group()
+    if not dist.is_initialized():
+        if torch.cuda.is_available() and os.environ.get("OCD_DEVICE", "cuda").startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "nccl"
+        else:
+            backend = "gloo"
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    return Group(dist.get_rank(), dist.get_world_size())
+
+
+def stop(group: Group) -> None:
+    if group.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def relaunch(nproc: int, argv: Sequence[str]) -> int:
+    """Run the ``ocd`` command ``argv`` (e.g. ``["overfit", "--params", ...]``)
+    under torchrun with ``nproc`` processes on this machine; returns its exit code.
+
+    Each process gets ``cores // nproc`` torch threads unless ``OCD_THREADS``
+    says otherwise: processes that together ask for more threads than there
+    are cores slow each other down many times over.
+    """
+    env = dict(os.environ)
+    env.setdefault("OCD_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "stages", *argv]
+    return subprocess.run(cmd, env=env).returncode
