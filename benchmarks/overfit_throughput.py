@@ -10,7 +10,7 @@ ratio (a)/(c). Targets (issue 4): ratio >= 10, (a) >= 5,000 samples/s.
 Then what bounds (a): (b) on the threads the store path leaves to compute,
 the writer's side alone (write_chunk), and the delta's bytes written as a
 plain file. Issue 18 asks (a) >= 85% of (b).
-Last, the overfit stage itself in one process and on two torchrun ranks (issue 15).
+The overfit stage itself in one process and on two torchrun ranks: benchmarks/ranks.py.
 Uses artifacts/base when it exists, else a seeded untrained LeNet5 (speed does
 not depend on the weights).
 """
@@ -37,8 +37,6 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--naive", type=int, default=200)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--stage-layer", default="selected", choices=["selected", "runner_up"],
-                    help="scores.json's layer for the 1- vs 2-rank stage run")
     args = ap.parse_args()
 
     data = load_dataset(DataParams(name="mnist5k"))
@@ -116,48 +114,6 @@ def main() -> None:
     print(f"  delta bytes as a file : {file_only:10.0f} samples/s  (the file system's floor)")
     print(f"naive loop              : {naive:10.0f} samples/s")
     print(f"ratio (store / naive)   : {with_store / naive:10.1f}x")
-    stage_ranks(args.stage_layer)
-
-
-def stage_ranks(layer: str) -> None:
-    """The overfit stage itself (`ocd overfit`, process start and data loading included) on
-    params.yaml's data and scores.json's layer: one process against two torchrun ranks of one
-    torch thread each, and whether the two stores are equal."""
-    import os
-    import subprocess
-    import sys
-
-    import numpy as np
-    import yaml
-    import zarr
-
-    if not (Path("artifacts/base/model.pt").exists() and Path("artifacts/layers/scores.json").exists()):
-        print("overfit stage, 1 vs 2 ranks: skipped (run `make repro` first: it needs the base model and scores)")
-        return
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        def stage(name: str, nproc: int, threads: int) -> float:
-            params["compute"] = {"nproc": nproc}
-            (Path(tmp) / f"{name}.yaml").write_text(yaml.safe_dump(params))
-            cmd = [sys.executable, "-m", "stages", "overfit", "--params", f"{tmp}/{name}.yaml", "--no-progress",
-                   "--layer", layer,
-                   "--out", f"{tmp}/{name}.zarr", "--metrics", f"{tmp}/{name}.json"]
-            t = time.perf_counter()
-            subprocess.run(cmd, env=dict(os.environ, OCD_THREADS=str(threads)), check=True, capture_output=True)
-            return time.perf_counter() - t
-
-        two_threads, one_thread, ranks = stage("p2", 1, 2), stage("p1", 1, 1), stage("r2", 2, 1)
-        one, two = zarr.open_group(f"{tmp}/p1.zarr", mode="r"), zarr.open_group(f"{tmp}/r2.zarr", mode="r")
-        same = all(np.array_equal(node[:], two[split][name][:]) for split in ("train", "test")
-                   for name, node in one[split].members(max_depth=None) if isinstance(node, zarr.Array))
-        rows = sum(one[split]["done"].shape[0] for split in ("train", "test"))
-        layer_name = one.attrs["layer"]
-    print(f"overfit stage ({params['data']['name']}, layer {layer_name}, {rows} chunks; "
-          "wall, process start included):")
-    print(f"  1 process, 2 threads  : {two_threads:6.1f} s")
-    print(f"  1 process, 1 thread   : {one_thread:6.1f} s")
-    print(f"  2 ranks, 1 thread each: {ranks:6.1f} s  (1 process 1 thread / this: {one_thread / ranks:.2f}x; "
-          f"1 process 2 threads / this: {two_threads / ranks:.2f}x); stores equal to the 1-thread one: {same}")
 
 
 if __name__ == "__main__":

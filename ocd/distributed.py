@@ -53,6 +53,22 @@ class Group:
         if self.world > 1:
             dist.barrier()
 
+    def gather_columns(self, local: torch.Tensor, indices: Sequence[int], total: int) -> torch.Tensor:
+        """Every rank's columns ``local [M, len(indices)]`` (column j is item ``indices[j]``
+        of ``total``), put together on every rank as ``[M, total]`` (on the CPU)."""
+        if self.world == 1:
+            return local
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, (list(indices), local.cpu()))
+        out = torch.empty(local.shape[0], total, dtype=local.dtype)
+        seen = torch.zeros(total, dtype=torch.bool)
+        for idx, columns in parts:
+            out[:, idx] = columns
+            seen[idx] = True
+        if not bool(seen.all()):
+            raise RuntimeError(f"gather_columns: {int((~seen).sum())} of {total} columns came from no rank")
+        return out
+
 
 def launched() -> bool:
     """Whether torchrun (or another launcher that sets WORLD_SIZE) started this process."""

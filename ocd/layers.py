@@ -33,6 +33,7 @@ import torch
 from scipy.signal import fftconvolve
 from torch import nn
 
+from ocd.distributed import Group
 from ocd.models import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.tasks import Task
 
@@ -96,13 +97,20 @@ def kde_entropy(values: np.ndarray, step_per_bw: int = 32, max_grid: int = 1 << 
 @torch.no_grad()
 def perturbation_losses(model: nn.Module, task: Task, name: str, x: torch.Tensor,
                         y: torch.Tensor, draws: int, noise: float, seed: int,
-                        points_per_pass: int = 16384) -> torch.Tensor:
+                        points_per_pass: int = 16384, group: Group | None = None) -> torch.Tensor:
     """Losses ``[M, K]`` of the M samples under K shared draws of layer ``name``'s weight.
 
     A pass holds about ``points_per_pass`` (draw, sample, point) triples: 16,384
     draw-sample pairs for a model with one layer input per sample, one draw
     at a time for a NeRF view's 131,072 points.
+
+    ``group`` (several processes, ocd.distributed): the passes are dealt out
+    to the ranks and every rank gets all the columns back. Whole passes, not
+    single draws: a batched product sums in an order that can depend on how
+    many draws it holds, so each pass holds the draws it holds in one process,
+    and the losses equal the one-process losses exactly.
     """
+    group = group or Group()
     model.eval()
     cut = cut_at(model, name)
     inp = cut.enter(x)
@@ -110,15 +118,18 @@ def perturbation_losses(model: nn.Module, task: Task, name: str, x: torch.Tensor
     sigma = noise * weight.std()
     chunk = max(1, points_per_pass // (len(x) * inp.points))
     loss = task.precise_loss or task.per_sample_loss
-    columns = []
-    for start in range(0, draws, chunk):
-        k = min(chunk, draws - start)
-        eps = torch.stack([_draw(weight, seed, i) for i in range(start, start + k)])
+    passes = [list(range(start, min(start + chunk, draws))) for start in range(0, draws, chunk)]
+    columns, indices = [], []
+    for batch in group.deal(passes):
+        k = len(batch)
+        eps = torch.stack([_draw(weight, seed, i) for i in batch])
         z = layer_with_weight_stack(cut.layer, weight + sigma * eps, inp.h)  # [k, M, P, ...]
         out = cut.leave(z.flatten(0, 1), inp.repeat(k).ctx)
         # float64 and a precise form: plain cross-entropy rounds confident samples to exactly 0
-        columns.append(loss(out.double(), y.repeat(k, *[1] * (y.dim() - 1))).view(k, len(x)).T)
-    return torch.cat(columns, dim=1).cpu()
+        columns.append(loss(out.double(), y.repeat(k, *[1] * (y.dim() - 1))).view(k, len(x)).T.cpu())
+        indices += batch
+    local = torch.cat(columns, dim=1) if columns else torch.empty(len(x), 0, dtype=torch.float64)
+    return group.gather_columns(local, indices, draws)
 
 
 def _draw(weight: torch.Tensor, seed: int, index: int) -> torch.Tensor:
@@ -157,14 +168,21 @@ def scored_layers(model: nn.Module, scope: str) -> list[str]:
 
 
 def score_layers(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
-                 draws: int, noise: float, seed: int, progress=None, scope: str = "all") -> list[LayerScore]:
+                 draws: int, noise: float, seed: int, progress=None, scope: str = "all",
+                 group: Group | None = None) -> list[LayerScore]:
     """Score the weight layers of ``model`` on the samples (x, y): every one
-    (``scope="all"``) or only those the overfit stage can use ("selectable")."""
+    (``scope="all"``) or only those the overfit stage can use ("selectable").
+
+    ``group`` (several processes, ocd.distributed): each rank computes its
+    share of the draws and every rank gets all of them back
+    (:func:`perturbation_losses`); each draw is a function of (seed, index)
+    alone, so the scores do not depend on the number of processes.
+    """
     selectable = set(selectable_layers(model))
     names = scored_layers(model, scope)
     entropies, mean_loss = {}, {}
     for name in names:
-        losses = perturbation_losses(model, task, name, x, y, draws, noise, seed).double().numpy()
+        losses = perturbation_losses(model, task, name, x, y, draws, noise, seed, group=group).double().numpy()
         try:
             entropies[name] = np.array([kde_entropy(row) for row in losses])
         except ValueError as exc:

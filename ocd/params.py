@@ -251,9 +251,9 @@ class EvaluateParams:
 class ComputeParams:
     """``compute:`` how a stage runs; never what it computes (no stage's outputs depend on it)."""
 
-    # Processes of the overfit stage on this machine: above 1, the stage launches
-    # itself under torchrun (ocd/distributed.py), each process writing its share of
-    # the store's chunks; the store equals the one-process store.
+    # Processes of the score_layers and overfit stages on this machine: above 1, the
+    # stage launches itself under torchrun (ocd/distributed.py); score_layers deals out
+    # the draws, overfit the store's chunks; the outputs equal the one-process ones.
     nproc: int = 1
 
     def __post_init__(self):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -12,11 +11,11 @@ from tqdm import tqdm
 
 from ocd import base, distributed
 from ocd.data import load_dataset
-from ocd.device import configure_threads, get_device, runtime
+from ocd.device import get_device, runtime
 from ocd.overfit import code_digest, fill_store, linear_cut, pending_work
 from ocd.params import load_params
 from ocd.store import BASIS_OF_OPTIMIZER, DeltaStore, Layout, StoreError, summarize
-from stages.common import PARAMS_OPTION, write_json
+from stages.common import PARAMS_OPTION, on_processes, write_json
 
 
 def overfit(
@@ -38,17 +37,7 @@ def overfit(
     processes; the store is the same.
     """
     p = load_params(params)
-    if p.compute.nproc > 1 and not distributed.launched():
-        code = distributed.relaunch(p.compute.nproc, sys.argv[1:])
-        if code:
-            raise typer.Exit(code)
-        return
-    configure_threads()
-    group = distributed.start()
-    try:
-        _overfit(p, base_dir, scores, layer, out, metrics, progress, group)
-    finally:
-        distributed.stop(group)
+    on_processes(p, lambda group: _overfit(p, base_dir, scores, layer, out, metrics, progress, group))
 
 
 def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Path, progress: bool,

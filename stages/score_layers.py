@@ -9,11 +9,11 @@ import torch
 import typer
 from tqdm import tqdm
 
-from ocd import base, layers
+from ocd import base, distributed, layers
 from ocd.data import load_dataset
-from ocd.device import configure_threads, get_device, runtime
+from ocd.device import get_device, runtime
 from ocd.params import load_params
-from stages.common import PARAMS_OPTION, write_csv, write_json
+from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
 
 
 def score_layers(
@@ -26,10 +26,14 @@ def score_layers(
 
     Writes every layer's score, the ranking of the selectable (Linear) layers,
     the selected layer and the runner-up (scores.json), and score per layer
-    for `dvc plots show` (scores.csv).
+    for `dvc plots show` (scores.csv). With compute.nproc above 1, or run by
+    torchrun, the draws are dealt out to the processes; the scores are the same.
     """
-    configure_threads()
     p = load_params(params)
+    on_processes(p, lambda group: _score_layers(p, base_dir, out, progress, group))
+
+
+def _score_layers(p, base_dir: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     base_model = base.load(base_dir)
     layers.check_force(base_model.model, p.layers.force)  # before minutes of scoring
     data = load_dataset(p.data)
@@ -40,10 +44,15 @@ def score_layers(
     x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
 
     names = layers.scored_layers(base_model.model, p.layers.scope)
-    bar = tqdm(total=len(names), desc="score layers", unit="layer", disable=not progress)
+    if group.world > 1:
+        typer.echo(f"rank {group.rank} of {group.world}: its share of the {p.layers.draws} draws of every layer")
+    bar = tqdm(total=len(names), desc="score layers", unit="layer", disable=not (progress and group.main))
     scores = layers.score_layers(base_model.model, task, x, y, p.layers.draws, p.layers.noise,
-                                 p.layers.seed, progress=lambda name: bar.update(), scope=p.layers.scope)
+                                 p.layers.seed, progress=lambda name: bar.update(), scope=p.layers.scope,
+                                 group=group)
     bar.close()
+    if not group.main:  # every rank holds the same scores: rank 0 writes them
+        return
     selection = layers.select(scores, p.layers.force)
 
     def finite(v: float):

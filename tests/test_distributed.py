@@ -1,6 +1,8 @@
-"""The overfit stage on torch.distributed: 2 gloo processes under torchrun
-write the store one process writes, and a killed 2-process run resumes with one."""
+"""Stages on torch.distributed: 2 gloo processes under torchrun score the
+layers as one process does and write the store one process writes, and a
+killed 2-process overfit resumes with one."""
 
+import json
 import os
 import signal
 import subprocess
@@ -43,21 +45,39 @@ def _assert_same_store(a, b):
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
-@pytest.mark.e2e
-def test_two_ranks_write_the_one_process_store_and_a_killed_run_resumes_with_one(tmp_path):
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A trained base model and its layer scores, from one process (OCD_THREADS=1)."""
     # many small chunks (8 rows) each rank gets several of, and enough steps per chunk
-    # (~0.1 s) that a run is reliably killed mid-way
-    (tmp_path / "p").mkdir()
-    project = make_project(tmp_path / "p", {**TINY, "overfit": {"batch_size": 8, "steps": 200}})
+    # (~0.1 s) that an overfit run is reliably killed mid-way
+    project = make_project(tmp_path_factory.mktemp("project"), {**TINY, "overfit": {"batch_size": 8, "steps": 200}})
     project.run("ocd", "train-base", "--no-progress")
     project.run("ocd", "score-layers", "--no-progress")
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    return project
 
+
+def _params(project, tmp_path, nproc: int):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["compute"] = {"nproc": nproc}
+    path = tmp_path / f"params{nproc}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+@pytest.mark.e2e
+def test_two_ranks_score_the_layers_as_one_process(project, tmp_path):
+    two = project.run("ocd", "score-layers", "--params", _params(project, tmp_path, 2), "--no-progress",
+                      "--out", str(tmp_path / "two"))
+    assert "rank 1 of 2: its share of the 64 draws" in two.stdout, two.stdout
+    one = json.loads((project / "artifacts/layers/scores.json").read_text())
+    assert json.loads((tmp_path / "two/scores.json").read_text()) == one
+    assert (tmp_path / "two/scores.csv").read_text() == (project / "artifacts/layers/scores.csv").read_text()
+
+
+@pytest.mark.e2e
+def test_two_ranks_write_the_one_process_store_and_a_killed_run_resumes_with_one(project, tmp_path):
     def run_args(name: str, nproc: int) -> list[str]:
-        params["compute"] = {"nproc": nproc}
-        path = tmp_path / f"params{nproc}.yaml"
-        path.write_text(yaml.safe_dump(params))
-        return ["ocd", "overfit", "--params", str(path), "--no-progress",
+        return ["ocd", "overfit", "--params", _params(project, tmp_path, nproc), "--no-progress",
                 "--out", str(tmp_path / f"{name}.zarr"), "--metrics", str(tmp_path / f"{name}.json")]
 
     project.run(*run_args("one", 1))
@@ -94,3 +114,34 @@ def test_a_one_process_stage_run_by_torchrun_says_so_and_writes_nothing(tmp_path
     assert result.exit_code == 2
     assert "`ocd train-base` runs in one process" in result.output
     assert not out.exists()
+
+
+class _Rank(Group):
+    """A rank of a group that is not started: records what it would send."""
+
+    def gather_columns(self, local, indices, total):
+        self.sent = (list(indices), local)
+        return local
+
+
+def test_losses_computed_in_shares_of_passes_equal_the_losses_computed_at_once():
+    import torch
+
+    from ocd.layers import perturbation_losses
+    from ocd.models import mlp
+    from ocd.tasks import classification
+
+    torch.manual_seed(0)
+    model = mlp((6,), 3, hidden=[5], dropout=0.0).eval()
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    task = classification()
+    # 2 draws a pass (8 samples-draws / 4 samples): 4 passes of 7 draws, dealt to 3 ranks
+    whole = perturbation_losses(model, task, "fc1", x, y, draws=7, noise=0.1, seed=3, points_per_pass=8)
+    together = torch.full_like(whole, float("nan"))
+    for rank in range(3):
+        group = _Rank(rank, 3)
+        perturbation_losses(model, task, "fc1", x, y, 7, 0.1, 3, points_per_pass=8, group=group)
+        indices, columns = group.sent
+        together[:, indices] = columns
+    torch.testing.assert_close(together, whole, rtol=0, atol=0)
+    assert _Rank(0, 3).deal([[0, 1], [2, 3], [4, 5], [6]]) == [[0, 1], [6]]
