@@ -240,8 +240,9 @@ def generate(name: str, seed: int, size: int, n_train: int, n_test: int):
 
 
 def load_scene(name: str, params: DataParams) -> Dataset:
-    n_train = params.max_train or N_TRAIN
-    n_test = params.max_test or N_TEST
+    # caps, as for every dataset: at most the scene's 100 / 25 views
+    n_train = min(params.max_train or N_TRAIN, N_TRAIN)
+    n_test = min(params.max_test or N_TEST, N_TEST)
     if n_train < 2 or n_test < 1:
         raise DataError(f"{name}: needs at least 2 training views and 1 test view (data.max_train, data.max_test)")
     size = params.image_size

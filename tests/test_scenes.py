@@ -80,6 +80,11 @@ def test_a_scene_is_deterministic_from_its_seed_and_caps_take_the_first_views():
     assert a.x_cal is None  # no temperature for images of colours
 
 
+def test_a_cap_above_the_scene_size_keeps_the_scene_size():
+    data = load_scene("nerf_food", DataParams(name="nerf_food", image_size=2, max_train=500, max_test=90))
+    assert (len(data.y_train), len(data.y_test)) == (100, 25)
+
+
 def test_the_three_scenes_differ_and_are_named_in_the_registry():
     images = [render(SCENES[n](), hemisphere_poses(1, np.random.default_rng(0))[0], 16) for n in sorted(SCENES)]
     assert all(not np.allclose(images[0], im) for im in images[1:])
