@@ -25,7 +25,7 @@ rebuilt as ``rho * omega / unit``. What the network generates (the *target*):
 - ``flat``: omega itself, flattened to out x in numbers, with the VecNet
   denoiser instead of the U-Net. For deltas that are not rank one (a layer
   that sees a set of inputs per sample, as TinyNeRF's) at a CPU's cost: the
-  ``cpu`` U-Net takes 1.8 s a step on TinyNeRF's 128 x 63 layer, this 0.01 s.
+  ``cpu`` U-Net takes 1.8 s a step on TinyNeRF's 128 x 63 layer, this about 0.03 s.
 """
 
 from __future__ import annotations

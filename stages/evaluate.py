@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,7 @@ def evaluate(
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
+    from PIL import Image  # only a rendering run writes pictures
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
