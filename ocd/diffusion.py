@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from ocd import vecnet
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
+from ocd.device import Steps, adam, autocast
 from ocd.schedule import Schedule, sinusoidal
 from ocd.store import COND, ChunkReader, StoreError, rank1_right, rho_of
 from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
@@ -119,21 +120,27 @@ class ConditionedMLP(nn.Module):
 
 
 def fit_adam(model: nn.Module, reader: ChunkReader, steps: int, batch_size: int, lr: float,
-             rng: np.random.Generator, loss_of_batch, desc: str, progress: bool = True) -> list[tuple[int, float]]:
-    """Plain Adam over shuffled store minibatches (the scale model and the
-    regressor); ``loss_of_batch(batch) -> scalar``. Returns [(step, loss)]."""
+             rng: np.random.Generator, tensors_of_batch, loss_of, desc: str, device,
+             progress: bool = True, graphs: bool = False) -> list[tuple[int, float]]:
+    """Plain Adam over shuffled store minibatches (the scale model and the regressor):
+    ``tensors_of_batch(batch) -> tensors`` on the device, ``loss_of(*tensors) -> scalar``
+    (``graphs``: on CUDA one replayed graph a step, ocd.device.Steps). Returns [(step, loss)]."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = reader.batches(min(batch_size, reader.rows), rng)
-    history = []
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1.0):
-        loss = loss_of_batch(next(batches))
+
+    def step(*tensors):
         opt.zero_grad(set_to_none=True)
+        loss = loss_of(*tensors)
         loss.backward()
         opt.step()
-        history.append((step, loss.item()))
+        return loss.detach()
+
+    runner = Steps(step, device, graphs)
+    opt = adam(model.parameters(), lr, runner.graphs)
+    batches = reader.batches(min(batch_size, reader.rows), rng)
+    losses = [runner(*tensors_of_batch(next(batches)))
+              for _ in tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)]
     model.eval()
-    return history
+    return list(enumerate(torch.stack(losses).cpu().tolist(), start=1)) if losses else []
 
 
 class TimeEmbedding(nn.Module):
@@ -233,6 +240,7 @@ class DeltaDiffusion(nn.Module):
         self.cond = Conditioner(stats, config.emb_dim)
         self.time = TimeEmbedding(config.channels, config.emb_dim)
         self._schedule = Schedule(meta.T, meta.schedule)
+        self.precision = "fp32"  # how the denoiser runs (compute.precision), not saved with the weights
 
     def _net_shape(self, rep: torch.Tensor) -> torch.Tensor:
         return pad(rep, self.meta.padded) if self.meta.target == "matrix" else rep
@@ -244,14 +252,25 @@ class DeltaDiffusion(nn.Module):
         return self.cond(parts)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, self.time(t) + c)
+        with autocast(x_t.device, self.precision):  # bf16: the network's products in bfloat16
+            out = self.net(x_t, self.time(t) + c)
+        return out.float()
+
+    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A timestep and a noise per target of x0 [B, *rep_shape], drawn on the CPU (the
+        generator's device: a seed gives the same draws on every device) and moved to x0's."""
+        t = torch.randint(0, self.schedule().T, (len(x0),), generator=generator)
+        eps = torch.randn((len(x0), *self.mask.shape[1:]), generator=generator)
+        return t.to(x0.device), eps.to(x0.device)
 
     def loss(self, x0: torch.Tensor, c: torch.Tensor, schedule: Schedule,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """The denoising loss on the target's entries (padding excluded), per sample."""
+             generator: torch.Generator | None = None, noise: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> torch.Tensor:
+        """The denoising loss on the target's entries (padding excluded), per sample;
+        ``noise``: (t, eps) from :meth:`draw`, else drawn here from ``generator``."""
+        t, eps = noise if noise is not None else self.draw(x0, generator)
         x0 = self._net_shape(x0)
-        t = torch.randint(0, schedule.T, (len(x0),), generator=generator).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device) * self.mask
+        eps = eps * self.mask
         x_t = schedule.add_noise(x0, eps, t)
         target = eps if self.meta.prediction == "eps" else x0
         err = (self.predict(x_t, t, c) - target) ** 2 * self.mask
@@ -303,31 +322,52 @@ class EMA:
             e.copy_(b)
 
 
+def train_step(model: DeltaDiffusion, ema: EMA, opt: torch.optim.Optimizer, x0: torch.Tensor,
+               parts: list[torch.Tensor], noise: tuple[torch.Tensor, torch.Tensor], grad_clip: float) -> torch.Tensor:
+    """One Adam step on a minibatch's denoising loss, then the EMA; returns the loss (on the device).
+    Everything stays on the device, so that CUDA can replay it as a graph (ocd.device.Steps)."""
+    opt.zero_grad(set_to_none=True)
+    loss = model.loss(x0, model.embed(parts), model.schedule(), noise=noise).mean()
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    ema.update(model)
+    return loss.detach()
+
+
 def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: int, lr: float,
-          ema_decay: float, grad_clip: float, seed: int, device, progress: bool = True):
-    """Adam on the denoising loss; returns (EMA model, [(step, loss)])."""
+          ema_decay: float, grad_clip: float, seed: int, device, progress: bool = True,
+          compile: bool = False, graphs: bool = False):
+    """Adam on the denoising loss; returns (EMA model, [(step, loss)]).
+
+    The losses stay on the device until the end (a GPU runs ahead of the
+    Python loop; the progress bar reads them every 100 steps). ``graphs``: on
+    CUDA each step is one replayed CUDA graph (ocd.device.Steps), unless
+    ``compile``: the training network through ``torch.compile`` (the EMA copy,
+    which samples, is not compiled).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     ema = EMA(model, ema_decay)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    ema.model.precision = model.precision
+    if compile:
+        model.net.compile()
+    runner = Steps(lambda x0, t, eps, *parts: train_step(model, ema, opt, x0, list(parts), (t, eps), grad_clip),
+                   device, graphs=graphs and not compile)
+    opt = adam(model.parameters(), lr, runner.graphs)
     batches = reader.batches(min(batch_size, reader.rows), rng)
-    history, running = [], None
+    losses = []
     bar = tqdm(range(1, steps + 1), desc="train diffusion", disable=not progress, mininterval=1.0)
     for step in bar:
         x0, parts, _ = batch_tensors(next(batches), model.meta, device)
-        loss = model.loss(x0, model.embed(parts), model.schedule(), gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        ema.update(model)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        history.append((step, loss.item()))
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        losses.append(runner(x0, *model.draw(x0, gen), *parts))
+        if progress and step % 100 == 0:
+            bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}", refresh=False)
     model.eval()
+    history = list(enumerate(torch.stack(losses).cpu().tolist(), start=1)) if losses else []
     return ema.model, history
 
 

@@ -18,6 +18,8 @@ from typing import Any, Union
 
 import yaml
 
+from ocd.device import PRECISIONS
+
 
 class ParamsError(ValueError):
     """params.yaml is malformed; the message names the offending key."""
@@ -249,15 +251,25 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ComputeParams:
-    """``compute:`` how a stage runs; never what it computes (no stage's outputs depend on it)."""
+    """``compute:`` how stages run. ``nproc`` never changes an output; ``precision``,
+    ``compile`` and ``graphs`` change outputs on a GPU within rounding (docs/RESULTS.md, "GPU")."""
 
     # Processes of the score_layers and overfit stages on this machine: above 1, the
     # stage launches itself under torchrun (ocd/distributed.py); score_layers deals out
     # the draws, overfit the store's chunks; the outputs equal the one-process ones.
     nproc: int = 1
+    # train_diffusion, evaluate, predict: fp32 | tf32 | bf16 (ocd.device.use_precision).
+    # tf32 and bf16 act on a GPU only; on a CPU tf32 is fp32.
+    precision: str = "tf32"
+    # train_diffusion: the denoiser through torch.compile (pays off for long runs of a large net).
+    compile: bool = False
+    # train_diffusion on CUDA: every training step one replayed CUDA graph (ocd.device.Steps);
+    # off by default until measured on a GPU (docs/RESULTS.md, "GPU").
+    graphs: bool = False
 
     def __post_init__(self):
         _positive(self, "compute", "nproc")
+        _choice(self, "compute", "precision", PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ocd import base, diffusion, regressor, scale
-from ocd.device import get_device
+from ocd.device import get_device, use_precision
 from ocd.diffusion import DeltaDiffusion
 from ocd.evaluation import apply_deltas, conditioning, ocd_deltas
 from ocd.models import rows_per_pass
@@ -29,8 +29,10 @@ class Trained:
     regressor: DeltaRegressor
 
 
-def load_trained(base_dir: str | Path, models_dir: str | Path) -> Trained:
-    """Load and cross-check: every checkpoint must come from this base model and one layer."""
+def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = "fp32") -> Trained:
+    """Load and cross-check: every checkpoint must come from this base model and one layer.
+    ``precision`` (compute.precision) is set for this process and the denoiser."""
+    use_precision(precision)
     b = base.load(base_dir)
     models_dir = Path(models_dir)
     loaders = {"diffusion.pt": diffusion.load, "scale.pt": scale.load, "regressor.pt": regressor.load}
@@ -46,6 +48,7 @@ def load_trained(base_dir: str | Path, models_dir: str | Path) -> Trained:
     if len({ckpt["provenance"]["layer"] for _, ckpt in loaded.values()}) != 1:
         raise StoreError(f"{models_dir}: the diffusion, scale and regressor models were trained for different layers")
     (diff, dckpt), (scaler, sckpt), (reg, _) = loaded.values()
+    diff.precision = precision
     return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"], reg)
 
 

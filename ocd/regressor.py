@@ -40,17 +40,20 @@ class DeltaRegressor(nn.Module):
 
 
 def train(model: DeltaRegressor, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
-          device, progress: bool = True) -> list[tuple[int, float]]:
+          device, progress: bool = True, graphs: bool = False) -> list[tuple[int, float]]:
     """Adam on the mean squared error per entry of the unit-scale target."""
     torch.manual_seed(seed)
     model.to(device)
 
-    def loss_of_batch(batch):
+    def tensors(batch):
         target, parts, _ = batch_tensors(batch, model.meta, device)
-        return ((model(parts) - target) ** 2).mean()
+        return [target, *parts]
 
-    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 2), loss_of_batch,
-                    "train regressor", progress)
+    def loss_of(target, *parts):
+        return ((model(list(parts)) - target) ** 2).mean()
+
+    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 2), tensors, loss_of,
+                    "train regressor", device, progress, graphs)
 
 
 @torch.no_grad()

@@ -52,18 +52,19 @@ def mean_rho(reader: ChunkReader) -> float:
 
 
 def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
-          device, progress: bool = True, loss: str = "paper") -> list[tuple[int, float]]:
+          device, progress: bool = True, loss: str = "paper", graphs: bool = False) -> list[tuple[int, float]]:
     loss_fn = LOSSES[loss]
     torch.manual_seed(seed)
     model.to(device)
 
-    def loss_of_batch(batch):
-        parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in COND]
-        rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device)
-        return loss_fn(model(parts), rho)
+    def tensors(batch):
+        return [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in ("rho", *COND)]
 
-    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 1), loss_of_batch,
-                    "train scale", progress)
+    def loss_of(rho, *parts):
+        return loss_fn(model(list(parts)), rho)
+
+    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 1), tensors, loss_of,
+                    "train scale", device, progress, graphs)
 
 
 @torch.no_grad()

@@ -32,11 +32,14 @@ class Schedule:
         self.betas = torch.linspace(lo, hi, T, dtype=torch.float64)
         self.alphas = 1.0 - self.betas
         self.abar = torch.cumprod(self.alphas, dim=0)
+        self._abar_on = {self.abar.device: self.abar}  # the table on each device that asked (no copy per step)
 
     def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for integer timesteps t (-1 means t before the first step: 1.0)."""
+        if t.device not in self._abar_on:
+            self._abar_on[t.device] = self.abar.to(t.device)
         one = torch.ones((), dtype=torch.float64, device=t.device)
-        a = torch.where(t >= 0, self.abar[t.clamp_min(0).cpu()].to(t.device), one)
+        a = torch.where(t >= 0, self._abar_on[t.device][t.clamp_min(0)], one)
         return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ def evaluate(
     configure_threads()
     p = load_params(params)
     ep = p.evaluate
-    trained = load_trained(base_dir, models)
+    trained = load_trained(base_dir, models, p.compute.precision)
     base_model = trained.base
     root = open_store(store)
     if root.attrs["base_sha256"] != base_model.sha256 or root.attrs["layer"] != trained.layer:

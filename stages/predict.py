@@ -31,7 +31,7 @@ def predict(
     way the base model's training data was. OCD uses evaluate.k noises.
     """
     p = load_params(params)
-    trained = load_trained(base_dir, models)
+    trained = load_trained(base_dir, models, p.compute.precision)
     if "task" not in trained.base.meta:
         raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     info = trained.base.meta["data_info"]

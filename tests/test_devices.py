@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ocd import diffusion, regressor, scale
+from ocd.device import Steps, adam
 from ocd.evaluation import EvalInputs, evaluate
 from ocd.layers import perturbation_losses
 from ocd.models import ModelSpec, lenet5
@@ -59,6 +60,48 @@ def test_overfit_on_each_device(device, layer, optimizer, lr):
     assert got.delta.device.type == device.type
     assert_matches(got.delta, ref.delta, device, what="delta")
     assert_matches(got.loss_after, ref.loss_after, device, what="loss_after")
+
+
+def test_a_training_step_replayed_as_a_cuda_graph_matches_the_step_as_written(device):
+    def trained(graphs):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1)).to(device)
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            loss = ((net(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        runner = Steps(step, device, graphs=graphs)
+        opt = adam(net.parameters(), 1e-2, runner.graphs)
+        gen = torch.Generator().manual_seed(1)
+        losses = [runner(torch.randn(32, 6, generator=gen).to(device), torch.randn(32, 1, generator=gen).to(device))
+                  for _ in range(20)]
+        return runner, torch.stack(losses), torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    runner, losses, weights = trained(graphs=True)
+    _, ref_losses, ref_weights = trained(graphs=False)
+    assert (runner.graph is not None) == (device.type == "cuda")  # graphs on CUDA only
+    assert len(set(losses.tolist())) == 20  # every replay computed its own step
+    assert_matches(losses, ref_losses, device, what="losses")
+    assert_matches(weights, ref_weights, device, what="weights")
+
+
+def test_compute_graphs_trains_the_denoiser_and_scale_model_as_without(tmp_path, device):
+    _, reader, stats = _store(tmp_path)
+    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="matrix", basis="sign")
+
+    def trained(graphs):
+        torch.manual_seed(0)
+        model, scaler = diffusion.build(meta, stats), scale.ScaleModel(stats, [16], 1.0)
+        _, history = diffusion.train(model, reader, steps=12, batch_size=16, lr=3e-3, ema_decay=0.9,
+                                     grad_clip=1.0, seed=0, device=device, progress=False, graphs=graphs)
+        history += scale.train(scaler, reader, 12, 16, 1e-2, 0, device, progress=False, loss="logmse", graphs=graphs)
+        return [v for _, v in history]
+
+    assert_matches(trained(graphs=True), trained(graphs=False), device, what="losses")
 
 
 def test_perturbation_losses_on_each_device(device):
