@@ -85,7 +85,7 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"{stage} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
-    base = json.loads((work / "artifacts/base/metrics.json").read_text())
+    base = json.loads((work / "artifacts/base/model.json").read_text())
     if args.profile:
         print(f"\ncProfile of {args.profile} (cumulative, top 25):")
         pstats.Stats(str(work / "profile.out")).sort_stats("cumulative").print_stats(25)

@@ -28,7 +28,7 @@ from ocd import diffusion
 from ocd.device import Steps, adam, get_device, use_precision
 from ocd.store import COND
 
-WIDTHS = {"cond/layer_input": 256, "cond/layer_activation": 120, "cond/output": 10}
+WIDTHS = dict(zip(COND, (256, 120, 10)))  # LeNet5 fc1: its input, activation and the 10 outputs
 
 
 def sync(device):

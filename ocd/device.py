@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from ocd.params import PRECISIONS
+
 
 def get_device() -> torch.device:
     """CUDA when present, else CPU; ``OCD_DEVICE`` (e.g. ``cpu``) overrides."""
@@ -16,9 +18,6 @@ def get_device() -> torch.device:
     if wanted:
         return torch.device(wanted)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def use_precision(precision: str) -> None:

@@ -351,8 +351,7 @@ def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: in
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    ema = EMA(model, ema_decay)
-    ema.model.precision = model.precision
+    ema = EMA(model, ema_decay)  # a deep copy: it samples at the model's precision
     if compile:
         model.net.compile()
     runner = Steps(lambda x0, t, eps, *parts: train_step(model, ema, opt, x0, list(parts), (t, eps), grad_clip),

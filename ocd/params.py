@@ -18,7 +18,9 @@ from typing import Any, Union
 
 import yaml
 
-from ocd.device import PRECISIONS
+
+# compute.precision (ocd.device.use_precision)
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class ParamsError(ValueError):
