@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ from tqdm import tqdm
 from ocd import vecnet
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.device import Steps, adam, autocast
+from ocd.distributed import Group
 from ocd.schedule import Schedule, sinusoidal
 from ocd.store import COND, ChunkReader, StoreError, rank1_right, rho_of
 from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
@@ -119,28 +121,65 @@ class ConditionedMLP(nn.Module):
         return self.mlp(torch.cat([norm(p) for p, norm in zip(parts, self.norms)], dim=1))
 
 
+class Objective(nn.Module):
+    """A training loss as the forward of a module that holds the trained model, so
+    that DistributedDataParallel (:meth:`ocd.distributed.Group.data_parallel`)
+    can average the model's gradients over the ranks in the backward pass.
+
+    A rank holds ``share`` of the ``batch`` rows of a global minibatch; its
+    mean loss is weighted by ``share * world / batch``, so that DDP's average
+    over the ranks is the mean over the global minibatch whatever the shares
+    (the weight is exactly 1 in one process)."""
+
+    def __init__(self, model: nn.Module, loss_of, share: int, batch: int, world: int):
+        super().__init__()
+        self.model, self.loss_of = model, loss_of
+        self.weight = share * world / batch
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_of(*tensors)
+        return loss if self.weight == 1 else loss * self.weight
+
+
+def _runner(fn, device, graphs: bool, group: Group) -> Steps:
+    if graphs and group.world > 1:
+        warnings.warn("compute.graphs: a step that all-reduces gradients across ranks is run as written")
+    return Steps(fn, device, graphs and group.world == 1)
+
+
 def fit_adam(model: nn.Module, reader: ChunkReader, steps: int, batch_size: int, lr: float,
              rng: np.random.Generator, tensors_of_batch, loss_of, desc: str, device,
-             progress: bool = True, graphs: bool = False) -> list[tuple[int, float]]:
+             progress: bool = True, graphs: bool = False, group: Group = Group()) -> list[tuple[int, float]]:
     """Plain Adam over shuffled store minibatches (the scale model and the regressor):
-    ``tensors_of_batch(batch) -> tensors`` on the device, ``loss_of(*tensors) -> scalar``
-    (``graphs``: on CUDA one replayed graph a step, ocd.device.Steps). Returns [(step, loss)]."""
+    ``tensors_of_batch(batch) -> tensors`` on the device, ``loss_of(*tensors) -> scalar``,
+    the mean over the batch's rows (``graphs``: on CUDA one replayed graph a step,
+    ocd.device.Steps). On several ranks (``group``) each rank takes its share of every
+    global minibatch of ``batch_size`` rows and DDP averages the gradients.
+    Returns [(step, the global minibatch's loss)]."""
     model.train()
+    batch = min(batch_size, reader.rows)
+    lo, hi = group.span(batch)
+    objective = group.data_parallel(Objective(model, loss_of, hi - lo, batch, group.world))
 
     def step(*tensors):
         opt.zero_grad(set_to_none=True)
-        loss = loss_of(*tensors)
+        loss = objective(*tensors)
         loss.backward()
         opt.step()
         return loss.detach()
 
-    runner = Steps(step, device, graphs)
+    runner = _runner(step, device, graphs, group)
     opt = adam(model.parameters(), lr, runner.graphs)
-    batches = reader.batches(min(batch_size, reader.rows), rng)
+    batches = reader.batches(batch, rng, group)
     losses = [runner(*tensors_of_batch(next(batches)))
-              for _ in tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)]
+              for _ in tqdm(range(steps), desc=desc, disable=not (progress and group.main), mininterval=1.0)]
     model.eval()
-    return list(enumerate(torch.stack(losses).cpu().tolist(), start=1)) if losses else []
+    return _history(losses, group)
+
+
+def _history(losses: list[torch.Tensor], group: Group) -> list[tuple[int, float]]:
+    """[(step, the global minibatch's loss)]: the mean over the ranks of their weighted shares."""
+    return list(enumerate(group.mean(torch.stack(losses)).cpu().tolist(), start=1)) if losses else []
 
 
 class TimeEmbedding(nn.Module):
@@ -256,11 +295,14 @@ class DeltaDiffusion(nn.Module):
             out = self.net(x_t, self.time(t) + c)
         return out.float()
 
-    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None,
+             rows: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A timestep and a noise per target of x0 [B, *rep_shape], drawn on the CPU (the
-        generator's device: a seed gives the same draws on every device) and moved to x0's."""
-        t = torch.randint(0, self.schedule().T, (len(x0),), generator=generator)
-        eps = torch.randn((len(x0), *self.mask.shape[1:]), generator=generator)
+        generator's device: a seed gives the same draws on every device) and moved to x0's.
+        ``rows = (n, lo, hi)``: draw for n targets and keep rows lo:hi (a rank's share)."""
+        n, lo, hi = rows or (len(x0), 0, len(x0))
+        t = torch.randint(0, self.schedule().T, (n,), generator=generator)[lo:hi]
+        eps = torch.randn((n, *self.mask.shape[1:]), generator=generator)[lo:hi]
         return t.to(x0.device), eps.to(x0.device)
 
     def loss(self, x0: torch.Tensor, c: torch.Tensor, schedule: Schedule,
@@ -322,12 +364,19 @@ class EMA:
             e.copy_(b)
 
 
+def denoising_loss(model: DeltaDiffusion):
+    """``(x0, t, eps, *parts) -> the mean denoising loss`` of ``model`` on a minibatch."""
+    return lambda x0, t, eps, *parts: model.loss(x0, model.embed(list(parts)), model.schedule(), noise=(t, eps)).mean()
+
+
 def train_step(model: DeltaDiffusion, ema: EMA, opt: torch.optim.Optimizer, x0: torch.Tensor,
-               parts: list[torch.Tensor], noise: tuple[torch.Tensor, torch.Tensor], grad_clip: float) -> torch.Tensor:
+               parts: list[torch.Tensor], noise: tuple[torch.Tensor, torch.Tensor], grad_clip: float,
+               objective: nn.Module | None = None) -> torch.Tensor:
     """One Adam step on a minibatch's denoising loss, then the EMA; returns the loss (on the device).
-    Everything stays on the device, so that CUDA can replay it as a graph (ocd.device.Steps)."""
+    Everything stays on the device, so that CUDA can replay it as a graph (ocd.device.Steps).
+    ``objective``: the loss as an :class:`Objective` (on several ranks, DDP-wrapped)."""
     opt.zero_grad(set_to_none=True)
-    loss = model.loss(x0, model.embed(parts), model.schedule(), noise=noise).mean()
+    loss = (objective or denoising_loss(model))(x0, *noise, *parts)
     loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -338,7 +387,7 @@ def train_step(model: DeltaDiffusion, ema: EMA, opt: torch.optim.Optimizer, x0: 
 
 def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: int, lr: float,
           ema_decay: float, grad_clip: float, seed: int, device, progress: bool = True,
-          compile: bool = False, graphs: bool = False):
+          compile: bool = False, graphs: bool = False, group: Group = Group()):
     """Adam on the denoising loss; returns (EMA model, [(step, loss)]).
 
     The losses stay on the device until the end (a GPU runs ahead of the
@@ -346,6 +395,12 @@ def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: in
     CUDA each step is one replayed CUDA graph (ocd.device.Steps), unless
     ``compile``: the training network through ``torch.compile`` (the EMA copy,
     which samples, is not compiled).
+
+    On several ranks (``group``, every rank with the same seed), each rank
+    takes its share of every global minibatch of ``batch_size`` rows
+    (ChunkReader.batches) and of the minibatch's noise, and
+    DistributedDataParallel averages the gradients, so that every rank
+    takes the same step.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -354,20 +409,23 @@ def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: in
     ema = EMA(model, ema_decay)  # a deep copy: it samples at the model's precision
     if compile:
         model.net.compile()
-    runner = Steps(lambda x0, t, eps, *parts: train_step(model, ema, opt, x0, list(parts), (t, eps), grad_clip),
-                   device, graphs=graphs and not compile)
+    batch = min(batch_size, reader.rows)
+    lo, hi = group.span(batch)
+    objective = group.data_parallel(Objective(model, denoising_loss(model), hi - lo, batch, group.world))
+    runner = _runner(lambda x0, t, eps, *parts: train_step(model, ema, opt, x0, list(parts), (t, eps), grad_clip,
+                                                           objective),
+                     device, graphs and not compile, group)
     opt = adam(model.parameters(), lr, runner.graphs)
-    batches = reader.batches(min(batch_size, reader.rows), rng)
+    batches = reader.batches(batch, rng, group)
     losses = []
-    bar = tqdm(range(1, steps + 1), desc="train diffusion", disable=not progress, mininterval=1.0)
+    bar = tqdm(range(1, steps + 1), desc="train diffusion", disable=not (progress and group.main), mininterval=1.0)
     for step in bar:
         x0, parts, _ = batch_tensors(next(batches), model.meta, device)
-        losses.append(runner(x0, *model.draw(x0, gen), *parts))
+        losses.append(runner(x0, *model.draw(x0, gen, (batch, lo, hi)), *parts))
         if progress and step % 100 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}", refresh=False)
     model.eval()
-    history = list(enumerate(torch.stack(losses).cpu().tolist(), start=1)) if losses else []
-    return ema.model, history
+    return ema.model, _history(losses, group)
 
 
 @torch.no_grad()

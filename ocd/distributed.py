@@ -48,6 +48,47 @@ class Group:
         """This rank's share of ``items``, dealt round-robin (every rank must pass the same list)."""
         return list(items[self.rank::self.world])
 
+    def span(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous share ``[lo, hi)`` of ``n`` rows (shares differ by at most one row)."""
+        return self.rank * n // self.world, (self.rank + 1) * n // self.world
+
+    def blocks(self, n: int, block: int) -> tuple[int, int]:
+        """This rank's contiguous share ``[lo, hi)`` of ``n`` rows, cut at multiples of
+        ``block``: a rank's batches then start where one process's start, and hold the
+        same rows (a batched product can round differently when its rows change)."""
+        lo, hi = self.span(-(-n // block))
+        return min(n, lo * block), min(n, hi * block)
+
+    def data_parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` wrapped in DistributedDataParallel (its gradients averaged over the
+        ranks in the backward pass), or itself in one process."""
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(module.parameters()).device
+        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
+
+    def mean(self, local: torch.Tensor) -> torch.Tensor:
+        """The mean over the ranks of ``local`` (the same shape on every rank), on every rank."""
+        if self.world == 1:
+            return local
+        total = local.clone()
+        dist.all_reduce(total)
+        return total / self.world
+
+    def gather_rows(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every rank's rows of each tensor in ``local``, concatenated in rank order (ranks hold
+        contiguous, ordered shares: :meth:`span`, :meth:`blocks`), on the CPU; a rank with
+        no rows of a key (no share) adds none. Every rank gets the whole."""
+        if self.world == 1:
+            return local
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, {k: v.cpu() for k, v in local.items()})
+        keys = dict.fromkeys(k for p in parts for k in p)
+        return {k: torch.cat([p[k] for p in parts if k in p]) for k in keys}
+
     def barrier(self) -> None:
         """Wait until every rank gets here."""
         if self.world > 1:

@@ -37,6 +37,7 @@ from torch import nn
 
 from ocd.calibration import fit_temperature, reliability
 from ocd.diffusion import DeltaDiffusion
+from ocd.distributed import Group
 from ocd.models import forward_with_layer_weights, layer_io, rows_per_pass
 from ocd.overfit import linear_cut, overfit_batch
 from ocd.regressor import DeltaRegressor
@@ -73,22 +74,15 @@ def apply_deltas(model: nn.Module, layer: str, deltas: torch.Tensor, x: torch.Te
                                                  x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def _row(name: str, task: Task, outputs: torch.Tensor, y: torch.Tensor, deltas=None, oracle=None,
-         note: str = "") -> Row:
-    cosine = scale_error = None
-    if deltas is not None and oracle is not None:
-        cosine = float(F.cosine_similarity(deltas.flatten(1), oracle.flatten(1), dim=1).mean())
-        norm, ref = deltas.flatten(1).norm(dim=1), oracle.flatten(1).norm(dim=1)
-        scale_error = float(((norm - ref).abs() / ref.clamp_min(1e-12)).median())
-    return Row(name, task.metrics(outputs, y), cosine, scale_error, note,
-               task.per_sample_loss(outputs, y).cpu().numpy())
-
-
 @torch.no_grad()
 def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int,
-                  steps: int, eta: float, seed: int, rows_per_pass: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                  steps: int, eta: float, seed: int, rows_per_pass: int = 128,
+                  first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """k sampled unit-scale deltas per sample [k, N, out, in] and rho_hat [N].
     ``parts[0]`` is the layer input (the rank1 target rebuilds the matrix from it).
+    ``first_row``: the number of ``parts``' first row in the whole split; a
+    batch's noise is seeded by its first row's number, so a block of rows
+    gets the same draws wherever it is sampled (evaluation on several ranks).
 
     The k members of a batch are sampled in one batched DDIM pass of about
     ``rows_per_pass`` rows (larger passes ran slower on the CPU: 54 rows/s at
@@ -100,7 +94,7 @@ def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Te
     for i in range(0, n, batch):
         p = [v[i:i + batch] for v in parts]
         c = diff.embed(p)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + i)
         rep = diff.sample(c.repeat(k, 1), steps=steps, eta=eta, generator=gen)
         omega = diff.omega(rep, p[0].repeat(k, 1))
         omegas.append(omega.view(k, len(c), *omega.shape[1:]))
@@ -109,9 +103,9 @@ def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Te
 
 
 def ocd_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int, steps: int,
-               eta: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+               eta: float, seed: int, first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """OCD's deltas for every sample: (unit-scale omegas, deltas sized by rho_hat), both [k, N, out, in]."""
-    omegas, rho_hat = sample_deltas(diff, scaler, parts, k, steps, eta, seed)
+    omegas, rho_hat = sample_deltas(diff, scaler, parts, k, steps, eta, seed, first_row=first_row)
     return omegas, rho_hat[None, :, None, None] * omegas / diff.meta.unit
 
 
@@ -162,89 +156,161 @@ class EvalInputs:
         return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
-             tent_lr: float, extra_members: list[nn.Module] | None = None) -> tuple[list[Row], dict, dict]:
-    """Every row of the results table, per-sample data for the plots, and the
-    rows skipped for this task (name -> why), which are never faked."""
-    task, y, model, layer = inp.task, inp.y_test, inp.model, inp.layer
-    model.eval()
+def _block(inp: EvalInputs, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
+           tent_steps: list[int], tent_lr: float, clock) -> dict[str, torch.Tensor]:
+    """Every row's per-sample results for test rows ``lo:hi`` (one pass of the model): for
+    each row name, ``name/out`` (outputs), and where it applies a delta ``name/cos`` (cosine
+    to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
+    ``time/...``: seconds spent on the base, OCD and regressor rows."""
+    task, model, layer = inp.task, inp.model, inp.layer
     cut = linear_cut(model, layer)
-    n_test = len(y)
-    size = rows_per_pass(model)
-
-    def ms(start: float) -> float:
-        if y.device.type == "cuda":
-            torch.cuda.synchronize(y.device)  # kernels run asynchronously: time them to the end
-        return 1000 * (time.perf_counter() - start) / n_test
-
-    start = time.perf_counter()
-    parts, base_out = conditioning(cut, inp.x_test, size)
+    x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi]
     unit = inp.diff.meta.unit
-    rows = [_row("base", task, base_out, y)]
-    rows[0].ms_per_sample = ms(start)
+    got: dict[str, torch.Tensor] = {"oracle/norm": oracle.flatten(1).norm(dim=1)}
 
-    start = time.perf_counter()
-    omegas, deltas = ocd_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed)  # [k, N, out, in]
-    member_out = torch.stack([apply_deltas(model, layer, d, inp.x_test) for d in deltas])
-    ocd_ms = ms(start)  # all k members
-    rows.append(_row("ocd", task, member_out[0], y, deltas[0], inp.oracle_delta,
-                     note=f"{steps} DDIM steps; time: the {k}-member pass / {k}"))
-    rows[-1].ms_per_sample = ocd_ms / k
-    reliability_of = {"base": base_out, "ocd": member_out[0]}
+    def put(name: str, outputs: torch.Tensor, deltas: torch.Tensor | None = None) -> None:
+        got[f"{name}/out"] = outputs
+        if deltas is not None:
+            got[f"{name}/cos"] = F.cosine_similarity(deltas.flatten(1), oracle.flatten(1), dim=1)
+            got[f"{name}/norm"] = deltas.flatten(1).norm(dim=1)
 
-    skipped = {}
-    if task.with_temperature is None:
-        skipped["temperature"] = f"{task.name} outputs take no temperature"
-    elif inp.x_cal is None or not len(inp.x_cal):
-        skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
-    else:
-        # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
-        cal_parts, base_cal = conditioning(cut, inp.x_cal, size)
-        _, cal_deltas = ocd_deltas(inp.diff, inp.scaler, cal_parts, 1, steps, eta, seed + 1)
-        ocd_cal = apply_deltas(model, layer, cal_deltas[0], inp.x_cal)
-        n_cal = len(inp.y_cal)
-        for name, cal_out, test_out in (("temperature", base_cal, base_out), ("ocd_temperature", ocd_cal, member_out[0])):
-            t = fit_temperature(task.per_sample_loss, cal_out, inp.y_cal, task.with_temperature)
-            scaled = task.with_temperature(test_out, t)
-            rows.append(_row(name, task, scaled, y, note=f"{'base' if name == 'temperature' else 'ocd'} / T, "
-                                                            f"T = {t:.3f} fitted on {n_cal} calibration rows"))
-            reliability_of[name] = scaled
-    rows.append(_row(f"ocd_ensemble_{k}", task, task.ensemble(member_out), y, note=f"{k} noises"))
-    rows[-1].ms_per_sample = ocd_ms
+    start = clock()
+    parts, base_out = conditioning(cut, x, len(x))
+    got["time/base"] = torch.tensor([clock() - start])
+    put("base", base_out)
+
+    start = clock()
+    omegas, deltas = ocd_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed, first_row=lo)  # [k, N, out, in]
+    member_out = torch.stack([apply_deltas(model, layer, d, x) for d in deltas])
+    got["time/ocd"] = torch.tensor([clock() - start])  # all k members
+    put("ocd", member_out[0], deltas[0])
+    got["ocd/members"] = member_out.transpose(0, 1)
     mean_delta = deltas.mean(0)
-    rows.append(_row("ocd_mean_network", task, apply_deltas(model, layer, mean_delta, inp.x_test), y,
-                     mean_delta, inp.oracle_delta, note=f"mean of {k} deltas"))
+    put("ocd_mean_network", apply_deltas(model, layer, mean_delta, x), mean_delta)
     no_scale = inp.mean_rho * omegas[0] / unit
-    rows.append(_row("ocd_no_scale", task, apply_deltas(model, layer, no_scale, inp.x_test), y,
-                     no_scale, inp.oracle_delta, note="rho = mean train rho"))
+    put("ocd_no_scale", apply_deltas(model, layer, no_scale, x), no_scale)
     if inp.regressor is not None:
-        start = time.perf_counter()
+        start = clock()
         reg_delta = inp.scaler(parts)[:, None, None] * inp.regressor.omega(parts) / unit
-        reg_out = apply_deltas(model, layer, reg_delta, inp.x_test)
-        rows.append(_row("regressor", task, reg_out, y, reg_delta, inp.oracle_delta,
-                         note=f"no diffusion: MLP direction ({inp.regressor.meta.target}) x rho_hat"))
-        rows[-1].ms_per_sample = ms(start)
+        put("regressor", apply_deltas(model, layer, reg_delta, x), reg_delta)
+        got["time/regressor"] = torch.tensor([clock() - start])
 
-    nn_spaces = {"nn_input": (inp.x_test, inp.x_train),
+    nn_spaces = {"nn_input": (x, inp.x_train),
                  "nn_cond": (_standardised(parts, inp.train_parts), _standardised(inp.train_parts, inp.train_parts))}
     for name, (query, pool) in nn_spaces.items():
-        idx = nearest(query, pool)
-        d = inp.train_delta[idx]
-        rows.append(_row(name, task, apply_deltas(model, layer, d, inp.x_test), y, d, inp.oracle_delta))
+        d = inp.train_delta[nearest(query, pool)]
+        put(name, apply_deltas(model, layer, d, x), d)
 
+    if task.unsupervised_loss is not None:
+        tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
+        for n in tent_steps:
+            d = overfit_batch(cut, tent_task, cut.enter(x), y, steps=n, optimizer="adam", lr=tent_lr).delta
+            put(f"tent_{n}", apply_deltas(model, layer, d, x), d)
+    put("oracle", apply_deltas(model, layer, oracle, x), oracle)
+    return got
+
+
+def _calibration_block(inp: EvalInputs, lo: int, hi: int, steps: int, eta: float, seed: int) -> dict[str, torch.Tensor]:
+    """The base model's and one OCD sample's outputs on calibration rows ``lo:hi``."""
+    cut = linear_cut(inp.model, inp.layer)
+    x = inp.x_cal[lo:hi]
+    parts, base_cal = conditioning(cut, x, len(x))
+    _, deltas = ocd_deltas(inp.diff, inp.scaler, parts, 1, steps, eta, seed, first_row=lo)
+    return {"base": base_cal, "ocd": apply_deltas(inp.model, inp.layer, deltas[0], x)}
+
+
+def _blocks(n: int, size: int, group: Group) -> list[tuple[int, int]]:
+    """This rank's blocks of ``size`` rows of ``n`` (all of them in one process), in order."""
+    lo, hi = group.blocks(n, size)
+    return [(i, min(i + size, hi)) for i in range(lo, hi, size)]
+
+
+def _stack(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.cat([b[key] for b in blocks]) for key in blocks[0]} if blocks else {}
+
+
+def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
+             tent_lr: float, extra_members: list[nn.Module] | None = None, group: Group = Group()
+             ) -> tuple[list[Row], dict, dict] | None:
+    """Every row of the results table, per-sample data for the plots, and the
+    rows skipped for this task (name -> why), which are never faked.
+
+    The test rows (and the calibration rows) are worked through in blocks of
+    one model pass (:func:`ocd.models.rows_per_pass`), each block alone: its
+    OCD noise is seeded by its first row's number. On several ranks
+    (``group``) each rank takes a contiguous run of blocks, and rank 0
+    gathers the per-sample results, fits the temperatures and makes the
+    table, the same as one process makes (the others return None).
+    ``extra_members`` (the deep ensemble) are needed on rank 0 only.
+    """
+    task, model = inp.task, inp.model
+    model.eval()
+    n_test = len(inp.y_test)
+    size = rows_per_pass(model)
+    cuda = inp.y_test.device.type == "cuda"
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize(inp.y_test.device)  # kernels run asynchronously: time them to the end
+        return time.perf_counter()
+
+    mine = _blocks(n_test, size, group)
+    local = _stack([_block(inp, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock) for lo, hi in mine])
+    my_rows = sum(hi - lo for lo, hi in mine)
+    timed = {key: float(local.pop(key).sum()) for key in [key for key in local if key.startswith("time/")]}
+    skipped = {}
+    cal_rows = 0 if inp.x_cal is None else len(inp.x_cal)
+    if task.with_temperature is None:
+        skipped["temperature"] = f"{task.name} outputs take no temperature"
+    elif not cal_rows:
+        skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
+    else:
+        cal = _stack([_calibration_block(inp, lo, hi, steps, eta, seed + 1) for lo, hi in _blocks(cal_rows, size, group)])
+        local.update({f"cal/{key}": v for key, v in cal.items()})
+    got = group.gather_rows(local)
+    if not group.main:
+        return None
+    got = {key: v.to(inp.y_test.device) for key, v in got.items()}
+    y = inp.y_test
+    ref = got["oracle/norm"]
+
+    def row(name: str, outputs: torch.Tensor | None = None, note: str = "") -> Row:
+        outputs = got[f"{name}/out"] if outputs is None else outputs
+        cosine = scale_error = None
+        if f"{name}/cos" in got:
+            cosine = float(got[f"{name}/cos"].mean())
+            scale_error = float(((got[f"{name}/norm"] - ref).abs() / ref.clamp_min(1e-12)).median())
+        return Row(name, task.metrics(outputs, y), cosine, scale_error, note, task.per_sample_loss(outputs, y).cpu().numpy())
+
+    def ms(name: str) -> float:  # per sample, as measured on this rank's rows
+        return 1000 * timed[f"time/{name}"] / my_rows
+
+    base_out, members = got["base/out"], got["ocd/members"].transpose(0, 1)
+    rows = [row("base")]
+    rows[0].ms_per_sample = ms("base")
+    rows.append(row("ocd", note=f"{steps} DDIM steps; time: the {k}-member pass / {k}"))
+    rows[-1].ms_per_sample = ms("ocd") / k
+    reliability_of = {"base": base_out, "ocd": got["ocd/out"]}
+    if "temperature" not in skipped:
+        # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
+        for name, source in (("temperature", "base"), ("ocd_temperature", "ocd")):
+            t = fit_temperature(task.per_sample_loss, got[f"cal/{source}"], inp.y_cal, task.with_temperature)
+            scaled = task.with_temperature(got[f"{source}/out"], t)
+            rows.append(row(name, scaled, note=f"{source} / T, T = {t:.3f} fitted on {cal_rows} calibration rows"))
+            reliability_of[name] = scaled
+    rows.append(row(f"ocd_ensemble_{k}", task.ensemble(members), note=f"{k} noises"))
+    rows[-1].ms_per_sample = ms("ocd")
+    rows.append(row("ocd_mean_network", note=f"mean of {k} deltas"))
+    rows.append(row("ocd_no_scale", note="rho = mean train rho"))
+    if inp.regressor is not None:
+        rows.append(row("regressor", note=f"no diffusion: MLP direction ({inp.regressor.meta.target}) x rho_hat"))
+        rows[-1].ms_per_sample = ms("regressor")
+    rows += [row("nn_input"), row("nn_cond")]
     if task.unsupervised_loss is None:
         skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
     else:
-        tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
-        for n in tent_steps:
-            d = torch.cat([overfit_batch(cut, tent_task, cut.enter(inp.x_test[i:i + size]), y[i:i + size],
-                                         steps=n, optimizer="adam", lr=tent_lr).delta for i in range(0, n_test, size)])
-            rows.append(_row(f"tent_{n}", task, apply_deltas(model, layer, d, inp.x_test), y, d,
-                             inp.oracle_delta, note=f"{n} Adam steps on the entropy, lr {tent_lr:g}"))
-
-    oracle_out = apply_deltas(model, layer, inp.oracle_delta, inp.x_test)
-    rows.append(_row("oracle", task, oracle_out, y, inp.oracle_delta, inp.oracle_delta,
-                     note="overfit on the test label: upper bound"))
+        rows += [row(f"tent_{n}", note=f"{n} Adam steps on the entropy, lr {tent_lr:g}") for n in tent_steps]
+    rows.append(row("oracle", note="overfit on the test label: upper bound"))
 
     if extra_members:
         def outputs(m):
@@ -253,8 +319,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
 
         outs = [base_out] + [outputs(m) for m in extra_members]
         reliability_of["deep_ensemble"] = task.ensemble(torch.stack(outs))
-        rows.append(_row(f"deep_ensemble_{len(outs)}", task, reliability_of["deep_ensemble"], y,
-                         note=f"{len(outs)} base models, seeds differ"))
+        rows.append(row(f"deep_ensemble_{len(outs)}", reliability_of["deep_ensemble"],
+                        note=f"{len(outs)} base models, seeds differ"))
 
     if task.correct is not None:
         # every row's mean test loss = the part from the samples the base model gets right + the rest
@@ -263,15 +329,14 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             r.metrics["loss_base_right"] = float(r.per_sample_loss[right].sum() / n_test)
             r.metrics["loss_base_wrong"] = float(r.per_sample_loss[~right].sum() / n_test)
 
-    oracle_rho = inp.oracle_delta.flatten(1).norm(dim=1)
-    plots = {"rho": {"true": oracle_rho.cpu().numpy(), "predicted": deltas[0].flatten(1).norm(dim=1).cpu().numpy()}}
+    plots = {"rho": {"true": ref.cpu().numpy(), "predicted": got["ocd/norm"].cpu().numpy()}}
     if task.with_temperature is not None:
         plots["reliability"] = {name: reliability(out, y) for name, out in reliability_of.items()}
     if task.as_images is not None:  # a few test views, evenly spaced: the truth and three rows' renderings
         pick = torch.linspace(0, n_test - 1, min(VIEWS_SHOWN, n_test)).round().long().to(y.device)
         plots["views"] = {name: task.as_images(out[pick]).cpu()
-                          for name, out in (("truth", y), ("base", base_out), ("oracle", oracle_out),
-                                            ("ocd", member_out[0]))}
+                          for name, out in (("truth", y), ("base", base_out), ("oracle", got["oracle/out"]),
+                                            ("ocd", got["ocd/out"]))}
     return rows, plots, skipped
 
 

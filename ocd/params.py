@@ -10,6 +10,7 @@ before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -168,6 +169,10 @@ class DiffusionParams:
     # What the network predicts: eps (the paper) | x0.
     prediction: str = "eps"
     steps: int = 1500
+    # At least this many passes over the fit rows: the stage takes
+    # max(steps, ceil(epochs * rows / batch_size)) steps (training_steps), so a
+    # large store is not under-trained by a step count sized for a small one.
+    epochs: float = 10.0
     batch_size: int = 32
     lr: float = 1e-3
     ema: float = 0.999
@@ -188,7 +193,7 @@ class DiffusionParams:
         _choice(self, "diffusion", "schedule", ("paper", "reference"))
         _choice(self, "diffusion", "target", ("matrix", "rank1", "flat"))
         _choice(self, "diffusion", "prediction", ("eps", "x0"))
-        _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb")
+        _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb", "epochs")
         if not 0 < self.holdout < 1:
             raise ParamsError(f"diffusion.holdout must lie in (0, 1), got {self.holdout}")
         if not 0 <= self.ema < 1:
@@ -203,12 +208,14 @@ class ScaleParams:
     # paper: 10 log10((rho_hat - rho)^2 / rho^2); logmse: (log rho_hat - log rho)^2.
     loss: str = "paper"
     steps: int = 1000
+    epochs: float = 10.0  # at least this many passes (as diffusion.epochs)
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
 
     def __post_init__(self):
         _positive(self, "scale", "steps", "batch_size", "lr")
+        _non_negative(self, "scale", "epochs")
         _widths(self, "scale", "hidden")
         _choice(self, "scale", "loss", ("paper", "logmse"))
 
@@ -220,12 +227,14 @@ class RegressorParams:
 
     hidden: list[int] = field(default_factory=lambda: [512, 512])
     steps: int = 2000
+    epochs: float = 10.0  # at least this many passes (as diffusion.epochs)
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
 
     def __post_init__(self):
         _positive(self, "regressor", "steps", "batch_size", "lr")
+        _non_negative(self, "regressor", "epochs")
         _widths(self, "regressor", "hidden")
 
 
@@ -290,6 +299,13 @@ class Params:
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (for provenance records)."""
         return dataclasses.asdict(getattr(self, name))
+
+
+def training_steps(steps: int, epochs: float, rows: int, batch_size: int) -> int:
+    """A training length: ``steps``, or more if that many minibatches of
+    ``batch_size`` (at most ``rows``) make fewer than ``epochs`` passes over ``rows``."""
+    batch = max(1, min(batch_size, rows))
+    return max(steps, math.ceil(epochs * rows / batch))
 
 
 def _positive(section, where: str, *names: str) -> None:

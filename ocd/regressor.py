@@ -20,6 +20,7 @@ from torch import nn
 from ocd.artifacts import CheckpointError, save_checkpoint
 from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, fit_adam, normalised,
                            read_checkpoint, stats_config, to_matrix, true_omega)
+from ocd.distributed import Group
 from ocd.store import ChunkReader
 
 
@@ -40,7 +41,7 @@ class DeltaRegressor(nn.Module):
 
 
 def train(model: DeltaRegressor, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
-          device, progress: bool = True, graphs: bool = False) -> list[tuple[int, float]]:
+          device, progress: bool = True, graphs: bool = False, group: Group = Group()) -> list[tuple[int, float]]:
     """Adam on the mean squared error per entry of the unit-scale target."""
     torch.manual_seed(seed)
     model.to(device)
@@ -53,7 +54,7 @@ def train(model: DeltaRegressor, reader: ChunkReader, steps: int, batch_size: in
         return ((model(list(parts)) - target) ** 2).mean()
 
     return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 2), tensors, loss_of,
-                    "train regressor", device, progress, graphs)
+                    "train regressor", device, progress, graphs, group)
 
 
 @torch.no_grad()

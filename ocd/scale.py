@@ -19,6 +19,7 @@ from torch import nn
 
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.diffusion import ConditionedMLP, fit_adam, read_stats, stats_config
+from ocd.distributed import Group
 from ocd.store import COND, ChunkReader
 
 LOG_FLOOR = 1e-12
@@ -52,7 +53,8 @@ def mean_rho(reader: ChunkReader) -> float:
 
 
 def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
-          device, progress: bool = True, loss: str = "paper", graphs: bool = False) -> list[tuple[int, float]]:
+          device, progress: bool = True, loss: str = "paper", graphs: bool = False,
+          group: Group = Group()) -> list[tuple[int, float]]:
     loss_fn = LOSSES[loss]
     torch.manual_seed(seed)
     model.to(device)
@@ -64,7 +66,7 @@ def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, l
         return loss_fn(model(list(parts)), rho)
 
     return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 1), tensors, loss_of,
-                    "train scale", device, progress, graphs)
+                    "train scale", device, progress, graphs, group)
 
 
 @torch.no_grad()

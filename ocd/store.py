@@ -49,6 +49,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync as zarr_sync
 
+from ocd.distributed import Group
+
 # 2: the derived rank-one arrays u and rank1_share; 3: u's right factor follows
 # the overfit optimizer (attrs rank1_basis); 4: a crc32c checksum on every chunk
 FORMAT_VERSION = 4
@@ -515,20 +517,38 @@ class ChunkReader:
                 parts[n].append(self.group[n][lo:hi])
         return {n: np.concatenate(v) for n, v in parts.items()}
 
-    def batches(self, batch: int, rng: np.random.Generator):
-        """Endless shuffled minibatches (dicts of arrays), epoch after epoch."""
+    def batches(self, batch: int, rng: np.random.Generator, group: Group = Group()):
+        """Endless shuffled minibatches (dicts of arrays), epoch after epoch: this rank's
+        share of each global minibatch of ``batch`` rows (all of it in one process).
+
+        Every rank passes the same ``rng`` state. In RAM, each global minibatch
+        is the one a single process draws, and a rank takes its slice of it
+        (:meth:`Group.span`). Streamed from disk, the chunks of each epoch are
+        dealt out to the ranks, and each rank shuffles its own chunks within
+        its buffer: every rank reads only its chunks; the order differs from
+        one process's.
+        """
+        lo, hi = group.span(batch)
+        if hi <= lo:
+            raise StoreError(f"a global batch of {batch} rows leaves rank {group.rank} of {group.world} "
+                             "no rows: raise the batch size or lower compute.nproc")
+        if not self.in_ram and len(self.chunks) < group.world:
+            raise StoreError(f"{len(self.chunks)} store chunks cannot be dealt out to {group.world} ranks")
+        # streamed: the chunk order comes from the shared rng, each rank's shuffles from its own
+        local = rng if group.world == 1 or self.in_ram else np.random.default_rng([int(rng.integers(2**63)), group.rank])
         while True:
             if self.in_ram:
                 order = rng.permutation(self.rows)
                 for i in range(0, self.rows - batch + 1, batch):
-                    yield {n: v[order[i:i + batch]] for n, v in self._ram.items()}
+                    yield {n: v[order[i + lo:i + hi]] for n, v in self._ram.items()}
                 continue
             buffer = None
-            for c in rng.permutation(self.chunks):
+            size = hi - lo
+            for c in group.deal(rng.permutation(self.chunks)):
                 block = self.read([int(c)])
                 buffer = block if buffer is None else {n: np.concatenate([buffer[n], block[n]]) for n in block}
-                order = rng.permutation(len(buffer["rho"]))
+                order = local.permutation(len(buffer["rho"]))
                 buffer = {n: v[order] for n, v in buffer.items()}
-                while len(buffer["rho"]) >= batch:
-                    yield {n: v[:batch] for n, v in buffer.items()}
-                    buffer = {n: v[batch:] for n, v in buffer.items()}
+                while len(buffer["rho"]) >= size:
+                    yield {n: v[:size] for n, v in buffer.items()}
+                    buffer = {n: v[size:] for n, v in buffer.items()}

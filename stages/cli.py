@@ -40,7 +40,8 @@ def _stage(fn, many_processes: bool = False):
         if launched() and not many_processes:
             # every process would write the same artifacts at once
             typer.echo(f"error: `ocd {fn.__name__.replace('_', '-')}` runs in one process; run it without "
-                       "torchrun (score-layers and overfit run on many: README, \"Many processes\")", err=True)
+                       "torchrun (score-layers, overfit, train-diffusion and evaluate run on many: README, "
+                       "\"Many processes\")", err=True)
             raise typer.Exit(2)
         try:
             return fn(*args, **kwargs)
@@ -59,8 +60,8 @@ def main() -> None:
 app.command("train-base")(_stage(train_base))
 app.command("score-layers")(_stage(score_layers, many_processes=True))
 app.command("overfit")(_stage(overfit, many_processes=True))
-app.command("train-diffusion")(_stage(train_diffusion))
-app.command("evaluate")(_stage(evaluate))
+app.command("train-diffusion")(_stage(train_diffusion, many_processes=True))
+app.command("evaluate")(_stage(evaluate, many_processes=True))
 app.command("inspect")(_stage(inspect))
 app.command("predict")(_stage(predict))
 app.command("preset")(_stage(preset))

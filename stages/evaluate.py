@@ -9,13 +9,13 @@ import numpy as np
 import torch
 import typer
 
-from ocd import base, evaluation
+from ocd import base, distributed, evaluation
 from ocd.data import load_dataset
-from ocd.device import configure_threads, get_device
-from ocd.params import load_params
+from ocd.device import get_device
+from ocd.params import Params, load_params
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
-from stages.common import PARAMS_OPTION, write_bytes, write_csv, write_json, write_text
+from stages.common import PARAMS_OPTION, on_processes, write_bytes, write_csv, write_json, write_text
 
 
 def evaluate(
@@ -26,9 +26,18 @@ def evaluate(
     out: Path = typer.Option(Path("artifacts/eval"), help="Folder for metrics.json, results.csv/md, plots."),
     progress: bool = typer.Option(True, help="Show progress bars (deep-ensemble training)."),
 ) -> None:
-    """Stage 5: the results table on the test split (params: evaluate)."""
-    configure_threads()
+    """Stage 5: the results table on the test split (params: evaluate).
+
+    With compute.nproc above 1, or run by torchrun, the test rows are shared
+    out to the processes in blocks; rank 0 trains the deep ensemble, gathers
+    the rows and writes the outputs, the same as one process writes.
+    """
     p = load_params(params)
+    on_processes(p, lambda group: _evaluate(p, params, base_dir, store, models, out, progress, group))
+
+
+def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path, out: Path, progress: bool,
+              group: distributed.Group) -> None:
     ep = p.evaluate
     trained = load_trained(base_dir, models, p.compute.precision)
     base_model = trained.base
@@ -54,7 +63,7 @@ def evaluate(
         return torch.as_tensor(np.asarray(arr[:], dtype=np.float32))
 
     train_index = torch.as_tensor(train["index"][:])
-    seeds = [p.base.seed + j for j in range(1, ep.k)] if ep.deep_ensemble else []
+    seeds = [p.base.seed + j for j in range(1, ep.k)] if ep.deep_ensemble and group.main else []
     extra = base.train_seeds(base_model.spec, task, data.x_train, data.y_train, p.base, seeds, progress)
 
     inputs = evaluation.EvalInputs(
@@ -63,9 +72,14 @@ def evaluate(
         train_delta=tensor(train["delta"]), train_parts=[tensor(train[n]) for n in COND],
         oracle_delta=tensor(test["delta"]), diff=trained.diff, scaler=trained.scaler,
         mean_rho=trained.mean_rho, regressor=trained.regressor, x_cal=data.x_cal, y_cal=data.y_cal).to(get_device())
+    if group.world > 1:
+        typer.echo(f"rank {group.rank} of {group.world}: its blocks of the test rows")
     with torch.no_grad():
-        rows, plots, skipped = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed,
-                                                   ep.tent_steps, ep.tent_lr, extra)
+        result = evaluation.evaluate(inputs, ep.k, ep.sample_steps, ep.eta, ep.seed, ep.tent_steps, ep.tent_lr,
+                                     extra, group)
+    if result is None:
+        return  # rank 0 writes
+    rows, plots, skipped = result
 
     out.mkdir(parents=True, exist_ok=True)
     table = {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")} for r in rows}

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 import typer
 
-from ocd import diffusion, regressor, scale
-from ocd.device import configure_threads, get_device, runtime, use_precision
-from ocd.params import load_params
+from ocd import diffusion, distributed, regressor, scale
+from ocd.device import get_device, runtime, use_precision
+from ocd.params import Params, load_params, training_steps
 from ocd.store import COND, ChunkReader, open_store, split_chunks
-from stages.common import PARAMS_OPTION, write_csv, write_json
+from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
 
 
 def train_diffusion(
@@ -30,21 +30,27 @@ def train_diffusion(
     sampled from pure noise and the true ones (the regressor's beside it),
     and the scale model's median relative error beside the constant
     mean-rho predictor's.
+
+    With compute.nproc above 1, or run by torchrun, the three models train
+    with DistributedDataParallel: every rank takes its share of each global
+    minibatch (the batch sizes in params.yaml are global), and rank 0 writes
+    the outputs.
     """
-    configure_threads()
     p = load_params(params)
+    on_processes(p, lambda group: _train_diffusion(p, store, out, progress, group))
+
+
+def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     dp, sp, rp = p.diffusion, p.scale, p.regressor
     device = get_device()
     use_precision(p.compute.precision)
     root = open_store(store)
-    group = root["train"]  # never the test group: that is the oracle's alone
+    train = root["train"]  # never the test group: that is the oracle's alone
     weight_shape = tuple(root.attrs["weight_shape"])
     if dp.target == "rank1":
-        diffusion.require_rank1(weight_shape, group["cond/layer_input"].shape[1])
-    fit_chunks, held_chunks = split_chunks(group["done"].shape[0], dp.holdout)
-    reader = ChunkReader(group, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
-    held_names = ("delta", "u", "rank1_share", "rho", *COND)
-    held = ChunkReader(group, held_names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
+        diffusion.require_rank1(weight_shape, train["cond/layer_input"].shape[1])
+    fit_chunks, held_chunks = split_chunks(train["done"].shape[0], dp.holdout)
+    reader = ChunkReader(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
     stats = diffusion.cond_stats(reader)
     provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
                   "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"], "runtime": runtime(),
@@ -56,24 +62,33 @@ def train_diffusion(
     model = diffusion.build(meta, stats)
     model.precision = p.compute.precision
     start = time.perf_counter()
-    ema, history = diffusion.train(model, reader, dp.steps, dp.batch_size, dp.lr, dp.ema, dp.grad_clip,
-                                   dp.seed, device, progress, compile=p.compute.compile, graphs=p.compute.graphs)
+    steps = {name: training_steps(q.steps, q.epochs, reader.rows, q.batch_size)
+             for name, q in (("diffusion", dp), ("scale", sp), ("regressor", rp))}
+    if group.world > 1:
+        typer.echo(f"rank {group.rank} of {group.world}: its share of every minibatch")
+    ema, history = diffusion.train(model, reader, steps["diffusion"], dp.batch_size, dp.lr, dp.ema, dp.grad_clip,
+                                   dp.seed, device, progress, compile=p.compute.compile, graphs=p.compute.graphs,
+                                   group=group)
     diffusion_seconds = time.perf_counter() - start
 
     train_mean = scale.mean_rho(reader)
     torch.manual_seed(sp.seed)
     scaler = scale.ScaleModel(stats, sp.hidden, train_mean)
     start = time.perf_counter()
-    scale_history = scale.train(scaler, reader, sp.steps, sp.batch_size, sp.lr, sp.seed, device, progress,
-                                loss=sp.loss, graphs=p.compute.graphs)
+    scale_history = scale.train(scaler, reader, steps["scale"], sp.batch_size, sp.lr, sp.seed, device, progress,
+                                loss=sp.loss, graphs=p.compute.graphs, group=group)
     scale_seconds = time.perf_counter() - start
 
     torch.manual_seed(rp.seed)
     reg = regressor.DeltaRegressor(meta, stats, rp.hidden)
     start = time.perf_counter()
-    reg_history = regressor.train(reg, reader, rp.steps, rp.batch_size, rp.lr, rp.seed, device, progress,
-                                  graphs=p.compute.graphs)
+    reg_history = regressor.train(reg, reader, steps["regressor"], rp.batch_size, rp.lr, rp.seed, device, progress,
+                                  graphs=p.compute.graphs, group=group)
     regressor_seconds = time.perf_counter() - start
+    if not group.main:
+        return  # every rank holds the same models: rank 0 writes them
+    held_names = ("delta", "u", "rank1_share", "rho", *COND)
+    held = ChunkReader(train, held_names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
 
     out.mkdir(parents=True, exist_ok=True)
     diffusion.save(out / "diffusion.pt", ema, stats, {"provenance": provenance, "params": p.section("diffusion")})
@@ -86,6 +101,7 @@ def train_diffusion(
         # the best cosine a rank1 target can reach: sqrt of the share u i_L^T explains
         "rank1_ceiling_cosine": float(np.mean(np.sqrt(held["rank1_share"]))),
         "rows": {"fit": reader.rows, "held_out": len(held["rho"])},
+        "steps": steps,
         "seconds": {"diffusion": round(diffusion_seconds, 1), "scale": round(scale_seconds, 1),
                     "regressor": round(regressor_seconds, 1)},
     }
