@@ -8,7 +8,10 @@ writing every artifact under a fresh work folder (a temporary one unless
 syntax). Each figure is the stage's wall time, process start included, as
 ``dvc repro`` pays it. ``--profile STAGE`` runs that stage under cProfile and
 prints its 25 costliest functions (cumulative time) after the table.
-Prints the table last: stage, seconds, and the whole pipeline's total.
+Prints the table last: stage, seconds, the peak resident memory of the
+stage's largest process (with ``compute.nproc`` above 1: of one rank, or
+of the launcher), and the whole pipeline's total. Each stage's output is in
+``WORK/STAGE.log``.
 On a GPU machine: ``source .gpu/on-device.sh && python3 benchmarks/pipeline.py``.
 """
 
@@ -70,7 +73,7 @@ def main() -> None:
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    times = {}
+    times, peak_gb = {}, {}
     for stage in args.stages:
         cmd = [sys.executable]
         if stage == args.profile:
@@ -79,11 +82,16 @@ def main() -> None:
         else:
             cmd += ["-m", "stages"]
         start = time.perf_counter()
-        done = subprocess.run(cmd + [stage] + stage_args(stage, params, work), cwd=root, env=env,
-                              capture_output=True, text=True)
+        log = work / f"{stage}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd + [stage] + stage_args(stage, params, work), cwd=root, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+            # the rusage of the stage's process and every process it waited for (torchrun's ranks)
+            _, status, usage = os.wait4(proc.pid, 0)
         times[stage] = time.perf_counter() - start
-        if done.returncode:
-            sys.exit(f"{stage} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        peak_gb[stage] = usage.ru_maxrss / 2**20  # KiB on Linux
+        if os.waitstatus_to_exitcode(status):
+            sys.exit(f"{stage} failed ({os.waitstatus_to_exitcode(status)}):\n{log.read_text()[-6000:]}")
 
     base = json.loads((work / "artifacts/base/model.json").read_text())
     if args.profile:
@@ -95,10 +103,13 @@ def main() -> None:
         print(f"train_diffusion: {(work / 'artifacts/diffusion/metrics.json').read_text()}")
     if "evaluate" in args.stages:
         print((work / "artifacts/eval/results.md").read_text())
-    print("\n| stage | seconds |\n|---|---|")
+    store = work / "artifacts/deltas.zarr"
+    if store.exists():
+        print(f"store: {sum(f.stat().st_size for f in store.rglob('*') if f.is_file()) / 2**20:.0f} MiB on disk")
+    print("\n| stage | seconds | peak RSS of one process, GB |\n|---|---|---|")
     for stage, seconds in times.items():
-        print(f"| {stage} | {seconds:.1f} |")
-    print(f"| **total** | **{sum(times.values()):.1f}** |")
+        print(f"| {stage} | {seconds:.1f} | {peak_gb[stage]:.2f} |")
+    print(f"| **total** | **{sum(times.values()):.1f}** | |")
     (work / "times.json").write_text(json.dumps(times))
 
 
