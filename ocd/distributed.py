@@ -16,6 +16,7 @@ several machines, run torchrun yourself (README, "Many processes").
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import os
 import subprocess
 import sys
@@ -67,8 +68,12 @@ class Group:
         from torch.nn.parallel import DistributedDataParallel
 
         device = next(module.parameters()).device
-        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+        # the buffers (standardisation statistics) are equal on every rank: no sync at each forward
+        # (torch 2.13 names it forward_sync_buffers; earlier versions broadcast_buffers)
+        no_sync = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **no_sync)
 
     def mean(self, local: torch.Tensor) -> torch.Tensor:
         """The mean over the ranks of ``local`` (the same shape on every rank), on every rank."""
