@@ -50,8 +50,11 @@ class Group:
         return list(items[self.rank::self.world])
 
     def span(self, n: int) -> tuple[int, int]:
-        """This rank's contiguous share ``[lo, hi)`` of ``n`` rows (shares differ by at most one row)."""
-        return self.rank * n // self.world, (self.rank + 1) * n // self.world
+        """This rank's contiguous share ``[lo, hi)`` of ``n`` rows: shares differ by at most
+        one row, the larger ones first, so rank 0 (which gathers and writes) always has some."""
+        size, extra = divmod(n, self.world)
+        lo = self.rank * size + min(self.rank, extra)
+        return lo, lo + size + (self.rank < extra)
 
     def blocks(self, n: int, block: int) -> tuple[int, int]:
         """This rank's contiguous share ``[lo, hi)`` of ``n`` rows, cut at multiples of

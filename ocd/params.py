@@ -264,12 +264,15 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ComputeParams:
-    """``compute:`` how stages run. ``nproc`` never changes an output; ``precision``,
-    ``compile`` and ``graphs`` change outputs on a GPU within rounding (docs/RESULTS.md, "GPU")."""
+    """``compute:`` how stages run. ``nproc`` changes outputs within rounding at most;
+    ``precision``, ``compile`` and ``graphs`` change outputs on a GPU within rounding
+    (docs/RESULTS.md, "GPU")."""
 
-    # Processes of the score_layers and overfit stages on this machine: above 1, the
-    # stage launches itself under torchrun (ocd/distributed.py); score_layers deals out
-    # the draws, overfit the store's chunks; the outputs equal the one-process ones.
+    # Processes of the score_layers, overfit, train_diffusion and evaluate stages on this
+    # machine: above 1, the stage launches itself under torchrun (ocd/distributed.py).
+    # score_layers deals out the draws, overfit the store's chunks, train_diffusion each
+    # minibatch's rows (DDP), evaluate the test rows. Outputs equal the one-process ones;
+    # train_diffusion's models within float rounding (README, "Many processes").
     nproc: int = 1
     # train_diffusion, evaluate, predict: fp32 | tf32 | bf16 (ocd.device.use_precision).
     # tf32 and bf16 act on a GPU only; on a CPU tf32 is fp32.

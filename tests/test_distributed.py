@@ -25,6 +25,17 @@ def test_every_item_is_dealt_to_exactly_one_rank():
     assert Group().deal(items) == items and Group().main and not Group(1, 2).main
 
 
+@pytest.mark.parametrize("n, world", [(10, 3), (1, 2), (0, 2), (7, 7)])
+def test_spans_cover_the_rows_in_order_and_rank_0_always_has_one(n, world):
+    spans = [Group(rank, world).span(n) for rank in range(world)]
+    assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    sizes = [hi - lo for lo, hi in spans]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    # blocks: whole blocks of 256 rows, the last one short; one block of 30 rows goes to rank 0
+    assert Group(0, 2).blocks(30, 256) == (0, 30) and Group(1, 2).blocks(30, 256) == (30, 30)
+    assert Group(1, 2).blocks(600, 256) == (512, 600)
+
+
 def test_a_plain_process_is_not_launched(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not launched()
