@@ -156,14 +156,14 @@ class EvalInputs:
         return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-def _block(inp: EvalInputs, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
+def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
            tent_steps: list[int], tent_lr: float, clock) -> dict[str, torch.Tensor]:
     """Every row's per-sample results for test rows ``lo:hi`` (one pass of the model): for
     each row name, ``name/out`` (outputs), and where it applies a delta ``name/cos`` (cosine
     to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
-    ``time/...``: seconds spent on the base, OCD and regressor rows."""
+    ``time/...``: seconds spent on the base, OCD and regressor rows. ``cond_space``:
+    (standardise, the standardised train conditioning), made once for every block."""
     task, model, layer = inp.task, inp.model, inp.layer
-    cut = linear_cut(model, layer)
     x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi]
     unit = inp.diff.meta.unit
     got: dict[str, torch.Tensor] = {"oracle/norm": oracle.flatten(1).norm(dim=1)}
@@ -195,8 +195,8 @@ def _block(inp: EvalInputs, lo: int, hi: int, k: int, steps: int, eta: float, se
         put("regressor", apply_deltas(model, layer, reg_delta, x), reg_delta)
         got["time/regressor"] = torch.tensor([clock() - start])
 
-    nn_spaces = {"nn_input": (x, inp.x_train),
-                 "nn_cond": (_standardised(parts, inp.train_parts), _standardised(inp.train_parts, inp.train_parts))}
+    standardise, cond_pool = cond_space
+    nn_spaces = {"nn_input": (x, inp.x_train), "nn_cond": (standardise(parts), cond_pool)}
     for name, (query, pool) in nn_spaces.items():
         d = inp.train_delta[nearest(query, pool)]
         put(name, apply_deltas(model, layer, d, x), d)
@@ -210,9 +210,9 @@ def _block(inp: EvalInputs, lo: int, hi: int, k: int, steps: int, eta: float, se
     return got
 
 
-def _calibration_block(inp: EvalInputs, lo: int, hi: int, steps: int, eta: float, seed: int) -> dict[str, torch.Tensor]:
+def _calibration_block(inp: EvalInputs, cut, lo: int, hi: int, steps: int, eta: float,
+                       seed: int) -> dict[str, torch.Tensor]:
     """The base model's and one OCD sample's outputs on calibration rows ``lo:hi``."""
-    cut = linear_cut(inp.model, inp.layer)
     x = inp.x_cal[lo:hi]
     parts, base_cal = conditioning(cut, x, len(x))
     _, deltas = ocd_deltas(inp.diff, inp.scaler, parts, 1, steps, eta, seed, first_row=lo)
@@ -254,8 +254,12 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             torch.cuda.synchronize(inp.y_test.device)  # kernels run asynchronously: time them to the end
         return time.perf_counter()
 
+    cut = linear_cut(model, inp.layer)
+    standardise = _standardiser(inp.train_parts)
+    cond_space = (standardise, standardise(inp.train_parts))
     mine = _blocks(n_test, size, group)
-    local = _stack([_block(inp, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock) for lo, hi in mine])
+    local = _stack([_block(inp, cut, cond_space, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock)
+                    for lo, hi in mine])
     my_rows = sum(hi - lo for lo, hi in mine)
     timed = {key: float(local.pop(key).sum()) for key in [key for key in local if key.startswith("time/")]}
     skipped = {}
@@ -265,7 +269,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     elif not cal_rows:
         skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
     else:
-        cal = _stack([_calibration_block(inp, lo, hi, steps, eta, seed + 1) for lo, hi in _blocks(cal_rows, size, group)])
+        cal = _stack([_calibration_block(inp, cut, lo, hi, steps, eta, seed + 1)
+                      for lo, hi in _blocks(cal_rows, size, group)])
         local.update({f"cal/{key}": v for key, v in cal.items()})
     got = group.gather_rows(local)
     if not group.main:
@@ -280,7 +285,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         if f"{name}/cos" in got:
             cosine = float(got[f"{name}/cos"].mean())
             scale_error = float(((got[f"{name}/norm"] - ref).abs() / ref.clamp_min(1e-12)).median())
-        return Row(name, task.metrics(outputs, y), cosine, scale_error, note, task.per_sample_loss(outputs, y).cpu().numpy())
+        return Row(name, task.metrics(outputs, y), cosine, scale_error, note,
+                   task.per_sample_loss(outputs, y).cpu().numpy())
 
     def ms(name: str) -> float:  # per sample, as measured on this rank's rows
         return 1000 * timed[f"time/{name}"] / my_rows
@@ -358,9 +364,7 @@ def views_figure(views: dict[str, torch.Tensor], zoom: int = 3, gap: int = 4) ->
     return canvas
 
 
-def _standardised(parts: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
-    out = []
-    for p, r in zip(parts, reference):
-        mean, std = r.mean(0), r.std(0).clamp_min(1e-6)
-        out.append((p - mean) / std)
-    return torch.cat(out, dim=1)
+def _standardiser(reference: list[torch.Tensor]):
+    """``parts -> [N, sum of widths]``: each part standardised by ``reference``'s mean and SD per column."""
+    stats = [(r.mean(0), r.std(0).clamp_min(1e-6)) for r in reference]
+    return lambda parts: torch.cat([(p - mean) / std for p, (mean, std) in zip(parts, stats)], dim=1)

@@ -535,7 +535,9 @@ class ChunkReader:
         if not self.in_ram and len(self.chunks) < group.world:
             raise StoreError(f"{len(self.chunks)} store chunks cannot be dealt out to {group.world} ranks")
         # streamed: the chunk order comes from the shared rng, each rank's shuffles from its own
-        local = rng if group.world == 1 or self.in_ram else np.random.default_rng([int(rng.integers(2**63)), group.rank])
+        local = rng
+        if group.world > 1 and not self.in_ram:
+            local = np.random.default_rng([int(rng.integers(2**63)), group.rank])
         while True:
             if self.in_ram:
                 order = rng.permutation(self.rows)
