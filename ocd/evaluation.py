@@ -38,7 +38,7 @@ from torch import nn
 from ocd.calibration import fit_temperature, reliability
 from ocd.diffusion import DeltaDiffusion
 from ocd.distributed import Group
-from ocd.models import forward_with_layer_weights, layer_io, rows_per_pass
+from ocd.models import forward_with_layer_weights, layer_io, layer_with_weights, rows_per_pass
 from ocd.overfit import linear_cut, overfit_batch
 from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
@@ -163,7 +163,7 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
     to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
     ``time/...``: seconds spent on the base, OCD and regressor rows. ``cond_space``:
     (standardise, the standardised train conditioning), made once for every block."""
-    task, model, layer = inp.task, inp.model, inp.layer
+    task, model = inp.task, inp.model
     x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi]
     unit = inp.diff.meta.unit
     got: dict[str, torch.Tensor] = {"oracle/norm": oracle.flatten(1).norm(dim=1)}
@@ -175,38 +175,44 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
             got[f"{name}/norm"] = deltas.flatten(1).norm(dim=1)
 
     start = clock()
-    parts, base_out = conditioning(cut, x, len(x))
+    io = layer_io(cut, x)  # the block is one model pass: the layer's input is computed once
+    parts, base_out = io.cond, io.output
     got["time/base"] = torch.tensor([clock() - start])
     put("base", base_out)
 
+    def apply(deltas: torch.Tensor) -> torch.Tensor:
+        return cut.leave(layer_with_weights(cut.layer, cut.layer.weight + deltas, io.inp.h), io.inp.ctx)
+
     start = clock()
     omegas, deltas = ocd_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed, first_row=lo)  # [k, N, out, in]
-    member_out = torch.stack([apply_deltas(model, layer, d, x) for d in deltas])
+    member_out = torch.stack([apply(d) for d in deltas])
     got["time/ocd"] = torch.tensor([clock() - start])  # all k members
     put("ocd", member_out[0], deltas[0])
     got["ocd/members"] = member_out.transpose(0, 1)
     mean_delta = deltas.mean(0)
-    put("ocd_mean_network", apply_deltas(model, layer, mean_delta, x), mean_delta)
+    put("ocd_mean_network", apply(mean_delta), mean_delta)
     no_scale = inp.mean_rho * omegas[0] / unit
-    put("ocd_no_scale", apply_deltas(model, layer, no_scale, x), no_scale)
+    put("ocd_no_scale", apply(no_scale), no_scale)
     if inp.regressor is not None:
         start = clock()
         reg_delta = inp.scaler(parts)[:, None, None] * inp.regressor.omega(parts) / unit
-        put("regressor", apply_deltas(model, layer, reg_delta, x), reg_delta)
+        put("regressor", apply(reg_delta), reg_delta)
         got["time/regressor"] = torch.tensor([clock() - start])
 
     standardise, cond_pool = cond_space
-    nn_spaces = {"nn_input": (x, inp.x_train), "nn_cond": (standardise(parts), cond_pool)}
+    # a model family whose raw inputs are no space for distances (token ids) says where to look
+    features = getattr(model, "input_features", lambda t: t)
+    nn_spaces = {"nn_input": (features(x), features(inp.x_train)), "nn_cond": (standardise(parts), cond_pool)}
     for name, (query, pool) in nn_spaces.items():
         d = inp.train_delta[nearest(query, pool)]
-        put(name, apply_deltas(model, layer, d, x), d)
+        put(name, apply(d), d)
 
     if task.unsupervised_loss is not None:
         tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
         for n in tent_steps:
-            d = overfit_batch(cut, tent_task, cut.enter(x), y, steps=n, optimizer="adam", lr=tent_lr).delta
-            put(f"tent_{n}", apply_deltas(model, layer, d, x), d)
-    put("oracle", apply_deltas(model, layer, oracle, x), oracle)
+            d = overfit_batch(cut, tent_task, io.inp, y, steps=n, optimizer="adam", lr=tent_lr).delta
+            put(f"tent_{n}", apply(d), d)
+    put("oracle", apply(oracle), oracle)
     return got
 
 
@@ -217,6 +223,18 @@ def _calibration_block(inp: EvalInputs, cut, lo: int, hi: int, steps: int, eta: 
     parts, base_cal = conditioning(cut, x, len(x))
     _, deltas = ocd_deltas(inp.diff, inp.scaler, parts, 1, steps, eta, seed, first_row=lo)
     return {"base": base_cal, "ocd": apply_deltas(inp.model, inp.layer, deltas[0], x)}
+
+
+# Numbers of a block's deltas held at once (float32: 1 GiB): a block holds the k
+# sampled deltas and about four more per row (the mean, no-scale, nearest and
+# oracle deltas), each [rows, out, in].
+BLOCK_NUMBERS = 1 << 28
+
+
+def block_rows(model: nn.Module, weight_numel: int, k: int) -> int:
+    """Test rows per block: one model pass, fewer when the layer's deltas are large
+    (SetFit's ffn_out: 589,824 numbers a delta, 50 rows a block at k = 5)."""
+    return max(1, min(rows_per_pass(model), BLOCK_NUMBERS // ((k + 4) * weight_numel)))
 
 
 def _blocks(n: int, size: int, group: Group) -> list[tuple[int, int]]:
@@ -236,7 +254,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     rows skipped for this task (name -> why), which are never faked.
 
     The test rows (and the calibration rows) are worked through in blocks of
-    one model pass (:func:`ocd.models.rows_per_pass`), each block alone: its
+    one model pass (:func:`block_rows`), each block alone: its
     OCD noise is seeded by its first row's number. On several ranks
     (``group``) each rank takes a contiguous run of blocks, and rank 0
     gathers the per-sample results, fits the temperatures and makes the
@@ -246,7 +264,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     task, model = inp.task, inp.model
     model.eval()
     n_test = len(inp.y_test)
-    size = rows_per_pass(model)
+    cut = linear_cut(model, inp.layer)
+    size = block_rows(model, cut.layer.weight.numel(), k)
     cuda = inp.y_test.device.type == "cuda"
 
     def clock() -> float:
@@ -254,7 +273,6 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             torch.cuda.synchronize(inp.y_test.device)  # kernels run asynchronously: time them to the end
         return time.perf_counter()
 
-    cut = linear_cut(model, inp.layer)
     standardise = _standardiser(inp.train_parts)
     cond_space = (standardise, standardise(inp.train_parts))
     mine = _blocks(n_test, size, group)
