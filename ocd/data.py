@@ -13,6 +13,8 @@ already split into train and test. All three sets work offline:
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), for fast tests.
 - ``nerf_blocks``, ``nerf_food``, ``nerf_drums`` (rendering): analytic 3-D
   scenes rendered offline into camera views (ocd/scenes.py), for TinyNeRF.
+- ``rotten_tomatoes`` (few-shot text): review snippets with a sentiment
+  label, tokenised for the SetFit family (ocd/texts.py; the optional text extra).
 - ``california`` (regression): California Housing from the CSV committed under
   data/california_housing (SOURCE.md maps its columns to scikit-learn's eight
   features); ``diabetes`` (regression): scikit-learn's bundled set.
@@ -326,5 +328,6 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         fh.write(body)
 
 
-# Rendered 3-D scenes (the TinyNeRF experiment) register themselves: nerf_blocks, nerf_food, nerf_drums.
-from ocd import scenes  # noqa: E402,F401
+# Rendered 3-D scenes (the TinyNeRF experiment) register themselves: nerf_blocks, nerf_food, nerf_drums;
+# so do the sentence sets (the SetFit experiment): rotten_tomatoes.
+from ocd import scenes, texts  # noqa: E402,F401

@@ -327,10 +327,11 @@ ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.
 # The registry: ``model.name`` -> family. A family outside this module is its
 # own module (imported here, last: it builds on the contract above).
 
-from ocd import nerf  # noqa: E402
+from ocd import nerf, sentence  # noqa: E402
 
 MODELS: dict[str, Architecture] = {
     "lenet5": Architecture(lenet5),
     "mlp": Architecture(mlp, lambda p, info: {"hidden": list(p.hidden), "dropout": p.dropout}),
     "tinynerf": Architecture(nerf.tinynerf, nerf.options),
+    "setfit": Architecture(sentence.setfit, sentence.options),
 }

@@ -51,13 +51,19 @@ class DataParams:
     max_test: int = 0
     # Rendered scenes (nerf_*) only: image side in pixels.
     image_size: int = 64
+    # Text sets (ocd/texts.py) only: labelled sentences per class (the few-shot
+    # draw, with data.seed) and tokens per sentence (truncated and padded).
+    shots: int = 8
+    max_tokens: int = 64
 
     def __post_init__(self):
         _open_unit(self, "data", "test_fraction", "val_fraction")
         if not 0 <= self.cal_fraction < 1:
             raise ParamsError(f"data.cal_fraction must lie in [0, 1), got {self.cal_fraction}")
         _non_negative(self, "data", "max_train", "max_test")
-        _positive(self, "data", "image_size")
+        _positive(self, "data", "image_size", "shots")
+        if self.max_tokens < 2:
+            raise ParamsError(f"data.max_tokens must be at least 2 (the [CLS] and [SEP] tokens), got {self.max_tokens}")
 
 
 @dataclass(frozen=True)
@@ -96,10 +102,15 @@ class BaseParams:
     # Learning-rate schedule over all steps: "constant" or "cosine" (decay to 0).
     schedule: str = "constant"
     seed: int = 0
+    # setfit only (ocd/sentence.py): the body's contrastive phase before the head
+    # is trained with the keys above. SetFit's num_iterations (positive and negative
+    # pairs per sentence; 0 skips the phase) and its body learning rate.
+    pair_iterations: int = 20
+    body_lr: float = 2e-5
 
     def __post_init__(self):
-        _positive(self, "base", "epochs", "lr", "batch_size")
-        _non_negative(self, "base", "weight_decay")
+        _positive(self, "base", "epochs", "lr", "batch_size", "body_lr")
+        _non_negative(self, "base", "weight_decay", "pair_iterations")
         _choice(self, "base", "schedule", ("constant", "cosine"))
 
 
@@ -183,7 +194,8 @@ class DiffusionParams:
     # DDIM at inference and for the diagnostics.
     sample_steps: int = 10
     eta: float = 0.0
-    # Share of the train group's chunks held out for the diagnostics.
+    # Share of the train group's chunks held out for the diagnostics; 0: none
+    # (every train row fits the models, no diagnostics: a few-shot store of 16 rows).
     holdout: float = 0.1
     diag_samples: int = 64
     # Train rows are kept in RAM when they fit in this many MiB, else streamed by chunk.
@@ -196,8 +208,8 @@ class DiffusionParams:
         _choice(self, "diffusion", "target", ("matrix", "rank1", "flat"))
         _choice(self, "diffusion", "prediction", ("eps", "x0"))
         _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb", "epochs")
-        if not 0 < self.holdout < 1:
-            raise ParamsError(f"diffusion.holdout must lie in (0, 1), got {self.holdout}")
+        if not 0 <= self.holdout < 1:
+            raise ParamsError(f"diffusion.holdout must lie in [0, 1), got {self.holdout}")
         if not 0 <= self.ema < 1:
             raise ParamsError(f"diffusion.ema must lie in [0, 1), got {self.ema}")
 

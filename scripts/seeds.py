@@ -7,7 +7,8 @@
 
 `run` calls `dvc exp run` once per seed, from the committed params.yaml, with base.seed, diffusion.seed,
 scale.seed and evaluate.seed set to that seed (the data split and the layer
-scores' draws stay fixed), plus any extra `-S` overrides, and copies the
+scores' draws stay fixed; with --draws data.seed too: a few-shot set's
+training sentences are drawn anew), plus any extra `-S` overrides, and copies the
 experiment's metrics to docs/runs/TAG/seedN.json. `table` prints every row's
 mean ± SD over the seeds (sample SD), with the paired change against the
 base model, as markdown for docs/RESULTS.md. `compare` puts several runs
@@ -31,11 +32,12 @@ METRICS = {"eval": "artifacts/eval/metrics.json", "diffusion": "artifacts/diffus
            "layers": "artifacts/layers/scores.json", "overfit": "artifacts/overfit/metrics.json"}
 
 
-def run(tag: str, seeds: list[int], overrides: list[str]) -> None:
+def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False) -> None:
     out = Path("docs/runs") / tag
     out.mkdir(parents=True, exist_ok=True)
+    seeded = SEEDED + (("data.seed",) if draws else ())
     for seed in seeds:
-        sets = [a for key in SEEDED for a in ("-S", f"{key}={seed}")] + [a for o in overrides for a in ("-S", o)]
+        sets = [a for key in seeded for a in ("-S", f"{key}={seed}")] + [a for o in overrides for a in ("-S", o)]
         # `dvc exp run -S` leaves its values in params.yaml: start every run from
         # the committed params so one tag's overrides never leak into the next
         subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
@@ -195,6 +197,8 @@ def main() -> None:
     r.add_argument("--tag", required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("-S", dest="overrides", action="append", default=[])
+    r.add_argument("--draws", action="store_true",
+                   help="also set data.seed: a new few-shot draw of the training sentences per seed")
     t = sub.add_parser("table")
     t.add_argument("folder", type=Path)
     c = sub.add_parser("compare")
@@ -204,7 +208,7 @@ def main() -> None:
     st.add_argument("--png", type=Path, default=None)
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.tag, args.seeds, args.overrides)
+        run(args.tag, args.seeds, args.overrides, args.draws)
     elif args.cmd == "compare":
         print(compare(args.folders))
     elif args.cmd == "study":

@@ -19,7 +19,8 @@ class InputError(ValueError):
 
 
 def predict(
-    inputs: Path = typer.Argument(..., help="A .npy file of raw inputs [N, ...], or a folder of PNG images."),
+    inputs: Path = typer.Argument(..., help="A .npy file of raw inputs [N, ...], a folder of PNG images, "
+                                  "or for a text model (setfit) a text file, one sentence per line."),
     params: Path = PARAMS_OPTION,
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
     models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt and regressor.pt."),
@@ -28,20 +29,22 @@ def predict(
 
     Inputs are raw values as the dataset ships them (MNIST pixels 0..255;
     a PNG's 0..255 are mapped to the dataset's pixel range), scaled here the
-    way the base model's training data was. OCD uses evaluate.k noises.
+    way the base model's training data was; a text model reads sentences,
+    one per line, tokenised as its training data. OCD uses evaluate.k noises.
     """
     p = load_params(params)
     trained = load_trained(base_dir, models, p.compute.precision)
     if "task" not in trained.base.meta:
         raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     info = trained.base.meta["data_info"]
-    if "pixel_max" not in info:
-        raise InputError(f"ocd predict reads images; {base_dir} was trained on "
-                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose inputs are not images "
-                         "(a tabular set's feature transform is not saved; a scene's inputs are camera poses)")
-    in_shape = tuple(trained.base.spec.in_shape)
-    names, raw = read_inputs(inputs, in_shape, info["pixel_max"])
-    x = torch.as_tensor(((raw / info["pixel_max"] - info["mean"]) / info["std"]).astype(np.float32))
+    own = getattr(trained.base.model, "read_inputs", None)
+    if callable(own):  # a model family with its own inputs (SetFit: a text file of sentences)
+        try:
+            names, x = own(inputs, info)
+        except (ValueError, OSError) as exc:
+            raise InputError(str(exc)) from None
+    else:
+        names, x = _image_inputs(inputs, trained, info)
     task = get_task(trained.base.meta["task"], **trained.base.meta.get("task_options", {}))
     base_out, members = ocd_predict(trained, x, k=p.evaluate.k, steps=p.evaluate.sample_steps,
                                     eta=p.evaluate.eta, seed=p.evaluate.seed)
@@ -55,6 +58,16 @@ def predict(
         typer.echo(f"{name}\tbase: {task.describe(b)}\tOCD: {task.describe(o)}")
     if failed:
         raise InputError(f"{inputs}: {failed} of {len(names)} inputs gave non-finite outputs")
+
+
+def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:
+    """Images (a .npy file or a folder of PNGs), scaled as the base model's training data."""
+    if "pixel_max" not in info:
+        raise InputError(f"ocd predict reads images; the base model was trained on "
+                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose inputs are not images "
+                         "(a tabular set's feature transform is not saved; a scene's inputs are camera poses)")
+    names, raw = read_inputs(inputs, tuple(trained.base.spec.in_shape), info["pixel_max"])
+    return names, torch.as_tensor(((raw / info["pixel_max"] - info["mean"]) / info["std"]).astype(np.float32))
 
 
 def read_inputs(path: Path, in_shape: tuple[int, ...], pixel_max: float) -> tuple[list[str], np.ndarray]:

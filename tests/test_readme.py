@@ -20,6 +20,11 @@ NERF_SMALL = (" -S data.image_size=8 -S data.max_train=8 -S data.max_test=2 -S m
               " -S base.epochs=1 -S layers.draws=8 -S layers.samples=2")
 
 
+# The few-shot text commands on a few sentences: the preset's recipe with small sizes appended.
+TEXT_SMALL = (" -S data.shots=2 -S data.max_test=6 -S data.max_tokens=16 -S base.pair_iterations=1"
+              " -S base.epochs=1 -S layers.draws=8 -S layers.samples=4 -S overfit.batch_size=4")
+
+
 def readme_blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
 
@@ -65,6 +70,8 @@ def test_every_readme_command_runs_as_written_without_the_venv_on_path(tmp_path)
             continue  # `make test` is this suite; `make repro` is the full job (the pipeline test runs it small)
         if "preset tinynerf" in command:
             command += NERF_SMALL  # later -S values win: 64x64 views take minutes a stage
+        if "preset setfit" in command:
+            command += TEXT_SMALL  # 2,000 test sentences take minutes a stage
         if "dvc exp run" in command:
             # each experiment command works on a fresh clone: `dvc exp run -S` leaves its
             # values in params.yaml (README says so), which a later command must not inherit
