@@ -154,7 +154,10 @@ class DeltaStore:
         self.root = root
         self.layout = layout
         # Array handles opened once: each group[name] lookup re-reads metadata.
-        self._arrays = {(split, name): root[split][name]
+        # write_empty_chunks is a setting of the handle, not of the stored array:
+        # without it Zarr skips writing a chunk that equals the fill value (a
+        # chunk of labels that are all 0), which verify() then finds missing.
+        self._arrays = {(split, name): root[split][name].with_config({"write_empty_chunks": True})
                         for split in SPLITS for name in [*layout.arrays(), "done"]}
 
     @classmethod
@@ -211,7 +214,7 @@ class DeltaStore:
                 compressors = [Crc32cCodec()] if name == "delta" else [ZstdCodec(level=0), Crc32cCodec()]
                 group.create_array(name, shape=(n, *row), chunks=(layout.chunk, *row), dtype=dtype,
                                    fill_value=0, compressors=compressors,
-                                   config={"write_empty_chunks": True})  # skip the all-fill scan
+                                   config={"write_empty_chunks": True})  # as the handles that write
             group.create_array("done", shape=(layout.n_chunks(split),), chunks=(1,),
                                dtype="uint8", fill_value=0, compressors=[Crc32cCodec()])
         return cls(root, layout)

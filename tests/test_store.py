@@ -227,3 +227,15 @@ def test_a_damaged_done_flag_counts_as_not_done(tmp_path):
     _, written = _fill(path)
     assert written == [("train", 4)]
     assert verify(zarr.open_group(path, mode="r")) == []
+
+
+def test_a_chunk_of_fill_values_is_written_and_verifies(tmp_path):
+    # a chunk whose labels are all 0 equals the fill value: Zarr skips such a chunk unless told
+    # otherwise, and the store then reads as damaged (a few-shot text store: 2 rotten sentences)
+    cut, splits, layout = _setup()
+    x, _ = splits["test"]
+    splits["test"] = (x, torch.zeros(7, dtype=torch.int64))
+    store = DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {"layer": "fc1"}, log=lambda m: None)
+    fill_store(store, cut, TASK, splits, steps=3, optimizer="adam", lr=5e-4, rho="fro")
+    assert verify(zarr.open_group(tmp_path / "s.zarr", mode="r")) == []
+    open_store(tmp_path / "s.zarr")
