@@ -329,7 +329,7 @@ TEXT = {
     "base": {"epochs": 2, "lr": 0.01, "batch_size": 2, "pair_iterations": 1},
     "layers": {"draws": 8, "samples": 4, "force": "ffn_out"},
     "overfit": {"batch_size": 4},
-    "diffusion": {"target": "rank1", "steps": 10, "batch_size": 4},
+    "diffusion": {"target": "rank1", "steps": 10, "batch_size": 4, "holdout": 0},  # 4 rows: every one fits
 }
 
 
@@ -347,6 +347,8 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
     store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
     assert store["train/delta"].shape == (4, 384, 1536) and store["test/delta"].shape == (6, 384, 1536)
     assert store["train/cond/layer_input"].shape == (4, 1536) and store["train/cond/output"].shape == (4, 2)
+    diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
+    assert diff["rows"] == {"fit": 4, "held_out": 0} and "diffusion" not in diff  # no held-out diagnostics
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     rows = {name for name in results if name != "skipped"}
     assert rows == ROWS
