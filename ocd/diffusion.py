@@ -336,6 +336,24 @@ def build(meta: ModelMeta, stats: dict) -> DeltaDiffusion:
     return DeltaDiffusion(meta, stats)
 
 
+# Positions the U-Net may attend over at its finest attention level: 16,384 (a
+# 128 x 128 grid) is a 1 GiB attention map per sample and head.
+MAX_ATTENTION_POSITIONS = 1 << 14
+
+
+def _check_attention(preset: str, shape, padded) -> None:
+    """Refuse a matrix target whose U-Net attention would not fit in memory (SetFit's ffn_out
+    delta, 384 x 1536, asked the tiny U-Net for 348 GB), before any training."""
+    levels = PRESETS[preset].attn_levels
+    if not levels:
+        return
+    positions = padded[0] * padded[1] // 4 ** min(levels)
+    if positions > MAX_ATTENTION_POSITIONS:
+        raise StoreError(f"diffusion.target matrix: the {preset} U-Net would attend over {positions:,} positions "
+                         f"of the layer's {shape[0]} x {shape[1]} delta ({4 * positions**2 / 2**30:,.0f} GiB per "
+                         f"sample); use diffusion.target rank1 or flat for a layer this large")
+
+
 def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rho: str,
               schedule: str, T: int, target: str = "matrix", basis: str = "input") -> ModelMeta:
     if preset not in PRESETS:
@@ -344,6 +362,8 @@ def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rh
         raise ValueError(f"unknown diffusion target {target!r}; valid: {', '.join(TARGETS)}")
     shape = (int(shape[0]), int(shape[1]))
     padded = padded_shape(shape, PRESETS[preset].factor, square, pad_to) if target == "matrix" else shape
+    if target == "matrix":
+        _check_attention(preset, shape, padded)
     return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho, basis)
 
 

@@ -133,3 +133,12 @@ def test_chunk_reader_in_ram_reads_a_chunk_like_the_store(tmp_path):
         a, b = ram.read(chunks), disk.read(chunks)
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_matrix_target_whose_attention_cannot_fit_is_refused_before_training():
+    from ocd.diffusion import make_meta
+    from ocd.store import StoreError
+
+    make_meta("cpu", (84, 120), False, 0, "eps", "fro", "paper", 100)  # LeNet's fc1: fits
+    with pytest.raises(StoreError, match=r"384 x 1536 delta .* use diffusion.target rank1 or flat"):
+        make_meta("tiny", (384, 1536), False, 0, "eps", "fro", "paper", 100)  # SetFit's ffn_out
