@@ -135,9 +135,9 @@ class EvalInputs:
     x_test: torch.Tensor
     y_test: torch.Tensor
     x_train: torch.Tensor
-    train_delta: torch.Tensor  # [N_train, out, in], from the store
+    train_delta: torch.Tensor  # [N_train, out, in], from the store (in its dtype: float16 stays float16)
     train_parts: list[torch.Tensor]  # the store's conditioning of the train rows
-    oracle_delta: torch.Tensor  # [N_test, out, in], the store's test group
+    oracle_delta: torch.Tensor  # [N_test, out, in], the store's test group, in the store's dtype
     diff: DeltaDiffusion
     scaler: ScaleModel
     mean_rho: float
@@ -164,7 +164,7 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
     ``time/...``: seconds spent on the base, OCD and regressor rows. ``cond_space``:
     (standardise, the standardised train conditioning), made once for every block."""
     task, model = inp.task, inp.model
-    x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi]
+    x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi].float()
     unit = inp.diff.meta.unit
     got: dict[str, torch.Tensor] = {"oracle/norm": oracle.flatten(1).norm(dim=1)}
 
@@ -204,7 +204,7 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
     features = getattr(model, "input_features", lambda t: t)
     nn_spaces = {"nn_input": (features(x), features(inp.x_train)), "nn_cond": (standardise(parts), cond_pool)}
     for name, (query, pool) in nn_spaces.items():
-        d = inp.train_delta[nearest(query, pool)]
+        d = inp.train_delta[nearest(query, pool)].float()
         put(name, apply(d), d)
 
     if task.unsupervised_loss is not None:
