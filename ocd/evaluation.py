@@ -332,6 +332,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     rows += [row("nn_input"), row("nn_cond")]
     if task.unsupervised_loss is None:
         skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
+    elif not tent_steps:
+        skipped["tent"] = "evaluate.tent_steps is empty"
     else:
         rows += [row(f"tent_{n}", note=f"{n} Adam steps on the entropy, lr {tent_lr:g}") for n in tent_steps]
     rows.append(row("oracle", note="overfit on the test label: upper bound"))

@@ -149,7 +149,7 @@ class SetFitClassifier(nn.Module):
         sentences = read_sentences(path)
         if not sentences:
             raise ModelError(f"{path} holds no sentences (one per line)")
-        return sentences, tokenize(sentences, info["max_tokens"])
+        return sentences, tokenize(sentences, self.max_tokens)
 
     # -- base training
 
@@ -189,10 +189,11 @@ class SetFitClassifier(nn.Module):
             opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
         self.train()
         for s in tqdm(range(steps), desc="train SetFit body (pairs)", disable=not progress, mininterval=1.0):
-            a, b = first[s * PAIRS_PER_STEP:(s + 1) * PAIRS_PER_STEP], second[s * PAIRS_PER_STEP:(s + 1) * PAIRS_PER_STEP]
+            step = slice(s * PAIRS_PER_STEP, (s + 1) * PAIRS_PER_STEP)
+            a, b = first[step], second[step]
             e = self.embed(x[torch.cat([a, b])])
             cos = F.cosine_similarity(e[:len(a)], e[len(a):], dim=-1)
-            loss = F.mse_loss(cos, target[s * PAIRS_PER_STEP:(s + 1) * PAIRS_PER_STEP])
+            loss = F.mse_loss(cos, target[step])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -201,8 +202,8 @@ class SetFitClassifier(nn.Module):
 
 
 def setfit(in_shape: tuple[int, ...], n_outputs: int, max_tokens: int) -> SetFitClassifier:
-    if len(in_shape) != 2 or in_shape[0] != 2:
-        raise ModelError(f"setfit reads sentences: inputs are token ids and masks [2, tokens]; the dataset has "
+    if tuple(in_shape) != (2, max_tokens):
+        raise ModelError(f"setfit reads sentences: inputs are token ids and masks [2, {max_tokens}]; the dataset has "
                          f"inputs {tuple(in_shape)} (data.name rotten_tomatoes)")
     return SetFitClassifier(n_outputs, max_tokens)
 
