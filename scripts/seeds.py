@@ -77,11 +77,13 @@ def table(folder: Path) -> str:
     metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in extras),
                      key=lambda k: loss_first.index(k) if k in loss_first else 99)
     head = " | ".join(f"test {m}" for m in metrics)
-    lines = [f"| row | {head} | Δ{metrics[0]} vs base (paired) | cosine to oracle delta | scale error "
-             "| ms per test sample |", "|---" * (len(metrics) + 5) + "|"]
+    paired = [metrics[0]] + (["acc"] if "acc" in metrics else [])  # the loss, and accuracy where there is one
+    lines = [f"| row | {head} | " + " | ".join(f"Δ{m} vs base (paired)" for m in paired)
+             + " | cosine to oracle delta | scale error | ms per test sample |",
+             "|---" * (len(metrics) + 4 + len(paired)) + "|"]
     for row in rows:
         cells = [fmt([r["eval"][row][m] for r in runs]) for m in metrics]
-        delta = fmt([r["eval"][row][metrics[0]] - r["eval"]["base"][metrics[0]] for r in runs])
+        delta = " | ".join(fmt([r["eval"][row][m] - r["eval"]["base"][m] for r in runs]) for m in paired)
         extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row].get(k) is not None], digits)
                  for k, digits in zip(extras, (4, 4, 2))]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {delta} | " + " | ".join(extra) + " |")
@@ -89,9 +91,10 @@ def table(folder: Path) -> str:
         return fmt([_get(r["diffusion"], keys) for r in runs if _get(r["diffusion"], keys) is not None], digits)
 
     lines.append("")
-    lines.append(f"{len(runs)} seeds; held-out (train rows) sampled-vs-true cosine: diffusion "
-                 f"{diag('diffusion', 'cosine_mean')}, regressor {diag('regressor', 'cosine_mean')}, "
-                 f"rank-one ceiling {diag('rank1_ceiling_cosine')}; training seconds: diffusion "
+    held = (f"held-out (train rows) sampled-vs-true cosine: diffusion {diag('diffusion', 'cosine_mean')}, "
+            f"regressor {diag('regressor', 'cosine_mean')}, rank-one ceiling {diag('rank1_ceiling_cosine')}"
+            if diag('diffusion', 'cosine_mean') else "no held-out rows (diffusion.holdout 0)")
+    lines.append(f"{len(runs)} seeds; {held}; training seconds: diffusion "
                  f"{diag('seconds', 'diffusion', digits=0)}, regressor {diag('seconds', 'regressor', digits=0)}; "
                  f"selected layer per seed: {[r['layers']['selected'] for r in runs]}")
     return "\n".join(lines)
