@@ -156,13 +156,13 @@ class EvalInputs:
         return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
+def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
            tent_steps: list[int], tent_lr: float, clock) -> dict[str, torch.Tensor]:
     """Every row's per-sample results for test rows ``lo:hi`` (one pass of the model): for
     each row name, ``name/out`` (outputs), and where it applies a delta ``name/cos`` (cosine
     to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
-    ``time/...``: seconds spent on the base, OCD and regressor rows. ``cond_space``:
-    (standardise, the standardised train conditioning), made once for every block."""
+    ``time/...``: seconds spent on the base, OCD and regressor rows. ``spaces``: the
+    nearest-neighbour spaces, made once for every block (:func:`_nn_spaces`)."""
     task, model = inp.task, inp.model
     x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi].float()
     unit = inp.diff.meta.unit
@@ -181,7 +181,7 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
     put("base", base_out)
 
     def apply(deltas: torch.Tensor) -> torch.Tensor:
-        return cut.leave(layer_with_weights(cut.layer, cut.layer.weight + deltas, io.inp.h), io.inp.ctx)
+        return _apply_at(cut, io.inp, deltas)
 
     start = clock()
     omegas, deltas = ocd_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed, first_row=lo)  # [k, N, out, in]
@@ -199,10 +199,8 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
         put("regressor", apply(reg_delta), reg_delta)
         got["time/regressor"] = torch.tensor([clock() - start])
 
-    standardise, cond_pool = cond_space
-    # a model family whose raw inputs are no space for distances (token ids) says where to look
-    features = getattr(model, "input_features", lambda t: t)
-    nn_spaces = {"nn_input": (features(x), features(inp.x_train)), "nn_cond": (standardise(parts), cond_pool)}
+    standardise, cond_pool, features, input_pool = spaces
+    nn_spaces = {"nn_input": (features(x), input_pool), "nn_cond": (standardise(parts), cond_pool)}
     for name, (query, pool) in nn_spaces.items():
         d = inp.train_delta[nearest(query, pool)].float()
         put(name, apply(d), d)
@@ -216,13 +214,18 @@ def _block(inp: EvalInputs, cut, cond_space, lo: int, hi: int, k: int, steps: in
     return got
 
 
+def _apply_at(cut, layer_input, deltas: torch.Tensor) -> torch.Tensor:
+    """The model's outputs with ``W + deltas[i]`` for row i, from the layer's input
+    already computed for the block (the layers before the cut do not run again)."""
+    return cut.leave(layer_with_weights(cut.layer, cut.layer.weight + deltas, layer_input.h), layer_input.ctx)
+
+
 def _calibration_block(inp: EvalInputs, cut, lo: int, hi: int, steps: int, eta: float,
                        seed: int) -> dict[str, torch.Tensor]:
-    """The base model's and one OCD sample's outputs on calibration rows ``lo:hi``."""
-    x = inp.x_cal[lo:hi]
-    parts, base_cal = conditioning(cut, x, len(x))
-    _, deltas = ocd_deltas(inp.diff, inp.scaler, parts, 1, steps, eta, seed, first_row=lo)
-    return {"base": base_cal, "ocd": apply_deltas(inp.model, inp.layer, deltas[0], x)}
+    """The base model's and one OCD sample's outputs on calibration rows ``lo:hi`` (one model pass)."""
+    io = layer_io(cut, inp.x_cal[lo:hi])
+    _, deltas = ocd_deltas(inp.diff, inp.scaler, io.cond, 1, steps, eta, seed, first_row=lo)
+    return {"base": io.output, "ocd": _apply_at(cut, io.inp, deltas[0])}
 
 
 # Numbers of a block's deltas held at once (float32: 1 GiB): a block holds the k
@@ -273,10 +276,9 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             torch.cuda.synchronize(inp.y_test.device)  # kernels run asynchronously: time them to the end
         return time.perf_counter()
 
-    standardise = _standardiser(inp.train_parts)
-    cond_space = (standardise, standardise(inp.train_parts))
+    spaces = _nn_spaces(inp)
     mine = _blocks(n_test, size, group)
-    local = _stack([_block(inp, cut, cond_space, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock)
+    local = _stack([_block(inp, cut, spaces, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock)
                     for lo, hi in mine])
     my_rows = sum(hi - lo for lo, hi in mine)
     timed = {key: float(local.pop(key).sum()) for key in [key for key in local if key.startswith("time/")]}
@@ -382,6 +384,15 @@ def views_figure(views: dict[str, torch.Tensor], zoom: int = 3, gap: int = 4) ->
             top, left = gap + r * (h + gap), gap + c * (w + gap)
             canvas[top:top + h, left:left + w] = np.round(big[r] * 255).astype(np.uint8)
     return canvas
+
+
+def _nn_spaces(inp: EvalInputs):
+    """(standardise, the standardised train conditioning, input features, the train rows' features).
+    A model family whose raw inputs are no space for distances (token ids) says where to look
+    with ``input_features``."""
+    standardise = _standardiser(inp.train_parts)
+    features = getattr(inp.model, "input_features", lambda t: t)
+    return standardise, standardise(inp.train_parts), features, features(inp.x_train)
 
 
 def _standardiser(reference: list[torch.Tensor]):
