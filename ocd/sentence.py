@@ -142,7 +142,7 @@ class SetFitClassifier(nn.Module):
         (token ids are not a space to measure distances in)."""
         return self.embed(x)
 
-    def read_inputs(self, path: Path, info: dict) -> tuple[list[str], torch.Tensor]:
+    def read_inputs(self, path: Path) -> tuple[list[str], torch.Tensor]:
         """``ocd predict`` inputs: a UTF-8 text file, one sentence per line."""
         if path.is_dir() or path.suffix not in (".txt", ""):
             raise ModelError(f"{path}: the SetFit model reads a text file (.txt), one sentence per line")

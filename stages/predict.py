@@ -40,7 +40,7 @@ def predict(
     own = getattr(trained.base.model, "read_inputs", None)
     if callable(own):  # a model family with its own inputs (SetFit: a text file of sentences)
         try:
-            names, x = own(inputs, info)
+            names, x = own(inputs)
         except (ValueError, OSError) as exc:
             raise InputError(str(exc)) from None
     else:

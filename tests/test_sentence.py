@@ -90,13 +90,13 @@ def test_predict_reads_a_text_file_of_sentences(model_and_x, tmp_path):
     _, model, _ = model_and_x
     path = tmp_path / "reviews.txt"
     path.write_text("\n".join(SENTENCES) + "\n\n")
-    names, x = model.read_inputs(path, {})
+    names, x = model.read_inputs(path)
     assert names == SENTENCES and x.shape == (4, 2, 16)
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ModelError, match="holds no sentences"):
-        model.read_inputs(tmp_path / "empty.txt", {})
+        model.read_inputs(tmp_path / "empty.txt")
     with pytest.raises(ModelError, match="reads a text file"):
-        model.read_inputs(tmp_path, {})
+        model.read_inputs(tmp_path)
 
 
 def test_setfit_refuses_a_dataset_that_is_not_text():
