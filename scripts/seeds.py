@@ -55,8 +55,9 @@ def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False) -
 def fmt(values: list[float], digits: int = 4) -> str:
     if not values:
         return ""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+    if len(values) == 1:  # one seed has no spread to report: no "± 0"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(folder: Path) -> str:
@@ -156,7 +157,7 @@ def study(folders: list[Path], png: Path | None) -> str:
         temps = [t for r in runs if (t := _temperature(r.get("notes", {}).get("temperature"))) is not None]
         base_ce = [r["eval"]["base"]["ce"] for r in runs]
         base_ece = [r["eval"]["base"]["ece"] for r in runs]
-        lines.append(f"| {folder.name} ({len(runs)} seeds) | {fmt(base_ce)} | {fmt(base_ece)} | "
+        lines.append(f"| {folder.name} ({len(runs)} seed{'s' * (len(runs) > 1)}) | {fmt(base_ce)} | {fmt(base_ece)} | "
                      f"{fmt(temps, 3)}{'' if len(temps) == len(runs) else f' ({len(temps)} seeds)'} | "
                      + " | ".join(fmt(change(row)) for row in STUDY_ROWS)
                      + f" | {fmt(change('ocd', 'loss_base_right'))} | {fmt(change('ocd', 'loss_base_wrong'))} |")
@@ -173,7 +174,7 @@ def study(folders: list[Path], png: Path | None) -> str:
         for row, marker in zip(STUDY_ROWS, "osD^vx"):
             ax.scatter([t for _, t, _ in shown], [d[row] for *_, d in shown], label=row, marker=marker)
         for n, t, d in shown:
-            ax.annotate(n.removeprefix("study-"), (t, d["ocd"]), fontsize=7, xytext=(3, 3),
+            ax.annotate(n.split("study-")[-1], (t, d["ocd"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(1, color="grey", lw=0.8, ls=":")

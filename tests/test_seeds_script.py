@@ -1,0 +1,35 @@
+"""scripts/seeds.py, the tables of docs/RESULTS.md: one seed reports no spread."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _seeds():
+    spec = importlib.util.spec_from_file_location("seeds_script", ROOT / "scripts" / "seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(base_ce: float, shift: float) -> dict:
+    row = lambda ce: {"ce": ce, "ece": 0.01, "loss_base_right": ce / 4, "loss_base_wrong": ce / 2}  # noqa: E731
+    rows = ("base", "temperature", "ocd", "ocd_temperature", "regressor", "nn_input", "deep_ensemble_5")
+    return {"eval": {name: row(base_ce + (0.0 if name == "base" else shift)) for name in rows},
+            "notes": {"temperature": "base / T, T = 1.250 fitted on 400 calibration rows"}}
+
+
+def test_the_study_gives_mean_and_sd_over_seeds_and_no_sd_for_one_seed(tmp_path):
+    seeds = _seeds()
+    three, one = tmp_path / "study-a", tmp_path / "fmnist-study-b"
+    for folder, runs in ((three, [(0.10, 0.01), (0.12, 0.02), (0.14, 0.03)]), (one, [(0.30, -0.05)])):
+        folder.mkdir()
+        for i, (ce, shift) in enumerate(runs):
+            (folder / f"seed{i}.json").write_text(json.dumps(_record(ce, shift)))
+    lines = seeds.study([three, one], png=None).splitlines()
+    assert lines[2].startswith("| study-a (3 seeds) | 0.1200 ± 0.0200 |")
+    assert "| 0.0200 ± 0.0100 |" in lines[2]  # the paired change: mean 0.02, SD 0.01
+    assert lines[3].startswith("| fmnist-study-b (1 seed) | 0.3000 | 0.0100 | 1.250 | -0.0500 |")
+    assert "±" not in lines[3]
