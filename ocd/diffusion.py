@@ -174,12 +174,21 @@ def fit_adam(model: nn.Module, reader: ChunkReader, steps: int, batch_size: int,
     losses = [runner(*tensors_of_batch(next(batches)))
               for _ in tqdm(range(steps), desc=desc, disable=not (progress and group.main), mininterval=1.0)]
     model.eval()
-    return _history(losses, group)
+    return _history(losses, group, desc)
 
 
-def _history(losses: list[torch.Tensor], group: Group) -> list[tuple[int, float]]:
-    """[(step, the global minibatch's loss)]: the mean over the ranks of their weighted shares."""
-    return list(enumerate(group.mean(torch.stack(losses)).cpu().tolist(), start=1)) if losses else []
+def _history(losses: list[torch.Tensor], group: Group, desc: str) -> list[tuple[int, float]]:
+    """[(step, the global minibatch's loss)]: the mean over the ranks of their weighted shares.
+
+    Raises FloatingPointError when a loss is not finite: after it, Adam has made
+    the weights NaN, and a model saved so would turn every later row into NaN."""
+    history = list(enumerate(group.mean(torch.stack(losses)).cpu().tolist(), start=1)) if losses else []
+    bad = next(((s, v) for s, v in history if not np.isfinite(v)), None)
+    if bad is not None:
+        raise FloatingPointError(f"{desc}: the training loss is {bad[1]} at step {bad[0]} of {len(history)}, so the "
+                                 "model's weights are no longer finite; nothing was written. Look for non-finite or "
+                                 "zero values among the store's rows (`ocd inspect`) or lower the learning rate")
+    return history
 
 
 class TimeEmbedding(nn.Module):
@@ -445,7 +454,7 @@ def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: in
         if progress and step % 100 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}", refresh=False)
     model.eval()
-    return ema.model, _history(losses, group)
+    return ema.model, _history(losses, group, "train diffusion")
 
 
 @torch.no_grad()

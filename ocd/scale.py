@@ -9,6 +9,15 @@ driving a few samples' errors to zero (its log goes to -infinity) more than
 shrinking large errors, and its gradient grows as an error shrinks; on a toy
 store where rho takes two values it left a 22% median error where ``logmse``
 fits exactly (tests/test_diffusion.py).
+
+Both losses take logs of rho, and a delta can be exactly zero: a sample the
+base model already fits to float32 precision (its loss underflows to 0, as for
+a fifth of Fashion-MNIST's train rows after 30 epochs) gives no gradient to
+overfit with. Every rho below a thousandth of the fit rows' median positive
+rho, zero included, is trained as that floor (:func:`rho_floor`): a delta
+that small leaves the prediction as it was, and the floor keeps both losses'
+logs, and rho^2 in the paper's, finite. On the stores of the default
+pipelines no row is below it (the smallest rho is 0.2 of the median on mnist5k).
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ from torch import nn
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.diffusion import ConditionedMLP, fit_adam, read_stats, stats_config
 from ocd.distributed import Group
-from ocd.store import COND, ChunkReader
+from ocd.store import COND, ChunkReader, StoreError
 
 LOG_FLOOR = 1e-12
+FLOOR_SHARE = 1e-3  # rho_floor: this share of the median positive rho
 
 
 class ScaleModel(nn.Module):
@@ -48,19 +58,36 @@ def logmse_loss(rho_hat: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
 LOSSES = {"paper": scale_loss, "logmse": logmse_loss}
 
 
+def rhos(reader: ChunkReader) -> np.ndarray:
+    """Every fit row's rho."""
+    return np.concatenate([reader.read([c])["rho"] for c in reader.chunks])
+
+
 def mean_rho(reader: ChunkReader) -> float:
-    return float(np.mean(np.concatenate([reader.read([c])["rho"] for c in reader.chunks])))
+    return float(np.mean(rhos(reader)))
+
+
+def rho_floor(rho: np.ndarray) -> float:
+    """FLOOR_SHARE of the fit rows' (:func:`rhos`) median positive rho: what a smaller rho, or a zero delta, is trained as."""
+    positive = rho[rho > 0]
+    if positive.size == 0:
+        raise StoreError(f"every one of the {rho.size:,} fit rows has a zero delta (rho = 0): the base model's loss "
+                         "on each training sample is 0 in float32, so overfitting moved nothing and there is no "
+                         "scale to learn; train the base model less (base.epochs) or pick another layer")
+    return float(FLOOR_SHARE * np.median(positive))
 
 
 def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
           device, progress: bool = True, loss: str = "paper", graphs: bool = False,
-          group: Group = Group()) -> list[tuple[int, float]]:
+          group: Group = Group(), floor: float = 0.0) -> list[tuple[int, float]]:
+    """``floor``: rho below it (a zero delta) is trained as ``floor`` (:func:`rho_floor`)."""
     loss_fn = LOSSES[loss]
     torch.manual_seed(seed)
     model.to(device)
 
     def tensors(batch):
-        return [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in ("rho", *COND)]
+        rho, *parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in ("rho", *COND)]
+        return [rho.clamp_min(floor), *parts]
 
     def loss_of(rho, *parts):
         return loss_fn(model(list(parts)), rho)
@@ -70,15 +97,18 @@ def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, l
 
 
 @torch.no_grad()
-def diagnose(model: ScaleModel, data: dict, train_mean: float, device) -> dict[str, float]:
-    """Median relative error of rho_hat on held-out rows, beside the constant mean predictor's."""
+def diagnose(model: ScaleModel, data: dict, train_mean: float, device, floor: float = 0.0) -> dict[str, float]:
+    """Median relative error of rho_hat on held-out rows, beside the constant mean predictor's,
+    against rho floored as in training (``zero_rows``: how many held-out deltas are zero)."""
     parts = [torch.as_tensor(data[n], dtype=torch.float32, device=device) for n in COND]
-    rho = torch.as_tensor(data["rho"], dtype=torch.float32, device=device)
+    raw = torch.as_tensor(data["rho"], dtype=torch.float32, device=device)
+    rho = raw.clamp_min(floor)
     rel = ((model(parts) - rho).abs() / rho).cpu().numpy()
     rel_mean = (np.abs(train_mean - rho.cpu().numpy()) / rho.cpu().numpy())
     return {"median_rel_error": float(np.median(rel)), "median_rel_error_mean_rho": float(np.median(rel_mean)),
             "loss": float(scale_loss(model(parts), rho)),
-            "loss_mean_rho": float(scale_loss(torch.full_like(rho, train_mean), rho))}
+            "loss_mean_rho": float(scale_loss(torch.full_like(rho, train_mean), rho)),
+            "zero_rows": int((raw == 0).sum())}
 
 
 def save(path, model: ScaleModel, stats: dict, hidden: list[int], extra: dict) -> None:

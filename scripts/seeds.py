@@ -4,6 +4,7 @@
     .venv/bin/python scripts/seeds.py table docs/runs/mnist5k
 
     .venv/bin/python scripts/seeds.py compare docs/runs/mnist5k-rank1 docs/runs/mnist5k-matrix
+    .venv/bin/python scripts/seeds.py record --tag mnist5k --seed 3   # after a plain `dvc repro` of seed 3
 
 `run` calls `dvc exp run` once per seed, from the committed params.yaml, with base.seed, diffusion.seed,
 scale.seed and evaluate.seed set to that seed (the data split and the layer
@@ -42,14 +43,20 @@ def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False) -
         # the committed params so one tag's overrides never leak into the next
         subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
         subprocess.run(["dvc", "exp", "run", *sets], check=True)
-        record = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
-        record["overrides"] = overrides
-        # each row's note (e.g. the fitted temperature) from the results table
-        with open("artifacts/eval/results.csv", newline="") as fh:
-            record["notes"] = {row["row"]: row["note"] for row in csv.DictReader(fh)}
-        record["layers"] = {k: record["layers"][k] for k in ("selected", "runner_up", "layers")}
-        (out / f"seed{seed}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        print(f"seed {seed}: {out / f'seed{seed}.json'}", flush=True)
+        record(out, seed, overrides)
+
+
+def record(out: Path, seed: int, overrides: list[str]) -> None:
+    """Copy the workspace's metrics (those of the run just made) to OUT/seedN.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    got = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
+    got["overrides"] = overrides
+    # each row's note (e.g. the fitted temperature) from the results table
+    with open("artifacts/eval/results.csv", newline="") as fh:
+        got["notes"] = {row["row"]: row["note"] for row in csv.DictReader(fh)}
+    got["layers"] = {k: got["layers"][k] for k in ("selected", "runner_up", "layers")}
+    (out / f"seed{seed}.json").write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    print(f"seed {seed}: {out / f'seed{seed}.json'}", flush=True)
 
 
 def fmt(values: list[float], digits: int = 4) -> str:
@@ -203,6 +210,10 @@ def main() -> None:
     r.add_argument("-S", dest="overrides", action="append", default=[])
     r.add_argument("--draws", action="store_true",
                    help="also set data.seed: a new few-shot draw of the training sentences per seed")
+    rec = sub.add_parser("record", help="record the workspace's last run (e.g. a plain `dvc repro`) as seed N of a tag")
+    rec.add_argument("--tag", required=True)
+    rec.add_argument("--seed", type=int, required=True)
+    rec.add_argument("-S", dest="overrides", action="append", default=[])
     t = sub.add_parser("table")
     t.add_argument("folder", type=Path)
     c = sub.add_parser("compare")
@@ -213,6 +224,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.tag, args.seeds, args.overrides, args.draws)
+    elif args.cmd == "record":
+        record(Path("docs/runs") / args.tag, args.seed, args.overrides)
     elif args.cmd == "compare":
         print(compare(args.folders))
     elif args.cmd == "study":

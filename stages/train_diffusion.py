@@ -72,12 +72,13 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
                                    group=group)
     diffusion_seconds = time.perf_counter() - start
 
-    train_mean = scale.mean_rho(reader)
+    fit_rho = scale.rhos(reader)
+    train_mean, floor = float(fit_rho.mean()), scale.rho_floor(fit_rho)
     torch.manual_seed(sp.seed)
     scaler = scale.ScaleModel(stats, sp.hidden, train_mean)
     start = time.perf_counter()
     scale_history = scale.train(scaler, reader, steps["scale"], sp.batch_size, sp.lr, sp.seed, device, progress,
-                                loss=sp.loss, graphs=p.compute.graphs, group=group)
+                                loss=sp.loss, graphs=p.compute.graphs, group=group, floor=floor)
     scale_seconds = time.perf_counter() - start
 
     torch.manual_seed(rp.seed)
@@ -90,7 +91,8 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
         return  # every rank holds the same models: rank 0 writes them
     out.mkdir(parents=True, exist_ok=True)
     diffusion.save(out / "diffusion.pt", ema, stats, {"provenance": provenance, "params": p.section("diffusion")})
-    scale.save(out / "scale.pt", scaler, stats, sp.hidden, {"provenance": provenance, "params": p.section("scale")})
+    scale.save(out / "scale.pt", scaler, stats, sp.hidden, {"provenance": provenance, "params": p.section("scale"),
+                                                           "rho_floor": floor})
     regressor.save(out / "regressor.pt", reg, stats, {"provenance": provenance, "params": p.section("regressor")})
     if held_chunks:
         held = ChunkReader(train, ("delta", "u", "rank1_share", "rho", *COND), held_chunks,
@@ -98,7 +100,7 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
         diagnostics = {
             "diffusion": diffusion.diagnose(ema, held, dp.sample_steps, dp.eta, dp.seed, dp.diag_samples, device),
             "regressor": regressor.diagnose(reg, held, device),
-            "scale": scale.diagnose(scaler, held, train_mean, device),
+            "scale": scale.diagnose(scaler, held, train_mean, device, floor),
             # the best cosine a rank1 target can reach: sqrt of the share u i_L^T explains
             "rank1_ceiling_cosine": float(np.mean(np.sqrt(held["rank1_share"]))),
         }

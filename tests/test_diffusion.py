@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from ocd import diffusion, scale
 from ocd.store import COND, ChunkReader, StoreError, split_chunks
@@ -116,6 +117,41 @@ def test_scale_model_beats_the_mean_when_rho_depends_on_the_input(tmp_path, loss
     # the constant mean is off by 36% in median here; the paper's loss gets to
     # ~22% in this budget, logmse to nearly 0 (see ocd/scale.py)
     assert diag["median_rel_error"] < bound < diag["median_rel_error_mean_rho"]
+
+
+@pytest.mark.parametrize("loss", ["logmse", "paper"])
+def test_zero_and_tiny_deltas_train_at_a_floor_and_never_make_the_scale_model_nan(tmp_path, loss):
+    # a sample the base model already fits to float32 precision overfits to a
+    # zero delta (rho = 0), or nearly: log 0 made the whole scale model NaN
+    # before, and rho = 1e-23 (seen on Fashion-MNIST) overflows it as surely
+    root = synthetic_store(tmp_path / "s.zarr")
+    rho = zarr.open_group(tmp_path / "s.zarr", mode="r+")["train"]["rho"]
+    rho[:12] = 0.0
+    rho[12:14] = 1e-23
+    reader = ChunkReader(root["train"], ("rho", *COND), list(range(4)))
+    fit_rho = scale.rhos(reader)
+    assert (fit_rho == 0).sum() == 12
+    assert scale.rho_floor(fit_rho) == pytest.approx(1e-3 * np.median(fit_rho[fit_rho > 0]))
+    stats = diffusion.cond_stats(reader)
+
+    def fit(floor):
+        torch.manual_seed(0)
+        model = scale.ScaleModel(stats, [32], float(fit_rho.mean()))
+        scale.train(model, reader, steps=50, batch_size=16, lr=3e-3, seed=0, device="cpu", progress=False,
+                    loss=loss, floor=floor)
+        return model
+
+    with pytest.raises(FloatingPointError, match="train scale: the training loss is .* at step 1 "):
+        fit(0.0)  # no floor: the guard refuses to hand on a NaN model
+    model = fit(scale.rho_floor(fit_rho))
+    assert all(torch.isfinite(w).all() for w in model.parameters())
+    diag = scale.diagnose(model, reader.read(reader.chunks), float(fit_rho.mean()), "cpu", scale.rho_floor(fit_rho))
+    assert diag["zero_rows"] == 12 and np.isfinite([diag["median_rel_error"], diag["loss"]]).all()
+
+
+def test_a_store_whose_every_delta_is_zero_has_no_scale_to_learn():
+    with pytest.raises(StoreError, match="every one of the 3 fit rows has a zero delta"):
+        scale.rho_floor(np.zeros(3, np.float32))
 
 
 def test_scale_loss_is_the_papers_formula():
