@@ -156,20 +156,25 @@ def study(folders: list[Path], png: Path | None) -> str:
             sys.exit(f"no seed*.json in {folder}")
 
         def name_of(r, row):
-            return next(n for n in r["eval"] if n == row or (row == "deep_ensemble" and n.startswith(row)))
+            return next((n for n in r["eval"] if n == row or (row == "deep_ensemble" and n.startswith(row))), None)
 
         def change(row, key="ce"):
-            return [r["eval"][name_of(r, row)][key] - r["eval"]["base"][key] for r in runs]
+            """Over the runs that have the row (a run may switch one off, e.g. evaluate.deep_ensemble false)."""
+            return [r["eval"][n][key] - r["eval"]["base"][key] for r in runs if (n := name_of(r, row)) is not None]
+
+        def cell(row, key="ce"):
+            values = change(row, key)
+            return fmt(values) + (f" ({len(values)} of {len(runs)})" if values and len(values) < len(runs) else "")
 
         temps = [t for r in runs if (t := _temperature(r.get("notes", {}).get("temperature"))) is not None]
         base_ce = [r["eval"]["base"]["ce"] for r in runs]
         base_ece = [r["eval"]["base"]["ece"] for r in runs]
         lines.append(f"| {folder.name} ({len(runs)} seed{'s' * (len(runs) > 1)}) | {fmt(base_ce)} | {fmt(base_ece)} | "
                      f"{fmt(temps, 3)}{'' if len(temps) == len(runs) else f' ({len(temps)} seeds)'} | "
-                     + " | ".join(fmt(change(row)) for row in STUDY_ROWS)
-                     + f" | {fmt(change('ocd', 'loss_base_right'))} | {fmt(change('ocd', 'loss_base_wrong'))} |")
+                     + " | ".join(cell(row) or "not run" for row in STUDY_ROWS)
+                     + f" | {cell('ocd', 'loss_base_right')} | {cell('ocd', 'loss_base_wrong')} |")
         points.append((folder.name, statistics.mean(temps) if temps else None,
-                       {row: statistics.mean(change(row)) for row in STUDY_ROWS}))
+                       {row: statistics.mean(values) for row in STUDY_ROWS if (values := change(row))}))
     if png is not None:
         import matplotlib
 
@@ -179,7 +184,8 @@ def study(folders: list[Path], png: Path | None) -> str:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         shown = [(n, t, d) for n, t, d in points if t is not None]
         for row, marker in zip(STUDY_ROWS, "osD^vx"):
-            ax.scatter([t for _, t, _ in shown], [d[row] for *_, d in shown], label=row, marker=marker)
+            have = [(t, d[row]) for _, t, d in shown if row in d]
+            ax.scatter([t for t, _ in have], [v for _, v in have], label=row, marker=marker)
         for n, t, d in shown:
             ax.annotate(n.split("study-")[-1], (t, d["ocd"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")

@@ -33,3 +33,25 @@ def test_the_study_gives_mean_and_sd_over_seeds_and_no_sd_for_one_seed(tmp_path)
     assert "| 0.0200 ± 0.0100 |" in lines[2]  # the paired change: mean 0.02, SD 0.01
     assert lines[3].startswith("| fmnist-study-b (1 seed) | 0.3000 | 0.0100 | 1.250 | -0.0500 |")
     assert "±" not in lines[3]
+
+
+def test_a_row_a_run_switched_off_is_named_not_a_crash(tmp_path):
+    # e.g. a rerun with evaluate.deep_ensemble false: its deep-ensemble cell says
+    # "not run" (or counts the seeds it has), and the plot leaves that point out
+    seeds = _seeds()
+    none, some = tmp_path / "study-none", tmp_path / "study-some"
+    for folder in (none, some):
+        folder.mkdir()
+        for i in range(2):
+            record = _record(0.2, 0.01 * (i + 1))
+            if folder is none or i == 1:
+                del record["eval"]["deep_ensemble_5"]
+            (folder / f"seed{i}.json").write_text(json.dumps(record))
+    png = tmp_path / "study.png"
+    lines = seeds.study([none, some], png=png).splitlines()
+    cells = [line.split(" | ") for line in lines[2:]]
+    column = 4 + list(seeds.STUDY_ROWS).index("deep_ensemble")
+    assert cells[0][column] == "not run"
+    assert cells[1][column] == "0.0100 (1 of 2)"
+    assert cells[0][column - 1] == "0.0150 ± 0.0071"  # the other rows keep both seeds
+    assert png.stat().st_size > 0
