@@ -53,6 +53,9 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     fit_chunks, held_chunks = split_chunks(train["done"].shape[0], dp.holdout)
     reader = ChunkReader(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
     stats = diffusion.cond_stats(reader)
+    # before any training: a store whose every delta is zero has no scale to learn, and says so now
+    fit_rho = scale.rhos(reader)
+    train_mean, floor = float(fit_rho.mean()), scale.rho_floor(fit_rho)
     provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
                   "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"], "runtime": runtime(),
                   "compute": {k: v for k, v in p.section("compute").items() if k != "nproc"}}
@@ -72,8 +75,6 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
                                    group=group)
     diffusion_seconds = time.perf_counter() - start
 
-    fit_rho = scale.rhos(reader)
-    train_mean, floor = float(fit_rho.mean()), scale.rho_floor(fit_rho)
     torch.manual_seed(sp.seed)
     scaler = scale.ScaleModel(stats, sp.hidden, train_mean)
     start = time.perf_counter()

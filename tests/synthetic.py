@@ -7,9 +7,9 @@ from ocd.store import DeltaStore, Layout, open_store
 SHAPE = (4, 6)
 
 
-def synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None):
-    """Two kinds of samples; the delta (and its scale) is a function of the kind,
-    which the conditioning reveals. ``rank_one`` (a basis): delta = u_kind r^T
+def synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None, rho=(0.5, 2.0)):
+    """Two kinds of samples; the delta (and its scale, ``rho`` per kind) is a function
+    of the kind, which the conditioning reveals. ``rank_one`` (a basis): delta = u_kind r^T
     with r the sample's own layer input i_L ("input", as plain gradient steps
     make it) or sign(i_L) ("sign", as Adam does)."""
     rng = np.random.default_rng(seed)
@@ -20,15 +20,15 @@ def synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None):
     store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, {}, log=lambda m: None)
     for split, rows in layout.n.items():
         kind = rng.integers(0, 2, rows)
-        rho = np.where(kind == 0, 0.5, 2.0).astype(np.float32)
+        rho_kind = np.where(kind == 0, *rho).astype(np.float32)
         layer_input = (np.eye(2)[kind] @ rng.normal(size=(2, SHAPE[1]))).astype(np.float32) \
             + (0.3 if rank_one else 0.01) * rng.normal(size=(rows, SHAPE[1])).astype(np.float32)
         right = np.sign(layer_input) if rank_one == "sign" else layer_input
         shape = factors[kind][:, :, None] * right[:, None, :] if rank_one else patterns[kind]
         unit = shape / np.linalg.norm(shape.reshape(rows, -1), axis=1)[:, None, None]
         data = {
-            "delta": unit * rho[:, None, None],
-            "rho": rho,
+            "delta": unit * rho_kind[:, None, None],
+            "rho": rho_kind,
             "cond/layer_input": layer_input,
             "cond/layer_activation": rng.normal(size=(rows, SHAPE[0])).astype(np.float32),
             "cond/output": np.eye(2, dtype=np.float32)[kind],

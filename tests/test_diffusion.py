@@ -154,6 +154,27 @@ def test_a_store_whose_every_delta_is_zero_has_no_scale_to_learn():
         scale.rho_floor(np.zeros(3, np.float32))
 
 
+def test_the_stage_refuses_an_all_zero_store_before_it_trains_anything(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from ocd.distributed import Group
+    from ocd.params import load_params
+    from stages.train_diffusion import _train_diffusion
+
+    synthetic_store(tmp_path / "s.zarr", rho=(0.0, 0.0))
+    zarr.open_group(tmp_path / "s.zarr", mode="r+").attrs.update(
+        {"base_sha256": "0" * 64, "layer": "fc", "weight_shape": list(SHAPE), "overfit": {"rho": "frobenius"}})
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained the diffusion model on a store with no scale to learn")
+
+    monkeypatch.setattr(diffusion, "train", no_training)
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    with pytest.raises(StoreError, match="every one of the 48 fit rows has a zero delta"):
+        _train_diffusion(p, tmp_path / "s.zarr", tmp_path / "out", False, Group())
+    assert not (tmp_path / "out").exists()
+
+
 def test_scale_loss_is_the_papers_formula():
     rho = torch.tensor([1.0, 2.0])
     hat = torch.tensor([1.1, 1.0])
