@@ -188,15 +188,14 @@ def study(folders: list[Path], png: Path | None) -> str:
             have = [(t, d[row]) for _, t, d in shown if row in d]
             ax.scatter([t for t, _ in have], [v for _, v in have], label=row, marker=marker)
         for n, t, d in shown:
-            ax.annotate(n.split("study-")[-1], (t, d["ocd"]), fontsize=7, xytext=(3, 3),
+            ax.annotate(n.split("study-")[-1], (t, d.get("ocd", 0.0)), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         # T and the changes span decades where a base model is far off (T 4.4, ΔCE -0.48 on
         # Fashion-MNIST at 30 epochs): log T, and a y axis linear within +-0.01, log beyond
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=0.01)
-        temps = [t for _, t, _ in shown]
-        ax.set_xticks([t for t in (0.5, 0.7, 0.8, 0.9, 1, 1.2, 1.5, 2, 3, 4, 6, 8)
-                       if min(temps, default=1) / 1.1 <= t <= max(temps, default=1) * 1.1])
+        lo, hi = min((t for _, t, _ in shown), default=1), max((t for _, t, _ in shown), default=1)
+        ax.set_xticks([t for t in (0.5, 0.7, 0.8, 0.9, 1, 1.2, 1.5, 2, 3, 4, 6, 8) if lo / 1.1 <= t <= hi * 1.1])
         ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.margins(x=0.1, y=0.08)
