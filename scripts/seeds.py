@@ -67,10 +67,28 @@ def fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(folder: Path) -> str:
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+def _runs(folder: Path, need: tuple[str, ...] = ()) -> list[dict]:
+    """The seed records of one folder; a damaged record, or one without the base
+    model's ``need`` metrics (e.g. recorded before the calibration rows), is named."""
+    runs = []
+    for path in sorted(folder.glob("seed*.json")):
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            sys.exit(f"{path} is not a readable run record ({err}); rerun that seed")
+        base = _get(run, ("eval", "base"))
+        missing = [k for k in need if not isinstance(base, dict) or k not in base]
+        if base is None or missing:
+            what = "no eval.base row" if base is None else f"no eval.base {', '.join(missing)}"
+            sys.exit(f"{path} has {what}: it was recorded by an older pipeline or by hand; rerun that seed")
+        runs.append(run)
     if not runs:
         sys.exit(f"no seed*.json in {folder}")
+    return runs
+
+
+def table(folder: Path) -> str:
+    runs = _runs(folder)
     order = ["base", "temperature", "ocd", "ocd_temperature", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
              "nn_cond", "tent", "deep_ensemble", "oracle"]
     def rank(name: str) -> tuple[int, int]:
@@ -79,10 +97,11 @@ def table(folder: Path) -> str:
         tail = name.rsplit("_", 1)[-1]
         return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0)
 
-    rows = sorted((name for name in runs[0]["eval"] if name != "skipped"), key=rank)
+    rows = sorted({name for r in runs for name in r["eval"]} - {"skipped"}, key=lambda n: (rank(n), n))
     loss_first = ["ce", "rmse", "mse", "acc"]
     extras = ("cosine", "scale_error", "ms_per_sample")
-    metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in extras),
+    # the base metrics every seed has (a seed recorded before the calibration rows has no ECE)
+    metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in extras and all(k in r["eval"]["base"] for r in runs)),
                      key=lambda k: loss_first.index(k) if k in loss_first else 99)
     head = " | ".join(f"test {m}" for m in metrics)
     paired = [metrics[0]] + (["acc"] if "acc" in metrics else [])  # the loss, and accuracy where there is one
@@ -90,13 +109,16 @@ def table(folder: Path) -> str:
              + " | cosine to oracle delta | scale error | ms per test sample |",
              "|---" * (len(metrics) + 4 + len(paired)) + "|"]
     for row in rows:
-        cells = [fmt([r["eval"][row][m] for r in runs]) for m in metrics]
-        delta = " | ".join(fmt([r["eval"][row][m] - r["eval"]["base"][m] for r in runs]) for m in paired)
-        extra = [fmt([r["eval"][row][k] for r in runs if r["eval"][row].get(k) is not None], digits)
+        have = [r for r in runs if row in r["eval"]]  # a seed may have switched a row off
+        cells = [fmt([r["eval"][row][m] for r in have if m in r["eval"][row]]) for m in metrics]
+        delta = " | ".join(fmt([r["eval"][row][m] - r["eval"]["base"][m] for r in have if m in r["eval"][row]])
+                           for m in paired)
+        extra = [fmt([r["eval"][row][k] for r in have if r["eval"][row].get(k) is not None], digits)
                  for k, digits in zip(extras, (4, 4, 2))]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {delta} | " + " | ".join(extra) + " |")
+        name = row if len(have) == len(runs) else f"{row} ({len(have)} of {len(runs)} seeds)"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} | " + " | ".join(extra) + " |")
     def diag(*keys, digits=4):
-        return fmt([_get(r["diffusion"], keys) for r in runs if _get(r["diffusion"], keys) is not None], digits)
+        return fmt([v for r in runs if (v := _get(r, ("diffusion", *keys))) is not None], digits)
 
     lines.append("")
     held = (f"held-out (train rows) sampled-vs-true cosine: diffusion {diag('diffusion', 'cosine_mean')}, "
@@ -104,7 +126,7 @@ def table(folder: Path) -> str:
             if diag('diffusion', 'cosine_mean') else "no held-out rows (diffusion.holdout 0)")
     lines.append(f"{len(runs)} seeds; {held}; training seconds: diffusion "
                  f"{diag('seconds', 'diffusion', digits=0)}, regressor {diag('seconds', 'regressor', digits=0)}; "
-                 f"selected layer per seed: {[r['layers']['selected'] for r in runs]}")
+                 f"selected layer per seed: {[_get(r, ('layers', 'selected')) for r in runs]}")
     return "\n".join(lines)
 
 
@@ -113,9 +135,7 @@ def compare(folders: list[Path]) -> str:
              "| diffusion train s | Δloss ocd | Δloss ocd_ensemble | Δloss regressor | cosine to oracle: ocd "
              "| cosine to oracle: regressor | ms/sample ocd | ms/sample regressor |", "|---" * 12 + "|"]
     for folder in folders:
-        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
-        if not runs:
-            sys.exit(f"no seed*.json in {folder}")
+        runs = _runs(folder)
         loss = next(m for m in ("ce", "rmse", "mse") if m in runs[0]["eval"]["base"])
         ens = next(n for n in runs[0]["eval"] if n.startswith("ocd_ensemble"))
 
@@ -151,9 +171,7 @@ def study(folders: list[Path], png: Path | None) -> str:
              + " | Δ of OCD: base-right part | base-wrong part |", "|---" * (len(STUDY_ROWS) + 6) + "|"]
     points = []
     for folder in folders:
-        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
-        if not runs:
-            sys.exit(f"no seed*.json in {folder}")
+        runs = _runs(folder, need=("ce", "ece", "loss_base_right", "loss_base_wrong"))
 
         def name_of(r, row):
             return next((n for n in r["eval"] if n == row or (row == "deep_ensemble" and n.startswith(row))), None)

@@ -55,3 +55,23 @@ def test_a_row_a_run_switched_off_is_named_not_a_crash(tmp_path):
     assert cells[1][column] == "0.0100 (1 of 2)"
     assert cells[0][column - 1] == "0.0150 ± 0.0071"  # the other rows keep both seeds
     assert png.stat().st_size > 0
+
+
+def test_a_damaged_or_older_record_is_named_not_a_traceback(tmp_path, capsys):
+    import pytest
+
+    seeds = _seeds()
+    folder = tmp_path / "study-a"
+    folder.mkdir()
+    (folder / "seed0.json").write_text(json.dumps(_record(0.1, 0.01)))
+    (folder / "seed1.json").write_text('{"eval":')  # cut off mid-write
+    with pytest.raises(SystemExit, match=r"seed1\.json is not a readable run record"):
+        seeds.study([folder], png=None)
+    older = _record(0.1, 0.01)
+    del older["eval"]["base"]["ece"]  # recorded before the calibration rows
+    (folder / "seed1.json").write_text(json.dumps(older))
+    with pytest.raises(SystemExit, match=r"seed1\.json has no eval\.base ece"):
+        seeds.study([folder], png=None)
+    table = seeds.table(folder).splitlines()  # the plain table shows what both seeds have
+    assert table[0].startswith("| row | test ce | test loss_base_right |") and "ece" not in table[0]
+    assert table[2].startswith("| base | 0.1000 ± 0.0000 |")
