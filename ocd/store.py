@@ -426,6 +426,8 @@ def summarize(path: str | Path, sample: int = 256) -> dict:
     Statistics cover the rows of finished chunks; the rank-one share covers up
     to ``sample`` evenly spaced deltas per split.
     """
+    if sample < 0:  # a bad argument, not a damaged store
+        raise ValueError(f"sample is the number of deltas per split to read, >= 0; got {sample}")
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path} does not exist")

@@ -13,7 +13,7 @@ from ocd.store import REPAIR, summarize, verify_path
 def inspect(
     store: Path = typer.Argument(Path("artifacts/deltas.zarr"), help="The Zarr store to summarise."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    sample: int = typer.Option(256, help="Deltas per split used for the rank-one share."),
+    sample: int = typer.Option(256, min=0, help="Deltas per split used for the rank-one share (0: none)."),
     check: bool = typer.Option(False, "--verify", help="Read every finished chunk, verify its checksum and "
                                "list the damaged ones (exit code 1 if any)."),
 ) -> None:

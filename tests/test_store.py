@@ -239,3 +239,17 @@ def test_a_chunk_of_fill_values_is_written_and_verifies(tmp_path):
     fill_store(store, cut, TASK, splits, steps=3, optimizer="adam", lr=5e-4, rho="fro")
     assert verify(zarr.open_group(tmp_path / "s.zarr", mode="r")) == []
     open_store(tmp_path / "s.zarr")
+
+
+def test_a_negative_sample_is_a_bad_argument_not_a_damaged_store(tmp_path):
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    path = tmp_path / "s.zarr"
+    _fill(path)
+    with pytest.raises(ValueError, match="got -3"):
+        summarize(path, sample=-3)
+    result = CliRunner().invoke(app, ["inspect", str(path), "--sample", "-3"])
+    assert result.exit_code == 2 and "--sample" in result.output and "damaged" not in result.output
+    assert summarize(path, sample=0)["splits"]["train"]["rank_one_share"] == {}
