@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +208,7 @@ def overfit_naive(model: nn.Module, name: str, task: Task, x: torch.Tensor, y: t
 
 def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
                steps: int, optimizer: str, lr: float, rho: str, on_chunk=None,
-               chunks: list[tuple[str, int]] | None = None) -> None:
+               chunks: list[tuple[str, int]] | None = None, writers: int | None = None) -> None:
     """Overfit every pending chunk of every split and write it to ``store``.
 
     ``splits`` maps a split name to its (x, y); a chunk is one batch.
@@ -215,9 +217,11 @@ def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, t
     :func:`pending_work`); by default every pending chunk. A chunk's rows
     depend on that chunk alone, so any division of the work gives the same store.
 
-    One writer thread writes chunk c while chunk c + 1 is computed (file
-    writes and torch kernels both release the GIL); at most one chunk is in
-    flight, and chunks are still written, and marked done, in order.
+    Writer threads write finished chunks while the next is computed (file
+    writes and torch kernels both release the GIL); at most ``writers``
+    chunks are in flight (default :func:`default_writers`). A chunk is marked
+    done once all of it is written, so with several writers chunks may finish
+    out of order; a resumed run recomputes whatever is not marked.
     """
     def write(split: str, c: int, rows: dict) -> None:
         store.write_chunk(split, c, rows)
@@ -227,7 +231,8 @@ def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, t
     threads = torch.get_num_threads()
     work = pending_work(store, splits) if chunks is None else chunks
     try:
-        _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, threads)
+        _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, threads,
+              writers or default_writers(cut.layer.weight.device))
     finally:
         torch.set_num_threads(threads)
 
@@ -237,12 +242,21 @@ def pending_work(store: DeltaStore, splits) -> list[tuple[str, int]]:
     return [(split, c) for split in splits for c in store.pending_chunks(split)]
 
 
-def _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, threads) -> None:
+def default_writers(device) -> int:
+    """Writer threads for the overfit store: one where the CPU computes the
+    deltas (it needs the other cores), several where a GPU does, since one
+    writer thread bounds the store path there (docs/RESULTS.md "GPU")."""
+    if torch.device(device).type == "cpu":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, threads, writers) -> None:
     device = cut.layer.weight.device
     rows_per_chunk = store.layout.chunk
     dtype = store.layout.dtype
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None
+    with ThreadPoolExecutor(max_workers=writers) as writer:
+        pending: deque = deque()
         for split, c in work:
             x, y = splits[split]
             idx = torch.arange(c * rows_per_chunk, min((c + 1) * rows_per_chunk, len(y)))
@@ -264,8 +278,8 @@ def _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, thre
                 "loss_after": cpu(r.loss_after),
                 "index": idx.numpy(),
             }
-            if pending is not None:
-                pending.result()  # raises the writer's error, if any
-            pending = writer.submit(write, split, c, rows)
-        if pending is not None:
-            pending.result()
+            while len(pending) >= writers:
+                pending.popleft().result()  # raises the writer's error, if any
+            pending.append(writer.submit(write, split, c, rows))
+        while pending:
+            pending.popleft().result()

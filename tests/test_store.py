@@ -30,7 +30,7 @@ def _setup():
     return cut, splits, layout
 
 
-def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None, optimizer="adam", lr=5e-4):
+def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None, optimizer="adam", lr=5e-4, writers=1):
     cut, splits, layout = _setup()
     layout = dataclasses.replace(layout, rank1_basis=BASIS_OF_OPTIMIZER[optimizer])
     messages = log if log is not None else []
@@ -42,7 +42,8 @@ def _fill(path, fingerprint=FINGERPRINT, stop_after=None, log=None, optimizer="a
         if stop_after is not None and len(written) >= stop_after:
             raise Interrupt
 
-    fill_store(store, cut, TASK, splits, steps=3, optimizer=optimizer, lr=lr, rho="fro", on_chunk=on_chunk)
+    fill_store(store, cut, TASK, splits, steps=3, optimizer=optimizer, lr=lr, rho="fro", on_chunk=on_chunk,
+               writers=writers)
     return store, written
 
 
@@ -83,6 +84,17 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert whole.keys() == resumed.keys()
     for key in whole:
         np.testing.assert_array_equal(whole[key], resumed[key], err_msg=key)
+
+
+def test_several_writer_threads_write_the_store_one_writer_writes(tmp_path):
+    _fill(tmp_path / "one.zarr")
+    _, written = _fill(tmp_path / "three.zarr", writers=3)
+    assert sorted(written) == sorted([("train", 8), ("train", 8), ("train", 4), ("test", 7)])
+    one, three = _arrays(tmp_path / "one.zarr"), _arrays(tmp_path / "three.zarr")
+    assert one.keys() == three.keys()
+    for key in one:
+        np.testing.assert_array_equal(one[key], three[key], err_msg=key)
+    open_store(tmp_path / "three.zarr")
 
 
 def test_a_store_of_another_base_model_is_rebuilt_not_extended(tmp_path):
