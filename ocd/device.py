@@ -50,7 +50,9 @@ class Steps:
     (docs/RESULTS.md, "GPU"). With graphs, the first ``warmup`` steps run as
     written (on a side stream, as graph capture asks), the next is captured,
     and every later step copies its inputs into the captured ones and replays
-    the whole step in one launch: the same kernels on the same numbers. ``fn``
+    the whole step in one launch. The numbers differ from the step as written
+    by rounding (Adam runs ``capturable``): on an H200 the default denoiser's
+    held-out cosine moved by 3e-4 and it trained 2.7x faster. ``fn``
     must keep to the device (no ``.item()``, no CPU tensor), take its random
     draws as inputs and step an optimizer made by :func:`adam` with
     ``capturable``. A step that cannot be captured runs as written, with a

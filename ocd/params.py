@@ -292,7 +292,8 @@ class ComputeParams:
     # train_diffusion: the denoiser through torch.compile (pays off for long runs of a large net).
     compile: bool = False
     # train_diffusion on CUDA: every training step one replayed CUDA graph (ocd.device.Steps);
-    # off by default until measured on a GPU (docs/RESULTS.md, "GPU").
+    # measured on an H200: the denoiser 2.7x faster, its diagnostics moved by rounding (3e-4),
+    # so off by default (docs/RESULTS.md, "GPU (issue 33)").
     graphs: bool = False
 
     def __post_init__(self):
