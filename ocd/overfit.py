@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocd.models import LayerCut, LayerInput, ModelError, cut_at, layer_io
-from ocd.store import COND, DeltaStore, rho_of
+from ocd.store import COND, DeltaStore, StoreError, rho_of
 from ocd.tasks import Task
 
 OPTIMIZERS = ("adam", "sgd")
@@ -237,6 +237,23 @@ def fill_store(store: DeltaStore, cut: LayerCut, task: Task, splits: dict[str, t
         torch.set_num_threads(threads)
 
 
+def check_moved(r: Overfit, layer: str, split: str, chunk: int) -> None:
+    """Stop on a first chunk whose every delta is zero: the whole store would be zeros
+    (minutes of work for nothing, refused downstream), and the cause is upstream."""
+    if bool(r.delta.any()):
+        return
+    n = len(r.delta)
+    if bool((r.loss_before == 0).all()):
+        why = (f"the loss of each is already 0 in float32 (a base model this confident has nothing to "
+               "overfit: train it less, base.epochs)")
+    else:
+        why = (f"the loss does not depend on {layer}'s weight at these samples, though it is not 0 (mean "
+               f"{float(r.loss_before.mean()):.4g}): its gradient is zero (units that never fire, or a base "
+               "model whose output is constant); check the base model, or force another layer (layers.force)")
+    raise StoreError(f"overfitting moved nothing: all {n} deltas of {split} chunk {chunk} on layer {layer} "
+                     f"are zero; {why}")
+
+
 def pending_work(store: DeltaStore, splits) -> list[tuple[str, int]]:
     """Every (split, chunk) not yet done, in order: what a run (or its ranks, dealt out) computes."""
     return [(split, c) for split in splits for c in store.pending_chunks(split)]
@@ -268,6 +285,8 @@ def _fill(store, cut, task, splits, work, steps, optimizer, lr, rho, write, thre
             # 32 KB row): the compute bounds it, and gets every thread.
             torch.set_num_threads(max(1, threads - 1) if io.inp.points == 1 else threads)
             r = overfit_batch(cut, task, io.inp, yb, steps, optimizer, lr)
+            if (split, c) == work[0]:
+                check_moved(r, cut.name, split, c)
             cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
             rows = {
                 "delta": cpu(r.delta).astype(dtype, copy=False),

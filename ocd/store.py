@@ -25,24 +25,37 @@ Layout (N rows per split, chunked along N; one chunk holds one overfit batch)::
 Writers own whole chunks (Zarr rewrites a whole chunk on every write), and a
 chunk's ``done`` flag is written last, so a killed run resumes at the first
 chunk not marked done. Every chunk of every array ends in a crc32c checksum
-(Zarr v3's ``crc32c`` codec): :func:`verify` reads each chunk and names the
-ones that fail; a resumed overfit run recomputes them, and readers
-(:func:`open_store`) refuse a damaged store with the command that repairs it.
-The derived arrays are computed by :meth:`DeltaStore.write_chunk` from
-``delta`` and ``cond/layer_input``, never given by a writer. A store whose
-fingerprint (base model, layer, data, overfit params, format) differs from the
-run's is rebuilt, never extended.
+(Zarr v3's ``crc32c`` codec), and ``seal[c, j]`` binds chunk c of array j to
+its place and its run: the crc32c of the store's fingerprint, the array's path,
+the chunk index and the chunk's values. :func:`verify` reads each chunk and
+names the ones that fail either check (a damaged file, a chunk file moved to
+another index, a chunk written by a run with other inputs); a resumed overfit
+run recomputes them, and readers (:func:`open_store`) refuse a damaged store
+with the command that repairs it. The derived arrays are computed by
+:meth:`DeltaStore.write_chunk` from ``delta`` and ``cond/layer_input``, never
+given by a writer. A store whose fingerprint (base model, layer, data, overfit
+params, format) differs from the run's is rebuilt, never extended; a folder
+that is not recognisably a store of this project is refused, never deleted.
+One run writes a store at a time: :meth:`DeltaStore.create_or_resume` holds
+an exclusive lock on ``STORE.lock`` beside it until the process ends (the
+kernel releases it when the holder dies, so a killed run leaves no stale lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
+import hashlib
 import json
+import os
 import shutil
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import torch
 import zarr
@@ -52,9 +65,13 @@ from zarr.core.sync import sync as zarr_sync
 from ocd.distributed import Group
 
 # 2: the derived rank-one arrays u and rank1_share; 3: u's right factor follows
-# the overfit optimizer (attrs rank1_basis); 4: a crc32c checksum on every chunk
-FORMAT_VERSION = 4
+# the overfit optimizer (attrs rank1_basis); 4: a crc32c checksum on every chunk;
+# 5: seal, each chunk bound to its array, index and run
+FORMAT_VERSION = 5
 REPAIR = "`dvc repro overfit` (or `ocd overfit`) recomputes the damaged chunks"
+REWRITE = "`dvc repro overfit` (or `ocd overfit`) writes it anew"
+# The entries of a store's folder; anything else in it means the folder is not only a store.
+OWN_ENTRIES = {"zarr.json", "train", "test"}
 SPLITS = ("train", "test")
 TEST_ROLE = ("oracle only: test samples overfitted with their own labels, for the "
              "'overfitting on test' upper bound; never input to any model")
@@ -147,6 +164,96 @@ def rank_one_factor(delta: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, n
     return u.astype(np.float32), np.minimum(share, 1.0).astype(np.float32)
 
 
+def run_key(fingerprint: dict) -> bytes:
+    """The digest of a run's fingerprint that every chunk's seal starts from."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).digest()
+
+
+def chunk_seal(key: bytes, array: str, chunk: int, values: np.ndarray) -> int:
+    """crc32c of (run key, array path, chunk index, the chunk's values as stored)."""
+    head = key + array.encode() + b"\0" + int(chunk).to_bytes(8, "little")
+    return google_crc32c.extend(google_crc32c.value(head), np.ascontiguousarray(values).tobytes())
+
+
+def lock_path(path: str | Path) -> Path:
+    """The writer lock of the store at ``path``: ``STORE.lock`` beside it."""
+    path = Path(path).resolve()
+    return path.with_name(path.name + ".lock")
+
+
+def _take_lock(path: Path):
+    """Hold the exclusive writer lock of ``path`` for this process's lifetime, or
+    refuse: another live run holds it. (flock: the kernel releases it when the
+    holder exits or is killed, so there is never a stale lock to clear.)"""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    made = not lock.exists()
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise StoreError(f"another run is writing {path} ({holder}); wait for it to finish or stop it, "
+                         f"or give this run another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+             f"{dt.datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv[:3])}")
+    fh.flush()
+    fh.made = made  # type: ignore[attr-defined]  # whether this run created the lock file
+    return fh
+
+
+def _drop_lock(fh) -> None:
+    """Release a lock taken for a path that is then refused, and delete its file if this run made it."""
+    if getattr(fh, "made", False):
+        Path(fh.name).unlink(missing_ok=True)
+    fh.close()
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse, touching nothing, a path that is not recognisably a store of this
+    project: a file, a link, or a folder holding anything but a store's own
+    entries (an empty folder is fine)."""
+    if path.is_symlink() or not path.is_dir():
+        raise StoreError(f"{path} exists and is not a weight-delta store (not a folder); "
+                         "give another --out, or remove it yourself")
+    entries = {e.name for e in path.iterdir()}
+    foreign = sorted(e for e in entries - OWN_ENTRIES if not e.endswith(".partial"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise StoreError(f"{path} exists and is not a weight-delta store (it holds {shown}); nothing was "
+                         "deleted: give another --out, or remove it yourself")
+    if entries and "zarr.json" not in entries:
+        raise StoreError(f"{path} holds {', '.join(sorted(entries))} but no zarr.json: not recognisably a "
+                         "weight-delta store; nothing was deleted: give another --out, or remove it yourself")
+    if "zarr.json" in entries:
+        try:
+            meta = json.loads((path / "zarr.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return  # a damaged store: its entries are a store's own, so it is rebuilt
+        attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+        if not isinstance(attrs, dict) or not ({"format_version", "fingerprint"} & set(attrs)):
+            raise StoreError(f"{path} is a Zarr group but not a weight-delta store of this project (no "
+                             "format_version or fingerprint); nothing was deleted: give another --out, or "
+                             "remove it yourself")
+
+
+def _remove_store(path: Path) -> None:
+    """Delete a store's own entries (checked by :func:`_check_ours`), then its folder."""
+    for name in OWN_ENTRIES:
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+    for partial in path.glob("*.partial"):
+        partial.unlink()
+    path.rmdir()
+
+
 class DeltaStore:
     """Writing side of a store. Open it with :meth:`create_or_resume`."""
 
@@ -158,7 +265,9 @@ class DeltaStore:
         # without it Zarr skips writing a chunk that equals the fill value (a
         # chunk of labels that are all 0), which verify() then finds missing.
         self._arrays = {(split, name): root[split][name].with_config({"write_empty_chunks": True})
-                        for split in SPLITS for name in [*layout.arrays(), "done"]}
+                        for split in SPLITS for name in [*layout.arrays(), "seal", "done"]}
+        self.key = run_key(root.attrs["fingerprint"])
+        self.lock = None  # the writer lock's file, held by the run that made or resumed the store
 
     @classmethod
     def create_or_resume(cls, path: str | Path, layout: Layout, fingerprint: dict,
@@ -170,10 +279,16 @@ class DeltaStore:
         """
         path = Path(path)
         fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc.
-        if path.exists():
+        lock = _take_lock(path)  # before anything is read: another run may be writing
+        if path.exists() or path.is_symlink():
+            try:
+                _check_ours(path)
+            except StoreError:
+                _drop_lock(lock)
+                raise
             try:
                 old = zarr.open_group(path, mode="r").attrs.get("fingerprint")
-            except Exception:  # not a Zarr group at all
+            except Exception:  # a damaged store (its own entries only: _check_ours)
                 old = None
             if old == fingerprint:
                 # Zarr writes each file to a temporary name and renames it: a
@@ -185,12 +300,13 @@ class DeltaStore:
                 except Exception as exc:  # an array's metadata is unreadable
                     log(f"rebuilding {path}: its layout is damaged ({type(exc).__name__}: {exc})")
                 else:
+                    store.lock = lock
                     store.heal(log)
                     log(f"resuming {path}: {cls._done_summary(store.root, layout)}")
                     return store
             else:
                 log(f"rebuilding {path}: it was written for {_diff(old, fingerprint)}")
-            shutil.rmtree(path)
+            _remove_store(path)
         root = zarr.open_group(path, mode="w")
         root.attrs.update({
             **attrs,
@@ -215,9 +331,17 @@ class DeltaStore:
                 group.create_array(name, shape=(n, *row), chunks=(layout.chunk, *row), dtype=dtype,
                                    fill_value=0, compressors=compressors,
                                    config={"write_empty_chunks": True})  # as the handles that write
+            group.create_array("seal", shape=(layout.n_chunks(split), len(layout.arrays())),
+                               chunks=(1, len(layout.arrays())), dtype="uint32", fill_value=0,
+                               compressors=[Crc32cCodec()], config={"write_empty_chunks": True})
             group.create_array("done", shape=(layout.n_chunks(split),), chunks=(1,),
                                dtype="uint8", fill_value=0, compressors=[Crc32cCodec()])
-        return cls(root, layout)
+        root.attrs["seal"] = ("seal[c, j]: crc32c of sha256(fingerprint), the path of array j of "
+                              "seal_arrays, the index c and the chunk's values as stored")
+        root.attrs["seal_arrays"] = list(layout.arrays())
+        store = cls(root, layout)
+        store.lock = lock
+        return store
 
     @classmethod
     def attach(cls, path: str | Path, layout: Layout, fingerprint: dict) -> "DeltaStore":
@@ -266,14 +390,18 @@ class DeltaStore:
         rows = {name: np.asarray(values) for name, values in rows.items()}
         right = rank1_right(rows["cond/layer_input"], self.layout.rank1_basis)
         rows["u"], rows["rank1_share"] = rank_one_factor(rows["delta"], right)
-        for name, values in rows.items():  # check everything before writing anything
+        seal = np.zeros(len(rows), dtype=np.uint32)
+        for j, (name, (_, dtype)) in enumerate(self.layout.arrays().items()):  # check everything first
+            values = rows[name] = np.ascontiguousarray(rows[name], dtype=dtype)  # as stored
             if len(values) != stop - start:
                 raise StoreError(f"{name}: {len(values)} rows for chunk {chunk} of {stop - start}")
             if not np.all(np.isfinite(values)):
                 raise StoreError(f"{split}/{name} has NaN or infinite values in chunk {chunk} "
                                  f"(rows {start}..{stop - 1}); the overfit diverged: lower overfit.lr")
+            seal[j] = chunk_seal(self.key, f"{split}/{name}", chunk, values)
         self._write_all([(self._arrays[split, name], values) for name, values in rows.items()],
                         slice(start, stop))
+        self._arrays[split, "seal"][chunk] = seal
         self._arrays[split, "done"][chunk] = 1  # last: a chunk is done only once all of it is written
 
     @staticmethod
@@ -291,6 +419,12 @@ class DeltaStore:
     def complete(self) -> bool:
         return all(not self.pending_chunks(s) for s in SPLITS)
 
+    def close(self) -> None:
+        """Release the writer lock (it is released anyway when the process ends)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
 
 def open_store(path: str | Path) -> zarr.Group:
     """Open a finished store read-only; refuse an unfinished, foreign or damaged one.
@@ -304,14 +438,19 @@ def open_store(path: str | Path) -> zarr.Group:
     try:
         root = zarr.open_group(path, mode="r")
     except Exception as exc:
-        raise StoreError(f"{path} is not a Zarr group ({type(exc).__name__}: {exc}); {REPAIR}") from None
+        raise StoreError(f"{path} is not a readable weight-delta store ({type(exc).__name__}: "
+                         f"{_first_line(exc)}); {REWRITE}") from None
     version = root.attrs.get("format_version")
     if version is None:
-        raise StoreError(f"{path} is not a weight-delta store (no format_version attribute)")
+        raise StoreError(f"{path} is not a weight-delta store (no format_version attribute); {REWRITE}")
     if version != FORMAT_VERSION:
         raise StoreError(f"{path} is a weight-delta store of format {version}, this code reads format "
                          f"{FORMAT_VERSION}; rerun the overfit stage to rebuild it")
-    damaged = verify(root)
+    try:
+        damaged = verify(root)
+    except Exception as exc:  # an array's metadata is unreadable
+        raise StoreError(f"{path}: its layout cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                         f"{REWRITE}") from None
     if damaged:
         raise StoreError(f"{path} has {len(damaged)} damaged chunk(s): {damaged[0]}"
                          + (f" and {len(damaged) - 1} more (`ocd inspect --verify {path}` lists them)"
@@ -338,6 +477,11 @@ class Damage:
         return f"{self.split}/{self.array} chunk {self.chunk} (rows {self.rows[0]}..{self.rows[1] - 1}): {self.reason}"
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     if "checksum" in text.lower():
@@ -347,21 +491,40 @@ def _reason(exc: Exception) -> str:
 
 def verify_path(path: str | Path) -> list[Damage]:
     """:func:`verify` for the store at ``path``; a StoreError if it cannot be opened at all."""
+    root = _open_for_reading(path)
+    try:
+        return verify(root)
+    except Exception as exc:
+        raise StoreError(f"{path}: its layout cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                         f"{REWRITE}") from None
+
+
+def _open_for_reading(path: str | Path) -> zarr.Group:
+    """A store opened read-only for inspection (finished or not); anything else refused."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path} does not exist")
     try:
-        return verify(zarr.open_group(path, mode="r"))
+        root = zarr.open_group(path, mode="r")
     except Exception as exc:
-        raise StoreError(f"{path}: its layout cannot be read ({type(exc).__name__}: {exc}); {REPAIR}") from None
+        raise StoreError(f"{path} is not a readable weight-delta store ({type(exc).__name__}: "
+                         f"{_first_line(exc)}); {REWRITE}") from None
+    if "format_version" not in root.attrs or not all(split in root for split in SPLITS):
+        raise StoreError(f"{path} is a Zarr group but not a weight-delta store of this project "
+                         "(no format_version, or no train and test groups)")
+    return root
 
 
 def verify(root: zarr.Group, splits=SPLITS, layout: Layout | None = None) -> list[Damage]:
-    """Every chunk marked done that fails to read, fails its checksum or is
-    missing (Zarr would read a missing chunk as zeros), for every array of
-    ``splits``. An unreadable done flag is reported as damage of ``done``."""
+    """Every chunk marked done that fails to read, fails its checksum, is
+    missing (Zarr would read a missing chunk as zeros) or does not match its
+    seal (a chunk file moved to another index, or written by a run with another
+    fingerprint), for every array of ``splits``. An unreadable done flag or
+    seal is reported as damage of ``done`` or ``seal``."""
     damaged: list[Damage] = []
     store_root = Path(str(root.store.root)) if hasattr(root.store, "root") else None
+    key = run_key(root.attrs.get("fingerprint"))
+    sealed = list(root.attrs.get("seal_arrays") or [])
     for split in splits:
         group = root[split]
         n_chunks = group["done"].shape[0]
@@ -371,21 +534,35 @@ def verify(root: zarr.Group, splits=SPLITS, layout: Layout | None = None) -> lis
                 done[c] = group["done"][c] == 1
             except Exception as exc:
                 damaged.append(Damage(split, "done", c, (c, c + 1), _reason(exc)))
+        seals: dict[int, np.ndarray] = {}
+        if "seal" in group:
+            for c in np.flatnonzero(done):
+                try:
+                    seals[int(c)] = group["seal"][int(c)]
+                except Exception as exc:
+                    damaged.append(Damage(split, "seal", int(c), (int(c), int(c) + 1), _reason(exc)))
         names = list(layout.arrays()) if layout is not None else \
-            [name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array) and name != "done"]
+            [name for name, node in group.members(max_depth=None)
+             if isinstance(node, zarr.Array) and name not in ("done", "seal")]
         for name in names:
             arr = group[name]
             rows_per_chunk, n = arr.chunks[0], arr.shape[0]
+            j = sealed.index(name) if name in sealed else None
             for c in np.flatnonzero(done):
                 lo, hi = int(c) * rows_per_chunk, min((int(c) + 1) * rows_per_chunk, n)
-                key = arr.metadata.encode_chunk_key((int(c),) + (0,) * (arr.ndim - 1))
-                if store_root is not None and not (store_root / arr.path / key).is_file():
+                chunk_key = arr.metadata.encode_chunk_key((int(c),) + (0,) * (arr.ndim - 1))
+                if store_root is not None and not (store_root / arr.path / chunk_key).is_file():
                     damaged.append(Damage(split, name, int(c), (lo, hi), "chunk file missing"))
                     continue
                 try:
-                    arr[lo:hi]
+                    values = arr[lo:hi]
                 except Exception as exc:
                     damaged.append(Damage(split, name, int(c), (lo, hi), _reason(exc)))
+                    continue
+                if j is not None and int(c) in seals and \
+                        chunk_seal(key, f"{split}/{name}", int(c), values) != int(seals[int(c)][j]):
+                    damaged.append(Damage(split, name, int(c), (lo, hi), "does not match its seal (a chunk "
+                                          "moved from another index, or written by another run)"))
     return damaged
 
 
@@ -428,13 +605,7 @@ def summarize(path: str | Path, sample: int = 256) -> dict:
     """
     if sample < 0:  # a bad argument, not a damaged store
         raise ValueError(f"sample is the number of deltas per split to read, >= 0; got {sample}")
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path} does not exist")
-    try:
-        root = zarr.open_group(path, mode="r")
-    except Exception as exc:
-        raise StoreError(f"{path} is not a Zarr group: {exc}") from None
+    root = _open_for_reading(path)
     summary = {"path": str(path), "attrs": dict(root.attrs), "splits": {}}
     for split in SPLITS:
         if split not in root:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ocd.models import LayerInput, ModelError, ModelSpec, lenet5
-from ocd.overfit import linear_cut, overfit_batch, overfit_naive
+from ocd.overfit import Overfit, linear_cut, overfit_batch, overfit_naive
 from ocd.store import rank_one_share
 from ocd.tasks import get_task
 
@@ -61,3 +61,19 @@ def test_the_base_weights_are_untouched():
 def test_a_convolution_is_refused_by_name():
     with pytest.raises(ModelError, match="'conv2' is a Conv2d; the overfit stage needs a Linear"):
         linear_cut(_lenet(), "conv2")
+
+
+def test_a_first_chunk_of_zero_deltas_stops_the_stage_and_names_the_cause():
+    from ocd.overfit import check_moved
+    from ocd.store import StoreError
+
+    zero = Overfit(torch.zeros(4, 3, 2), torch.full((4,), 0.7), torch.full((4,), 0.7))
+    with pytest.raises(StoreError, match=r"all 4 deltas of train chunk 0 on layer fc1 are zero; the loss does not "
+                                         r"depend on fc1's weight.*mean 0.7"):
+        check_moved(zero, "fc1", "train", 0)
+    confident = Overfit(torch.zeros(4, 3, 2), torch.zeros(4), torch.zeros(4))
+    with pytest.raises(StoreError, match="already 0 in float32"):
+        check_moved(confident, "fc1", "train", 0)
+    moved = Overfit(torch.zeros(4, 3, 2), torch.zeros(4), torch.zeros(4))
+    moved.delta[2, 1, 0] = 1e-9
+    check_moved(moved, "fc1", "train", 0)

@@ -56,7 +56,7 @@ def _arrays(path):
 def test_a_stranger_can_open_the_store_with_plain_zarr(tmp_path):
     _fill(tmp_path / "s.zarr")
     root = zarr.open_group(tmp_path / "s.zarr", mode="r")
-    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == 4
+    assert root.attrs["layer"] == "fc1" and root.attrs["format_version"] == FORMAT_VERSION
     assert "never input" in root["test"].attrs["role"]
     assert root["train/delta"].shape == (20, 84, 120) and root["train/delta"].chunks == (8, 84, 120)
     assert root["train/cond/layer_input"].shape == (20, 120)
@@ -265,3 +265,96 @@ def test_a_negative_sample_is_a_bad_argument_not_a_damaged_store(tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(path), "--sample", "-3"])
     assert result.exit_code == 2 and "--sample" in result.output and "damaged" not in result.output
     assert summarize(path, sample=0)["splits"]["train"]["rank_one_share"] == {}
+
+
+def test_a_folder_that_is_not_a_store_is_refused_and_kept(tmp_path):
+    cut, splits, layout = _setup()
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("four years of work")
+    with pytest.raises(StoreError, match="not a weight-delta store.*thesis.txt.*nothing was deleted"):
+        DeltaStore.create_or_resume(folder, layout, FINGERPRINT, {}, log=lambda m: None)
+    assert (folder / "thesis.txt").read_text() == "four years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no lock file left beside it
+    # a Zarr group of someone else's, and a store with a file of the user's inside it
+    zarr.open_group(tmp_path / "other.zarr", mode="w").attrs["mine"] = 1
+    with pytest.raises(StoreError, match="not a weight-delta store of this project"):
+        DeltaStore.create_or_resume(tmp_path / "other.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
+    assert zarr.open_group(tmp_path / "other.zarr", mode="r").attrs["mine"] == 1
+    _fill(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / "notes.md").write_text("mine")
+    with pytest.raises(StoreError, match="notes.md"):
+        _fill(tmp_path / "s.zarr", fingerprint=dict(FINGERPRINT, base_sha256="other"))
+    assert (tmp_path / "s.zarr" / "notes.md").exists() and (tmp_path / "s.zarr" / "train").is_dir()
+    with pytest.raises(StoreError, match="not a folder"):
+        (tmp_path / "file").write_text("x")
+        DeltaStore.create_or_resume(tmp_path / "file", layout, FINGERPRINT, {}, log=lambda m: None)
+
+
+def test_a_store_with_an_unreadable_root_is_rebuilt(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path)
+    (path / "zarr.json").write_text("")
+    log = []
+    _, written = _fill(path, log=log)
+    assert "rebuilding" in log[0] and sum(rows for _, rows in written) == 27
+    open_store(path)
+
+
+def test_one_writer_at_a_time(tmp_path):
+    cut, splits, layout = _setup()
+    first = DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
+    with pytest.raises(StoreError, match=r"another run is writing .*s.zarr \(pid \d+"):
+        DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, dict(FINGERPRINT, base_sha256="B"), {},
+                                    log=lambda m: None)
+    assert zarr.open_group(tmp_path / "s.zarr", mode="r").attrs["fingerprint"]["base_sha256"] == "abc"
+    first.close()
+    DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, dict(FINGERPRINT, base_sha256="B"), {},
+                                log=lambda m: None).close()
+
+
+def test_a_lock_held_by_a_killed_process_is_not_stale(tmp_path):
+    import subprocess
+    import sys
+    import time
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s.zarr.lock")], stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"locked"
+    cut, splits, layout = _setup()
+    with pytest.raises(StoreError, match="another run is writing"):
+        DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
+    holder.kill()
+    holder.wait()
+    time.sleep(0.1)
+    DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None).close()
+
+
+def test_a_chunk_file_moved_to_another_index_is_found_and_recomputed(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path)
+    before = _arrays(path)
+    a, b = path / "train/delta/c/0/0/0", path / "train/delta/c/1/0/0"
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)  # both valid chunk files, each with a good checksum
+    found = {(d.split, d.array, d.chunk, "seal" in d.reason) for d in verify(zarr.open_group(path, mode="r"))}
+    assert found == {("train", "delta", 0, True), ("train", "delta", 1, True)}
+    with pytest.raises(StoreError, match="damaged chunk"):
+        open_store(path)
+    _, written = _fill(path)  # the resume recomputes the two chunks
+    assert sum(rows for _, rows in written) == 16
+    for key, values in _arrays(path).items():
+        np.testing.assert_array_equal(values, before[key], err_msg=key)
+
+
+def test_chunks_written_by_a_run_with_other_inputs_are_found(tmp_path):
+    # the 2-rank kill of issue 30: ranks of an old run wrote their chunks into the rebuilt store
+    old, new = tmp_path / "old.zarr", tmp_path / "new.zarr"
+    _fill(old, fingerprint=dict(FINGERPRINT, overfit={"steps": 2}))
+    _fill(new)
+    for f in ("train/delta/c/2/0/0", "train/rho/c/2", "train/seal/c/2/0"):
+        (new / f).write_bytes((old / f).read_bytes())  # the old run's chunk 2 and its seal, landed late
+    found = {(d.array, d.chunk) for d in verify(zarr.open_group(new, mode="r"))}
+    # the seal names the old run, so every array of that chunk is refused, and nothing else
+    assert found == {(name, 2) for name in _setup()[2].arrays()}
