@@ -15,16 +15,22 @@ several machines, run torchrun yourself (README, "Many processes").
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import inspect
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from ocd.artifacts import write_text
 
 T = TypeVar("T")
 
@@ -124,10 +130,35 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+# Set by relaunch for its ranks: the folder where a rank leaves its user error (one line)
+# for the launcher to print once, instead of every rank printing it.
+ERRORS_ENV = "OCD_ERRORS"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux).
+
+    torchrun puts its ranks in process groups of their own, so a ``kill -9``
+    of the launcher's group left them running, writing chunks of a run that no
+    longer exists. Returns whether it is set.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ok = ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    if ok and os.getppid() == 1:  # the parent died before the request: go now
+        os.kill(os.getpid(), sig)
+    return ok
+
+
 def start() -> Group:
     """Join the process group torchrun set up (one process without it)."""
     if not launched():
         return Group()
+    die_with_parent()
     if not dist.is_initialized():
         if torch.cuda.is_available() and os.environ.get("OCD_DEVICE", "cuda").startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -153,6 +184,44 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     """
     env = dict(os.environ)
     env.setdefault("OCD_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "stages", *argv]
-    return subprocess.run(cmd, env=env).returncode
+    env.setdefault("OMP_NUM_THREADS", env["OCD_THREADS"])  # as torchrun would, without its banner
+    with tempfile.TemporaryDirectory(prefix="ocd-errors-") as errors:
+        env[ERRORS_ENV] = errors
+        cmd = [sys.executable, "-c", "from ocd.distributed import _agent; _agent()", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "stages", *argv]
+        # the agent dies with this process, and the ranks with the agent (start)
+        code = subprocess.run(cmd, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM)).returncode
+        messages = list(dict.fromkeys(f.read_text().strip() for f in sorted(Path(errors).iterdir())))
+    for message in messages:  # every rank's user error, each distinct one once
+        print(message, file=sys.stderr)
+    return 2 if messages else code
+
+
+def report_user_error(message: str) -> bool:
+    """In a rank started by :func:`relaunch`, leave ``message`` for the launcher
+    to print (once, however many ranks hit it); returns False elsewhere."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not (launched() and folder and os.path.isdir(folder)):
+        return False
+    write_text(Path(folder, f"rank{os.environ.get('RANK', '0')}"), message)
+    return True
+
+
+def _agent() -> None:
+    """torchrun's agent, as ``relaunch`` runs it: a rank's user error (exit code 2,
+    its message left for the launcher) ends the run with code 2 and no report
+    from the agent; any other failure prints torchrun's report."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(sys.argv[1:]))
+    except ChildFailedError as exc:
+        folder = os.environ.get(ERRORS_ENV)
+        if folder and os.listdir(folder):
+            sys.exit(2)
+        print(exc.format_msg(), file=sys.stderr)
+        sys.exit(1)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
 
 import typer
 
 from ocd.artifacts import CheckpointError
 from ocd.data import DataError
-from ocd.distributed import launched
+from ocd.distributed import launched, report_user_error
 from ocd.layers import ScoreError
 from ocd.models import ModelError
 from ocd.params import ParamsError
@@ -31,7 +33,21 @@ app = typer.Typer(
 )
 
 # Errors about the user's input: a one-line message and exit code 2, no traceback.
-USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError)
+# FloatingPointError: a training whose loss stopped being finite (too high a learning rate).
+USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError,
+               FloatingPointError)
+# The machine, not the input: a full disk or quota. One line and exit code 1.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The OSError for a full disk behind ``exc`` (itself, or its cause), if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _stage(fn, many_processes: bool = False):
@@ -46,10 +62,30 @@ def _stage(fn, many_processes: bool = False):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
-            typer.echo(f"error: {exc}", err=True)
+            _quiet_on_exit()
+            if not report_user_error(f"error: {exc}"):  # a rank leaves it to its launcher
+                typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            full = _disk_full(exc)
+            if full is None:
+                raise
+            _quiet_on_exit()
+            where = f" writing {full.filename}" if full.filename else ""
+            message = (f"error: the disk is full{where} ({full.strerror}); free some space and run it again: "
+                       "every file already written is whole, and a store's finished chunks are kept")
+            if not report_user_error(message):
+                typer.echo(message, err=True)
+            raise typer.Exit(1) from None
 
     return run
+
+
+def _quiet_on_exit() -> None:
+    """A stage stopped by an error may leave Zarr's reads pending on its event
+    loop; Python then logs "Task was destroyed but it is pending!" for each at
+    exit, 40 lines after the one line that matters."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 @app.callback()

@@ -6,7 +6,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import yaml
 import zarr
 
 from ocd.distributed import Group, launched
-from test_pipeline import TINY, make_project
+from test_pipeline import ROOT, TINY, make_project
 
 
 def test_every_item_is_dealt_to_exactly_one_rank():
@@ -106,6 +108,12 @@ def test_two_ranks_write_the_one_process_store_and_a_killed_run_resumes_with_one
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the ranks (a process group of torchrun's own) die with their launcher
+    marker = str(tmp_path / "killed.zarr")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_naming(marker):
+        time.sleep(0.1)
+    assert not _processes_naming(marker), "ranks outlived their launcher"
     root = zarr.open_group(tmp_path / "killed.zarr", mode="r")
     finished = int(root["train/done"][:].sum())
     assert 0 < finished < root["train/done"].shape[0], "the run was not interrupted mid-way"
@@ -113,6 +121,44 @@ def test_two_ranks_write_the_one_process_store_and_a_killed_run_resumes_with_one
     resumed = project.run(*run_args("killed", 1))
     assert "resuming" in resumed.stdout
     _assert_same_store(tmp_path / "one.zarr", tmp_path / "killed.zarr")
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def test_a_child_that_asked_dies_with_its_parent(tmp_path):
+    child = ("import sys, time; from ocd.distributed import die_with_parent; die_with_parent(); "
+             "print('ready', flush=True); time.sleep(60)")
+    parent = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+              "stdout=sys.stdout); print(c.pid, flush=True); time.sleep(60)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", parent, child], stdout=subprocess.PIPE, text=True, env=env)
+    pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "ready"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.05)
+    alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    assert not alive
+
+
+@pytest.mark.e2e
+def test_a_user_error_on_two_ranks_is_one_line(project, tmp_path):
+    run = project.run("ocd", "train-diffusion", "--params", _params(project, tmp_path, 2), "--no-progress",
+                      "--store", str(tmp_path / "none.zarr"), check=False)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {tmp_path / 'none.zarr'} does not exist; run the overfit stage first"
 
 
 def test_a_one_process_stage_run_by_torchrun_says_so_and_writes_nothing(tmp_path):

@@ -1,0 +1,65 @@
+"""The `ocd` command's handling of errors: one line, the right exit code, no traceback."""
+
+import errno
+
+import typer
+from typer.testing import CliRunner
+
+from stages.cli import _stage, app
+from stages.train_diffusion import holdout_note
+from synthetic import synthetic_store
+
+
+def _run_raising(exc: BaseException):
+    def boom():
+        raise exc
+
+    one = typer.Typer()
+    one.command()(_stage(boom))
+    return CliRunner().invoke(one, [])
+
+
+def test_a_full_disk_is_one_line_that_says_so():
+    def disk_full():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "artifacts/deltas.zarr/train/delta/c/3/0/0")
+        except OSError as exc:  # as Zarr and torch raise it: wrapped in another error
+            raise RuntimeError("write failed") from exc
+
+    one = typer.Typer()
+    one.command()(_stage(disk_full))
+    result = CliRunner().invoke(one, [])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the disk is full writing artifacts/deltas.zarr")
+
+
+def test_a_diverged_training_is_a_user_error():
+    result = _run_raising(FloatingPointError("train diffusion: the training loss is nan at step 2 of 20"))
+    assert result.exit_code == 2 and result.output.strip() == \
+        "error: train diffusion: the training loss is nan at step 2 of 20"
+
+
+def test_other_errors_keep_their_traceback():
+    result = _run_raising(KeyError("a bug of ours"))
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_a_store_whose_root_metadata_is_empty_is_one_line(tmp_path):
+    synthetic_store(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / "zarr.json").write_text("")
+    result = CliRunner().invoke(app, ["train-diffusion", "--store", str(tmp_path / "s.zarr"),
+                                      "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 's.zarr'} is not a readable weight-delta store (JSONDecodeError: Expecting value: "
+        "line 1 column 1 (char 0)); `dvc repro overfit` (or `ocd overfit`) writes it anew"]
+
+
+def test_the_stage_says_what_diffusion_holdout_held_out():
+    # 364 train rows in chunks of 256: the one held-out chunk is 108 rows, 30%
+    note = holdout_note(0.1, 364, 256, 1)
+    assert note.startswith("held out for the diagnostics: the last 1 store chunk(s), 108 of 364 train rows (30%)")
+    assert "diffusion.holdout asks 10%" in note and "overfit.batch_size" in note
+    assert "asks" not in holdout_note(0.1, 4000, 3584, 2)  # 416 rows, 10%: as asked
+    assert "no diagnostics" in holdout_note(0.0, 16, 16, 0)
