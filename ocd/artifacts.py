@@ -39,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -47,6 +48,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of ``path`` left by writers that were killed
+    (``kill -9`` skips the cleanup): ``.NAME.PID.tmp`` whose process is gone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -73,16 +89,26 @@ def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def checkpoint_bytes(obj) -> bytes:
+    """``torch.save(obj)`` as bytes that depend on ``obj`` alone.
+
+    Saved to a path, torch names the archive's records after the file
+    (``.model.pt.6902.tmp/data.pkl`` for the temporary name): equal weights
+    then hashed differently run after run, and DVC reran every later stage.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def save_tensors(path: str | Path, state: dict[str, torch.Tensor]) -> None:
     """A plain state dict (tensors only), written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_bytes(path, checkpoint_bytes(state))
 
 
 def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], config: dict) -> None:
     """A state dict and a JSON-able configuration, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"state": state, CONFIG: json.dumps(config)}, tmp)
+    write_bytes(path, checkpoint_bytes({"state": state, CONFIG: json.dumps(config, sort_keys=True)}))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

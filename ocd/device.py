@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
+from pathlib import Path
 import warnings
 
 import torch
@@ -143,6 +145,18 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def cpu_model() -> str:
+    """The CPU's model name: two CPUs with the same instruction set (AVX512, say) can
+    still run other oneDNN kernels and sum floats in another order."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def runtime() -> dict:
     """What a seeded run's numbers depend on besides the code, params and data.
 
@@ -153,7 +167,7 @@ def runtime() -> dict:
     """
     device = get_device()
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

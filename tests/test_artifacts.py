@@ -101,3 +101,25 @@ def test_checkpoints_round_trip_and_foreign_or_truncated_files_are_named(tmp_pat
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:50])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_checkpoints_of_equal_weights_are_equal_bytes(tmp_path):
+    # torch.save to a path names the archive's records after the (temporary, per-pid) file name
+    state = {"w": torch.arange(12.0).reshape(3, 4)}
+    artifacts.save_checkpoint(tmp_path / "a.pt", state, {"b": 1, "a": [2]})
+    artifacts.save_checkpoint(tmp_path / "sub" / "b.pt", {"w": state["w"].clone()}, {"a": [2], "b": 1})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
+    artifacts.save_tensors(tmp_path / "c.pt", state)
+    artifacts.save_tensors(tmp_path / "d.pt", state)
+    assert (tmp_path / "c.pt").read_bytes() == (tmp_path / "d.pt").read_bytes()
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".model.pt.{dead.pid}.tmp"
+    stale.write_bytes(b"")
+    live = tmp_path / f".model.pt.{os.getppid()}.tmp"  # a live writer's: kept
+    live.write_bytes(b"")
+    artifacts.write_bytes(tmp_path / "model.pt", b"new")
+    assert not stale.exists() and live.exists() and (tmp_path / "model.pt").read_bytes() == b"new"
