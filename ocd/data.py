@@ -128,10 +128,15 @@ def _carve(x, y, fraction: float, seed: int):
         return train_test_split(x, y, test_size=fraction, random_state=seed)
 
 
-def _cap(x, y, n: int, seed: int, stratify: bool = True):
+def _cap(x, y, n: int, seed: int, stratify: bool = True, what: str = "data.max_train"):
     """A (stratified) subsample of n rows (all rows when n is 0 or too large)."""
     if n <= 0 or n >= len(y):
         return x, y
+    if stratify:
+        classes = len(np.unique(y))
+        if n < classes:
+            raise DataError(f"{what} = {n} is fewer than the {classes} classes: a stratified subsample "
+                            "needs at least one row of each")
     x_keep, _, y_keep, _ = train_test_split(x, y, train_size=n, stratify=y if stratify else None,
                                             random_state=seed)
     return x_keep, y_keep
@@ -141,12 +146,15 @@ def _finish(name, params, x_train, y_train, x_test, y_test, pixel_max, info) -> 
     """Cap, carve the calibration rows out of train, scale by pixel_max,
     standardise with train statistics, to tensors."""
     x_train, y_train = _cap(x_train, y_train, params.max_train, params.seed)
-    x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed)
+    x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed, what="data.max_test")
     x_cal = y_cal = None
     if params.cal_fraction > 0:
         x_train, x_cal, y_train, y_cal = _carve(x_train, y_train, params.cal_fraction, params.seed)
     scaled = lambda a: np.asarray(a, dtype=np.float64) / pixel_max  # noqa: E731
     mean, std = float(scaled(x_train).mean()), float(scaled(x_train).std())
+    if not std > 0:  # standardising would divide by zero: every input NaN
+        raise DataError(f"{name}: every train pixel has the same value ({mean * pixel_max:g}): there is nothing "
+                        "to learn from these images")
     to_x = lambda a: None if a is None else torch.from_numpy(((scaled(a) - mean) / std).astype(np.float32))  # noqa: E731
     to_y = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
     info = dict(info, pixel_max=pixel_max, mean=mean, std=std, n_train=len(y_train), n_test=len(y_test),
@@ -194,25 +202,60 @@ def load_digits(params: DataParams) -> Dataset:
     return _finish("digits", params, x_train, y_train, x_test, y_test, 16.0, info)
 
 
+def feature_transform(transform: dict):
+    """The fitted feature transform of a tabular set (``Dataset.info["feature_transform"]``,
+    plain numbers saved in model.json, no pickle) as a function of raw features [N, F]:
+    blanks (NaN) take the train medians, then the quantile transform to a normal."""
+    from sklearn.preprocessing import QuantileTransformer
+
+    quantiles, references = np.asarray(transform["quantiles"]), np.asarray(transform["references"])
+    medians = np.asarray(transform["medians"])
+    qt = QuantileTransformer(n_quantiles=len(references), output_distribution="normal")
+    qt.quantiles_, qt.references_ = quantiles, references
+    qt.n_quantiles_, qt.n_features_in_ = len(references), quantiles.shape[1]
+
+    def apply(x: np.ndarray) -> torch.Tensor:
+        x = np.asarray(x, dtype=np.float64)
+        return torch.from_numpy(qt.transform(np.where(np.isnan(x), medians, x)).astype(np.float32))
+
+    return apply
+
+
 def _finish_tabular(name, params, x, y, info) -> Dataset:
     """Gorishniy et al.'s split and preprocessing for a regression table."""
     from sklearn.preprocessing import QuantileTransformer
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise DataError(f"{name}: {bad.size} row(s) have no finite target (the first is row {bad[0]} of the "
+                        "table): a cut or damaged file? Every row needs its target")
+    if np.isinf(x).any():
+        rows = np.flatnonzero(np.isinf(x).any(axis=1))
+        raise DataError(f"{name}: {rows.size} row(s) have an infinite feature (the first is row {rows[0]}); "
+                        "blank values are filled with the train median, infinite ones are refused")
+    if len(y) < 10:
+        raise DataError(f"{name}: {len(y)} rows are too few to split into train, validation and test")
 
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=params.test_fraction,
                                                       random_state=params.seed)
     x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=params.val_fraction,
                                                       random_state=params.seed)
     x_train, y_train = _cap(x_train, y_train, params.max_train, params.seed, stratify=False)
-    x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed, stratify=False)
+    x_test, y_test = _cap(x_test, y_test, params.max_test, params.seed, stratify=False, what="data.max_test")
     medians = np.nanmedian(x_train, axis=0)  # blank feature values take the train median
     x_train, x_test = (np.where(np.isnan(a), medians, a) for a in (x_train, x_test))
     qt = QuantileTransformer(n_quantiles=min(1000, len(x_train)), output_distribution="normal",
                              subsample=10**9, random_state=params.seed).fit(x_train)
     mean, scale = float(np.mean(y_train)), float(np.std(y_train))
+    if not scale > 0:
+        raise DataError(f"{name}: every train target is {mean:g}: there is nothing to learn")
     to_x = lambda a: torch.from_numpy(qt.transform(a).astype(np.float32))  # noqa: E731
     to_y = lambda a: torch.from_numpy(((np.asarray(a) - mean) / scale).astype(np.float32))  # noqa: E731
     info = dict(info, n_train=len(y_train), n_val=len(y_val), n_test=len(y_test), target_mean=mean,
-                target_scale=scale, features="quantile-transformed to normal, fitted on train")
+                target_scale=scale, features="quantile-transformed to normal, fitted on train",
+                feature_transform={"medians": medians.tolist(), "quantiles": qt.quantiles_.tolist(),
+                                   "references": qt.references_.tolist()})
     x_val = np.where(np.isnan(x_val), medians, x_val)
     return Dataset(name, "regression", to_x(x_train), to_y(y_train), to_x(x_test), to_y(y_test), 1, info,
                    {"target_mean": mean, "target_scale": scale}, x_cal=to_x(x_val), y_cal=to_y(y_val))
@@ -222,14 +265,38 @@ def _finish_tabular(name, params, x, y, info) -> Dataset:
 def load_california(params: DataParams) -> Dataset:
     import pandas as pd
 
-    path = Path(params.path) if params.path.endswith(".csv") else DATA_DIR / "california_housing" / "housing.csv"
+    shipped = DATA_DIR / "california_housing" / "housing.csv"
+    if params.path == DataParams().path:  # data.path left at its default (mnist_idx's folder)
+        path = shipped
+    elif params.path.endswith(".csv"):
+        path = Path(params.path)
+    else:
+        raise DataError(f"data.path {params.path} is not a .csv file: california reads a CSV (leave data.path at "
+                        f"its default for the shipped {shipped.relative_to(DATA_DIR.parent)})")
     if not path.is_file():
         raise DataError(f"missing {path}; the California Housing CSV ships under data/california_housing")
-    df = pd.read_csv(path)
-    missing = {"median_income", "housing_median_age", "total_rooms", "total_bedrooms", "population",
-               "households", "latitude", "longitude", "median_house_value"} - set(df.columns)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV ({' '.join(str(exc).split())})") from None
+    columns = {"median_income", "housing_median_age", "total_rooms", "total_bedrooms", "population",
+               "households", "latitude", "longitude", "median_house_value"}
+    missing = columns - set(df.columns)
     if missing:
         raise DataError(f"{path} lacks the columns {sorted(missing)}")
+    for column in sorted(columns):
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        words = numbers.isna() & df[column].notna()
+        if words.any():
+            raise DataError(f"{path}: column {column} holds {int(words.sum())} value(s) that are not numbers "
+                            f"(the first: {df[column][words].iloc[0]!r} on line {int(words.idxmax()) + 2})")
+        df[column] = numbers
+    cut = df["median_house_value"].isna()
+    if cut.any():
+        raise DataError(f"{path}: {int(cut.sum())} row(s) have no median_house_value (the first on line "
+                        f"{int(cut.idxmax()) + 2}): the file is cut or damaged")
     households = df["households"]
     x = np.column_stack([
         df["median_income"], df["housing_median_age"], df["total_rooms"] / households,

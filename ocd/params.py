@@ -61,6 +61,7 @@ class DataParams:
         if not 0 <= self.cal_fraction < 1:
             raise ParamsError(f"data.cal_fraction must lie in [0, 1), got {self.cal_fraction}")
         _non_negative(self, "data", "max_train", "max_test")
+        _seed(self, "data")
         _positive(self, "data", "image_size", "shots")
         if self.max_tokens < 2:
             raise ParamsError(f"data.max_tokens must be at least 2 (the [CLS] and [SEP] tokens), got {self.max_tokens}")
@@ -111,6 +112,7 @@ class BaseParams:
     def __post_init__(self):
         _positive(self, "base", "epochs", "lr", "batch_size", "body_lr")
         _non_negative(self, "base", "weight_decay", "pair_iterations")
+        _seed(self, "base")
         _choice(self, "base", "schedule", ("constant", "cosine"))
 
 
@@ -135,6 +137,7 @@ class LayersParams:
 
     def __post_init__(self):
         _positive(self, "layers", "draws", "samples", "noise")
+        _seed(self, "layers")
         _choice(self, "layers", "scope", ("selectable", "all"))
 
 
@@ -208,6 +211,7 @@ class DiffusionParams:
         _choice(self, "diffusion", "target", ("matrix", "rank1", "flat"))
         _choice(self, "diffusion", "prediction", ("eps", "x0"))
         _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb", "epochs")
+        _seed(self, "diffusion")
         if not 0 <= self.holdout < 1:
             raise ParamsError(f"diffusion.holdout must lie in [0, 1), got {self.holdout}")
         if not 0 <= self.ema < 1:
@@ -230,6 +234,7 @@ class ScaleParams:
     def __post_init__(self):
         _positive(self, "scale", "steps", "batch_size", "lr")
         _non_negative(self, "scale", "epochs")
+        _seed(self, "scale")
         _widths(self, "scale", "hidden")
         _choice(self, "scale", "loss", ("paper", "logmse"))
 
@@ -249,6 +254,7 @@ class RegressorParams:
     def __post_init__(self):
         _positive(self, "regressor", "steps", "batch_size", "lr")
         _non_negative(self, "regressor", "epochs")
+        _seed(self, "regressor")
         _widths(self, "regressor", "hidden")
 
 
@@ -270,6 +276,7 @@ class EvaluateParams:
     def __post_init__(self):
         _positive(self, "evaluate", "k", "sample_steps", "tent_lr")
         _non_negative(self, "evaluate", "eta")
+        _seed(self, "evaluate")
         if any(n <= 0 for n in self.tent_steps):
             raise ParamsError(f"evaluate.tent_steps must hold positive step counts, got {self.tent_steps}")
 
@@ -338,6 +345,12 @@ def _non_negative(section, where: str, *names: str) -> None:
             raise ParamsError(f"{where}.{name} must not be negative, got {getattr(section, name)!r}")
 
 
+def _seed(section, where: str) -> None:
+    """Seeds go to numpy and scikit-learn as well as torch: 0 <= seed < 2**32."""
+    if not 0 <= section.seed < 2**32:
+        raise ParamsError(f"{where}.seed must lie in [0, 2**32), got {section.seed!r}")
+
+
 def _open_unit(section, where: str, *names: str) -> None:
     for name in names:
         if not 0 < getattr(section, name) < 1:
@@ -359,11 +372,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; missing keys take their defaults."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path} is a folder, not a params file") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_params(raw if raw is not None else {}, source=str(path))
 
 
@@ -405,9 +424,12 @@ def _coerce(hint: Any, value: Any, where: str):
         if isinstance(value, bool):
             raise ParamsError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ParamsError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # .nan, .inf: every float knob here must be a finite number
+            raise ParamsError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamsError(f"{where}: expected an integer, got {value!r}")

@@ -27,7 +27,7 @@ def names() -> list[str]:
 
 def load(name: str) -> dict:
     path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if name not in names():  # a name, never a path: `ocd preset ../../x` reads nothing outside presets/
         raise ParamsError(f"unknown preset {name!r}; valid presets: {', '.join(names())}")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):

@@ -61,13 +61,38 @@ def predict(
 
 
 def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:
-    """Images (a .npy file or a folder of PNGs), scaled as the base model's training data."""
+    """Images (a .npy file or a folder of PNGs), scaled as the base model's training data;
+    or a table's raw features (a .npy file), transformed as its training data."""
+    if "feature_transform" in info:
+        return _table_inputs(inputs, trained, info)
     if "pixel_max" not in info:
-        raise InputError(f"ocd predict reads images; the base model was trained on "
-                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose inputs are not images "
-                         "(a tabular set's feature transform is not saved; a scene's inputs are camera poses)")
+        raise InputError(f"ocd predict reads images or tables; the base model was trained on "
+                         f"{trained.base.meta.get('data', {}).get('name')!r}, whose inputs are neither "
+                         "(a scene's inputs are camera poses), or its model.json predates the saved feature "
+                         "transform (rerun train_base)")
     names, raw = read_inputs(inputs, tuple(trained.base.spec.in_shape), info["pixel_max"])
     return names, torch.as_tensor(((raw / info["pixel_max"] - info["mean"]) / info["std"]).astype(np.float32))
+
+
+def _table_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:
+    """Raw feature rows [N, F] from a .npy file (blank values as NaN take the train medians)."""
+    from ocd.data import feature_transform
+
+    width = trained.base.spec.in_shape[0]
+    if not inputs.exists():
+        raise InputError(f"{inputs} does not exist")
+    if inputs.suffix != ".npy":
+        raise InputError(f"{inputs}: a table's rows are read from a .npy file of raw features [N, {width}]")
+    raw = _read_npy(inputs)
+    if raw.ndim == 1 and len(raw) == width:
+        raw = raw[None]
+    if raw.ndim != 2 or raw.shape[1] != width:
+        raise InputError(f"{inputs}: rows of shape {raw.shape[1:]}; the model takes {width} raw features a row")
+    if len(raw) == 0:
+        raise InputError(f"{inputs} holds no inputs (shape {raw.shape})")
+    if np.isinf(raw).any():
+        raise InputError(f"{inputs}: infinite feature values (a blank is NaN, and takes the train median)")
+    return [f"{inputs.name}[{i}]" for i in range(len(raw))], feature_transform(info["feature_transform"])(raw)
 
 
 def read_inputs(path: Path, in_shape: tuple[int, ...], pixel_max: float) -> tuple[list[str], np.ndarray]:
@@ -78,12 +103,14 @@ def read_inputs(path: Path, in_shape: tuple[int, ...], pixel_max: float) -> tupl
         files = sorted(path.glob("*.png"))
         if not files:
             raise InputError(f"{path} holds no .png files")
-        names, raw = [f.name for f in files], np.stack([_read_png(f, pixel_max) for f in files])
+        names, raw = [f.name for f in files], np.stack([_read_png(f, pixel_max, in_shape) for f in files])
     elif path.suffix == ".npy":
         raw = _read_npy(path)
         names = [f"{path.name}[{i}]" for i in range(len(raw))]
     else:
         raise InputError(f"{path}: expected a .npy file or a folder of PNG images")
+    if len(raw) == 0:
+        raise InputError(f"{path} holds no inputs (shape {raw.shape})")
     if raw.shape[1:] != in_shape and raw.shape[1:] == in_shape[1:] and in_shape[0] == 1:
         raw = raw[:, None]  # grey images without a channel axis
     if raw.shape[1:] != in_shape:
@@ -112,12 +139,20 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _read_png(path: Path, pixel_max: float) -> np.ndarray:
+def _read_png(path: Path, pixel_max: float, in_shape: tuple[int, ...]) -> np.ndarray:
+    """One grey image in the dataset's pixel range; its size is checked against
+    the model's before its pixels are decoded (a 20000x20000 image is refused, not read)."""
     from PIL import Image, UnidentifiedImageError
 
+    height, width = in_shape[-2:]
     try:
         with Image.open(path) as img:
+            if img.size != (width, height):
+                raise InputError(f"{path} is {img.size[0]}x{img.size[1]} pixels; the model takes "
+                                 f"{width}x{height} images")
             grey = img.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path}: not a readable PNG image ({type(exc).__name__}: {exc})") from None
     return np.asarray(grey, dtype=np.float64) / 255.0 * pixel_max

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,55 @@ def test_california_target_is_in_100k_dollars_and_capped():
     d = load_dataset(DataParams(name="california"))
     y = d.y_train * d.task_options["target_scale"] + d.task_options["target_mean"]
     assert 0.1 < float(y.min()) and float(y.max()) <= 5.00001 + 1e-4
+
+
+def _csv(tmp_path, text: str):
+    path = tmp_path / "housing.csv"
+    path.write_text(text)
+    return DataParams(name="california", path=str(path))
+
+
+def test_a_california_csv_cut_mid_row_or_empty_or_not_a_csv_is_named(tmp_path):
+    from ocd.data import DATA_DIR
+
+    lines = (DATA_DIR / "california_housing/housing.csv").read_text().splitlines()[:200]
+    cut = "\n".join(lines) + "\n" + lines[200 - 1].rsplit(",", 3)[0] + "\n"  # the last row lost its tail
+    with pytest.raises(DataError, match=r"1 row\(s\) have no median_house_value \(the first on line 201\)"):
+        load_dataset(_csv(tmp_path, cut))
+    with pytest.raises(DataError, match="is empty"):
+        load_dataset(_csv(tmp_path, ""))
+    words = lines[:50]
+    words[10] = "west," + words[10].split(",", 1)[1]
+    with pytest.raises(DataError, match=r"column longitude holds 1 value\(s\) that are not numbers "
+                                        r"\(the first: 'west' on line 11\)"):
+        load_dataset(_csv(tmp_path, "\n".join(words)))
+    with pytest.raises(DataError, match="is not a .csv file"):
+        load_dataset(DataParams(name="california", path=str(tmp_path)))
+    ok = load_dataset(_csv(tmp_path, "\n".join(lines) + "\n"))
+    assert torch.isfinite(ok.y_train).all() and torch.isfinite(ok.x_train).all()
+
+
+def test_a_cap_below_the_number_of_classes_is_named(digits_params):
+    with pytest.raises(DataError, match="data.max_train = 1 is fewer than the 10 classes"):
+        load_dataset(dataclasses.replace(digits_params, max_train=1))
+
+
+def test_a_table_s_saved_feature_transform_reproduces_its_rows():
+    import json
+
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    from ocd.data import feature_transform
+
+    params = DataParams(name="diabetes")
+    d = load_dataset(params)
+    saved = json.loads(json.dumps(d.info["feature_transform"]))  # as model.json holds it
+    bunch = load_diabetes()
+    rest, x_test = train_test_split(bunch.data, test_size=params.test_fraction, random_state=params.seed)
+    x_train, _ = train_test_split(rest, test_size=params.val_fraction, random_state=params.seed)
+    torch.testing.assert_close(feature_transform(saved)(x_test), d.x_test, rtol=0, atol=1e-6)
+    torch.testing.assert_close(feature_transform(saved)(x_train), d.x_train, rtol=0, atol=1e-6)
+    blank = x_test[:1].copy()
+    blank[0, 2] = np.nan  # a blank takes the train median
+    assert torch.isfinite(feature_transform(saved)(blank)).all()

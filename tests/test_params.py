@@ -36,6 +36,13 @@ def test_float_written_as_yaml_string_is_accepted():
         ({"evaluate": {"tent_steps": [1, 0]}}, ["evaluate.tent_steps", "positive"]),
         ({"evaluate": {"tent_lr": 0}}, ["evaluate.tent_lr", "positive"]),
         (["data"], ["mapping"]),
+        # every float must be a finite number; seeds go to numpy and scikit-learn too
+        ({"evaluate": {"eta": float("nan")}}, ["evaluate.eta", "finite", "nan"]),
+        ({"diffusion": {"grad_clip": float("nan")}}, ["diffusion.grad_clip", "finite"]),
+        ({"diffusion": {"epochs": float("inf")}}, ["diffusion.epochs", "finite", "inf"]),
+        ({"base": {"lr": "-inf"}}, ["base.lr", "finite"]),
+        ({"data": {"seed": -1}}, ["data.seed", "[0, 2**32)"]),
+        ({"diffusion": {"seed": 2**32}}, ["diffusion.seed", "[0, 2**32)"]),
     ],
 )
 def test_malformed_params_name_the_problem(raw, words):
@@ -52,3 +59,10 @@ def test_missing_and_invalid_yaml_files(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("base:\n  lr: 0.001  # \xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(ParamsError, match="not UTF-8 text"):
+        load_params(latin)
+    with pytest.raises(ParamsError, match="is a folder, not a params file"):
+        load_params(tmp_path)

@@ -49,3 +49,19 @@ def test_a_corrupted_png_and_odd_paths_name_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no .png files"):
         read_inputs(tmp_path / "empty", SHAPE, 16.0)
+
+
+def test_an_empty_array_images_of_other_sizes_and_a_huge_png_are_one_line(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 8, 8)))
+    with pytest.raises(InputError, match=r"empty.npy holds no inputs \(shape \(0, 1, 8, 8\)\)"):
+        read_inputs(tmp_path / "empty.npy", SHAPE, 16.0)
+    (tmp_path / "mixed").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a.png")
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(tmp_path / "mixed" / "b.png")
+    with pytest.raises(InputError, match=r"b.png is 10x12 pixels; the model takes 8x8 images"):
+        read_inputs(tmp_path / "mixed", SHAPE, 16.0)
+    # a 20000x20000 PNG (400 M pixels, a few hundred KB on disk): refused from its header
+    (tmp_path / "huge").mkdir()
+    Image.new("L", (20000, 20000)).save(tmp_path / "huge" / "h.png", optimize=False)
+    with pytest.raises(InputError, match=r"h.png: not a readable PNG image \(DecompressionBombError|h.png is 20000x20000"):
+        read_inputs(tmp_path / "huge", SHAPE, 16.0)

@@ -1,3 +1,4 @@
+import os
 import pytest
 import yaml
 
@@ -46,3 +47,11 @@ def test_unknown_presets_and_bad_keys_are_named():
         presets.load("nope")
     with pytest.raises(ParamsError, match="diffusion: unknown key.*predicton"):
         presets.apply("params.yaml", {"diffusion": {"predicton": "eps"}})
+
+
+def test_a_preset_is_a_name_never_a_path(tmp_path):
+    outside = tmp_path / "x.yaml"
+    outside.write_text("diffusion: {steps: 1}\n")
+    relative = os.path.relpath(outside.with_suffix(""), presets.PRESETS_DIR)
+    with pytest.raises(ParamsError, match="unknown preset"):
+        presets.load(relative)
