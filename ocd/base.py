@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ocd.artifacts import CheckpointError, save_tensors, write_json
 from ocd.device import get_device
-from ocd.models import ModelSpec, rows_per_pass
+from ocd.models import ModelError, ModelSpec, rows_per_pass
 from ocd.params import BaseParams
 from ocd.tasks import Task
 
@@ -170,6 +170,26 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
     model.eval().to(device)
     return torch.cat([model(x[i:i + batch_size].to(device)).cpu()
                       for i in range(0, len(x), batch_size)])
+
+
+def check_learned(outputs: torch.Tensor, history: list[float]) -> None:
+    """Refuse a base model whose output is the same for every training sample.
+
+    Such a model learned a constant (a rendered scene that is mostly background
+    made TinyNeRF render black: its loss flat at the mean squared pixel), and
+    every later stage would spend minutes on it: layer scores of -inf, a store
+    of zero deltas. Its training loss is named, since it alone looks healthy.
+    """
+    flat = outputs.detach().flatten(1).double()
+    if len(flat) < 2:
+        return
+    spread = float(flat.std(dim=0).max())
+    size = float(flat.abs().max())
+    if spread <= 1e-6 * size + 1e-12:
+        losses = f"; its training loss went {history[0]:.4g} -> {history[-1]:.4g}" if history else ""
+        raise ModelError(f"the base model gives the same output for all {len(flat)} training samples: it learned a "
+                         f"constant (largest spread across samples {spread:.2g}){losses}. Nothing later can use it: "
+                         "check the data (are the inputs or the targets nearly all the same?) and base.lr")
 
 
 def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

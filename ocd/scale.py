@@ -71,9 +71,11 @@ def rho_floor(rho: np.ndarray) -> float:
     """FLOOR_SHARE of the fit rows' (:func:`rhos`) median positive rho: what a smaller rho, or a zero delta, is trained as."""
     positive = rho[rho > 0]
     if positive.size == 0:
-        raise StoreError(f"every one of the {rho.size:,} fit rows has a zero delta (rho = 0): the base model's loss "
-                         "on each training sample is 0 in float32, so overfitting moved nothing and there is no "
-                         "scale to learn; train the base model less (base.epochs) or pick another layer")
+        raise StoreError(f"every one of the {rho.size:,} fit rows has a zero delta (rho = 0): overfitting moved "
+                         "nothing, so there is no scale to learn. Either each sample's loss is 0 in float32 (train "
+                         "the base model less, base.epochs) or the loss does not depend on the layer (its "
+                         "gradient is zero: check the base model or pick another layer); the store's loss_before "
+                         "says which (`ocd inspect`)")
     return float(FLOOR_SHARE * np.median(positive))
 
 

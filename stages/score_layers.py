@@ -75,6 +75,11 @@ def _score_layers(p, base_dir: Path, out: Path, progress: bool, group: distribut
         "runtime": runtime(),
     })
     write_csv(out / "scores.csv", ({"layer": s.name, "score": finite(s.score)} for s in scores))
+    forced = next((s for s in scores if s.name == selection.selected), None)
+    if selection.forced and forced is not None and forced.degenerate == len(idx):
+        typer.echo(f"warning: the forced layer {forced.name}: every scored sample has the same loss under all "
+                   f"{p.layers.draws} weight draws; if its gradient is zero too, overfitting it moves nothing "
+                   "(the overfit stage stops on a first chunk of zero deltas)", err=True)
     degenerate = [f"{s.name} {s.degenerate}" for s in scores if s.degenerate]
     typer.echo(f"selected {selection.selected} (runner-up {selection.runner_up}); scores: "
                + ", ".join(f"{s.name} {s.score:.3f}" for s in scores)

@@ -33,7 +33,9 @@ def train_base(
     base.seed_everything(p.base.seed)
     model = spec.build()
     history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
-    metrics = {split: base.evaluate(model, task, *data.split(split)) for split in ("train", "test")}
+    train_out = base.predict(model, data.x_train)
+    base.check_learned(train_out, history)  # before anything is written
+    metrics = {"train": task.metrics(train_out, data.y_train), "test": base.evaluate(model, task, *data.split("test"))}
     base.save(out, model, spec, data=p.section("data"), data_info=data.info, task=data.task,
               task_options=data.task_options, base=p.section("base"), runtime=runtime())
     write_json(out / "metrics.json", metrics)

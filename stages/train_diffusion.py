@@ -41,6 +41,19 @@ def train_diffusion(
     on_processes(p, lambda group: _train_diffusion(p, store, out, progress, group))
 
 
+def holdout_note(holdout: float, rows: int, fit_rows: int, held_chunks: int) -> str:
+    """What diffusion.holdout held out: whole store chunks, so its share can be far from the one asked."""
+    if not held_chunks:
+        return f"every one of the {rows} train rows fits the models (diffusion.holdout 0: no diagnostics)"
+    held = rows - fit_rows
+    note = (f"held out for the diagnostics: the last {held_chunks} store chunk(s), {held} of {rows} train rows "
+            f"({held / rows:.0%}); the models fit {fit_rows}")
+    if abs(held / rows - holdout) > 0.5 * holdout:
+        note += (f". diffusion.holdout asks {holdout:.0%}, but rows are held out in whole chunks of "
+                 "overfit.batch_size rows: a smaller overfit.batch_size splits finer")
+    return note
+
+
 def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     dp, sp, rp = p.diffusion, p.scale, p.regressor
     device = get_device()
@@ -52,6 +65,8 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
         diffusion.require_rank1(weight_shape, train["cond/layer_input"].shape[1])
     fit_chunks, held_chunks = split_chunks(train["done"].shape[0], dp.holdout)
     reader = ChunkReader(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
+    if group.main:
+        typer.echo(holdout_note(dp.holdout, train["rho"].shape[0], reader.rows, len(held_chunks)))
     stats = diffusion.cond_stats(reader)
     # before any training: a store whose every delta is zero has no scale to learn, and says so now
     fit_rho = scale.rhos(reader)

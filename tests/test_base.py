@@ -70,3 +70,13 @@ def test_ensemble_members_trained_together_equal_members_trained_alone(name, opt
             assert float((va - vb).norm() / vb.norm().clamp_min(1e-12)) < 1e-5, key
     first = next(iter(together[0].state_dict()))
     assert not torch.equal(together[0].state_dict()[first], together[1].state_dict()[first])  # seeds differ
+
+
+def test_a_base_model_that_learned_a_constant_is_refused():
+    from ocd.base import check_learned
+    from ocd.models import ModelError
+
+    constant = torch.zeros(50, 3) + torch.tensor([0.2, 0.0, -1.0])
+    with pytest.raises(ModelError, match=r"same output for all 50 training samples.*loss went 0.9 -> 0.5"):
+        check_learned(constant, [0.9, 0.5, 0.5])
+    check_learned(constant + 1e-3 * torch.randn(50, 3), [0.9, 0.5])  # a model whose output varies

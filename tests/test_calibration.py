@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ocd.calibration import expected_calibration_error, fit_temperature, reliability
+from ocd.calibration import choose_temperature, expected_calibration_error, fit_temperature, reliability
 from ocd.tasks import get_task
 
 TASK = get_task("classification")
@@ -42,3 +42,17 @@ def test_reliability_bins_count_every_row_once():
             assert (b["bin_centre"] - 1 / 30) <= b["confidence"] <= (b["bin_centre"] + 1 / 30) + 1e-12
         else:
             assert b["accuracy"] is None
+
+
+def test_calibration_rows_that_cannot_identify_a_temperature_keep_t_1():
+    # every calibration row right (a small easy set): the loss falls without end as T -> 0
+    logits, y = _sampled(n=91, temperature=0.05, seed=1)
+    right = logits.argmax(-1) == y
+    logits, y = logits[right], y[right]
+    assert fit_temperature(TASK.per_sample_loss, logits, y, TASK.with_temperature) < 0.05  # the absurd fit
+    t, note = choose_temperature(TASK.per_sample_loss, logits, y, TASK.with_temperature)
+    assert t == 1.0 and "not fitted, all" in note and "calibration rows are right" in note
+    # rows the temperature can be fitted on: the fit, and the note says so
+    logits, y = _sampled(temperature=2.5)
+    t, note = choose_temperature(TASK.per_sample_loss, logits, y, TASK.with_temperature)
+    assert t == pytest.approx(2.5, rel=0.05) and note == f"T = {t:.3f} fitted on 20000 calibration rows"

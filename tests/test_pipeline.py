@@ -118,6 +118,9 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
         assert math.isfinite(row["ce"]) and math.isfinite(row["acc"]), name
         assert row["loss_base_right"] + row["loss_base_wrong"] == pytest.approx(row["ce"], rel=1e-6), name
     assert results["oracle"]["ce"] < results["base"]["ce"]
+    # a delta row's time includes the base pass that computes its conditioning
+    for name in ("ocd", "regressor", "ocd_ensemble_2"):
+        assert results[name]["ms_per_sample"] >= results["base"]["ms_per_sample"], name
     # one temperature moves the loss, never the predicted class
     assert results["temperature"]["acc"] == results["base"]["acc"]
     assert "T = " in (project / "artifacts/eval/results.md").read_text()
@@ -234,6 +237,12 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     assert rows == {r for r in ROWS if not r.startswith("tent_") and not r.endswith("temperature")}
     for name in rows:
         assert math.isfinite(results[name]["rmse"]) and "acc" not in results[name], name
+    # predict on raw feature rows: the fitted feature transform is saved as numbers in model.json
+    raw = np.full((2, 10), 0.01)
+    raw[1, 3] = np.nan  # a blank takes the train median
+    np.save(tmp_path / "rows.npy", raw)
+    lines = project.run("ocd", "predict", str(tmp_path / "rows.npy")).stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rows.npy[0]\tbase: ") and "\tOCD: " in lines[0]
 
 
 @pytest.mark.e2e
@@ -354,7 +363,10 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
     assert rows == ROWS
     for name in rows:
         assert math.isfinite(results[name]["ce"]) and 0 <= results[name]["acc"] <= 1, name
-    assert results["oracle"]["ce"] < results["base"]["ce"]  # each sentence's own delta fits its own label
+    assert results["oracle"]["ce"] < results["base"]["ce"]
+    # a delta row's time includes the base pass that computes its conditioning
+    for name in ("ocd", "regressor", "ocd_ensemble_2"):
+        assert results[name]["ms_per_sample"] >= results["base"]["ms_per_sample"], name  # each sentence's own delta fits its own label
     (tmp_path / "reviews.txt").write_text("A triumph from start to finish.\n\nTedious and badly acted.\n")
     lines = project.run("ocd", "predict", str(tmp_path / "reviews.txt")).stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("A triumph") and all("OCD: class" in ln for ln in lines)
