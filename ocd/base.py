@@ -30,6 +30,7 @@ from ocd.tasks import Task
 
 WEIGHTS = "model.pt"
 META = "model.json"
+SCHEDULES = ("constant", "cosine")  # base.schedule: the learning rate over all steps
 
 
 def seed_everything(seed: int) -> None:
@@ -68,7 +69,7 @@ def fit_minibatches(model: nn.Module, params: BaseParams, n: int, loss_of, desc:
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
-             if params.schedule == "cosine" else None)
+             if params.schedule == "cosine" else None)  # base.schedule: SCHEDULES
     history = []
     bar = tqdm(total=params.epochs * steps, desc=desc, disable=not progress, mininterval=1.0, unit="step")
     for epoch in range(params.epochs):
@@ -125,7 +126,7 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
     n, k = len(y), len(seeds)
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
-             if params.schedule == "cosine" else None)
+             if params.schedule == "cosine" else None)  # base.schedule: SCHEDULES
     orders = [torch.Generator().manual_seed(seed) for seed in seeds]
     bar = tqdm(total=params.epochs * steps, desc=f"train {k} ensemble members", disable=not progress,
                mininterval=1.0, unit="step")

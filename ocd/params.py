@@ -22,6 +22,24 @@ import yaml
 
 # compute.precision (ocd.device.use_precision)
 PRECISIONS = ("fp32", "tf32", "bf16")
+# The choices of every key that names one. Each is implemented where its names are
+# keys (ocd.unet.PRESETS, ocd.scale.LOSSES, ...); tests/test_params.py checks that
+# the two lists agree, since importing those modules here would import torch and
+# make a circle (they read params).
+CHOICES = {
+    "model.encoder": ("thumbnail", "random"),
+    "base.schedule": ("constant", "cosine"),
+    "layers.scope": ("selectable", "all"),
+    "overfit.optimizer": ("adam", "sgd"),
+    "overfit.rho": ("fro", "std"),
+    "overfit.dtype": ("float32", "float16"),
+    "diffusion.preset": ("paper", "cpu", "tiny"),
+    "diffusion.schedule": ("paper", "reference"),
+    "diffusion.target": ("matrix", "rank1", "flat"),
+    "diffusion.prediction": ("eps", "x0"),
+    "scale.loss": ("paper", "logmse"),
+    "compute.precision": PRECISIONS,
+}
 
 
 class ParamsError(ValueError):
@@ -89,7 +107,7 @@ class ModelParams:
         _non_negative(self, "model", "frequencies")
         if self.depth_samples < 2:
             raise ParamsError(f"model.depth_samples must be at least 2, got {self.depth_samples}")
-        _choice(self, "model", "encoder", ("thumbnail", "random"))
+        _choice(self, "model", "encoder", CHOICES["model.encoder"])
 
 
 @dataclass(frozen=True)
@@ -101,7 +119,7 @@ class BaseParams:
     batch_size: int = 16
     weight_decay: float = 0.0
     # Learning-rate schedule over all steps: "constant" or "cosine" (decay to 0).
-    schedule: str = "constant"
+    schedule: str = "cosine"
     seed: int = 0
     # setfit only (ocd/sentence.py): the body's contrastive phase before the head
     # is trained with the keys above. SetFit's num_iterations (positive and negative
@@ -113,7 +131,7 @@ class BaseParams:
         _positive(self, "base", "epochs", "lr", "batch_size", "body_lr")
         _non_negative(self, "base", "weight_decay", "pair_iterations")
         _seed(self, "base")
-        _choice(self, "base", "schedule", ("constant", "cosine"))
+        _choice(self, "base", "schedule", CHOICES["base.schedule"])
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,7 @@ class LayersParams:
     def __post_init__(self):
         _positive(self, "layers", "draws", "samples", "noise")
         _seed(self, "layers")
-        _choice(self, "layers", "scope", ("selectable", "all"))
+        _choice(self, "layers", "scope", CHOICES["layers.scope"])
 
 
 @dataclass(frozen=True)
@@ -158,9 +176,9 @@ class OverfitParams:
 
     def __post_init__(self):
         _positive(self, "overfit", "steps", "lr", "batch_size")
-        _choice(self, "overfit", "optimizer", ("adam", "sgd"))
-        _choice(self, "overfit", "rho", ("fro", "std"))
-        _choice(self, "overfit", "dtype", ("float32", "float16"))
+        _choice(self, "overfit", "optimizer", CHOICES["overfit.optimizer"])
+        _choice(self, "overfit", "rho", CHOICES["overfit.rho"])
+        _choice(self, "overfit", "dtype", CHOICES["overfit.dtype"])
 
 
 @dataclass(frozen=True)
@@ -179,9 +197,9 @@ class DiffusionParams:
     # What is generated: matrix (the whole delta, the paper) | rank1 (its output
     # factor u, delta ~ u i_L^T) | flat (the whole delta as one vector, an MLP
     # denoiser; ocd/diffusion.py). Also the regressor's target.
-    target: str = "matrix"
+    target: str = "rank1"
     # What the network predicts: eps (the paper) | x0.
-    prediction: str = "eps"
+    prediction: str = "x0"
     steps: int = 1500
     # At least this many passes over the fit rows: the stage takes
     # max(steps, ceil(epochs * rows / batch_size)) steps (training_steps), so a
@@ -206,10 +224,10 @@ class DiffusionParams:
 
     def __post_init__(self):
         _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
-        _choice(self, "diffusion", "preset", ("paper", "cpu", "tiny"))
-        _choice(self, "diffusion", "schedule", ("paper", "reference"))
-        _choice(self, "diffusion", "target", ("matrix", "rank1", "flat"))
-        _choice(self, "diffusion", "prediction", ("eps", "x0"))
+        _choice(self, "diffusion", "preset", CHOICES["diffusion.preset"])
+        _choice(self, "diffusion", "schedule", CHOICES["diffusion.schedule"])
+        _choice(self, "diffusion", "target", CHOICES["diffusion.target"])
+        _choice(self, "diffusion", "prediction", CHOICES["diffusion.prediction"])
         _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb", "epochs")
         _seed(self, "diffusion")
         if not 0 <= self.holdout < 1:
@@ -224,7 +242,7 @@ class ScaleParams:
 
     hidden: list[int] = field(default_factory=lambda: [128, 128])
     # paper: 10 log10((rho_hat - rho)^2 / rho^2); logmse: (log rho_hat - log rho)^2.
-    loss: str = "paper"
+    loss: str = "logmse"
     steps: int = 1000
     epochs: float = 10.0  # at least this many passes (as diffusion.epochs; chosen as it)
     batch_size: int = 128
@@ -236,7 +254,7 @@ class ScaleParams:
         _non_negative(self, "scale", "epochs")
         _seed(self, "scale")
         _widths(self, "scale", "hidden")
-        _choice(self, "scale", "loss", ("paper", "logmse"))
+        _choice(self, "scale", "loss", CHOICES["scale.loss"])
 
 
 @dataclass(frozen=True)

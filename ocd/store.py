@@ -115,6 +115,11 @@ class Layout:
         return -(-self.n[split] // self.chunk)
 
 
+# overfit.rho: the definitions of a delta's scale, and what the store's attrs say of each
+RHO = {"fro": "Frobenius norm of delta (the paper)",
+       "std": "standard deviation of delta's entries (the authors' code)"}
+
+
 def rho_of(delta: torch.Tensor, definition: str) -> torch.Tensor:
     """The scale of each delta: Frobenius norm (the paper) or std (the authors' code)."""
     flat = delta.flatten(1)
@@ -122,7 +127,7 @@ def rho_of(delta: torch.Tensor, definition: str) -> torch.Tensor:
         return flat.norm(dim=1)
     if definition == "std":
         return flat.std(dim=1)
-    raise StoreError(f"unknown rho definition {definition!r}; valid: fro, std")
+    raise StoreError(f"unknown rho definition {definition!r}; valid: {', '.join(RHO)}")
 
 
 DERIVED = ("u", "rank1_share")

@@ -14,7 +14,7 @@ from ocd.data import load_dataset
 from ocd.device import get_device, runtime
 from ocd.overfit import code_digest, fill_store, linear_cut, pending_work
 from ocd.params import load_params
-from ocd.store import BASIS_OF_OPTIMIZER, DeltaStore, Layout, StoreError, summarize
+from ocd.store import BASIS_OF_OPTIMIZER, RHO, DeltaStore, Layout, StoreError, summarize
 from stages.common import PARAMS_OPTION, on_processes, write_json
 
 
@@ -65,8 +65,7 @@ def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Pa
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
              "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),
-             "rho": {"fro": "Frobenius norm of delta (the paper)",
-                     "std": "standard deviation of delta's entries (the authors' code)"}[p.overfit.rho],
+             "rho": RHO[p.overfit.rho],
              "delta": "W' - W of the layer's weight, accumulated over the steps", "runtime": runtime()}
     # rank 0 makes, resumes or heals the store; then every rank reads the same
     # pending chunks before any is written, and computes and writes its share

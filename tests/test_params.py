@@ -1,10 +1,12 @@
 import pytest
+import yaml
 
 from ocd.params import ParamsError, load_params, parse_params
 
 
 def test_defaults_and_repo_params_file_parse():
-    p = load_params("params.yaml")
+    load_params("params.yaml")  # the working copy: whatever `dvc exp run` left in it must parse
+    p = parse_params(committed_params())
     assert p.data.name == "mnist5k"
     assert p.model.name == "lenet5"
     assert parse_params({}).base.epochs > 0
@@ -66,3 +68,58 @@ def test_missing_and_invalid_yaml_files(tmp_path):
         load_params(latin)
     with pytest.raises(ParamsError, match="is a folder, not a params file"):
         load_params(tmp_path)
+
+
+def committed_params() -> dict:
+    """params.yaml as committed (`dvc exp run` leaves its values in the working copy)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True)
+    return yaml.safe_load(shown.stdout if shown.returncode == 0 else (root / "params.yaml").read_text())
+
+
+def test_the_dataclass_defaults_are_the_committed_params_yaml():
+    import dataclasses
+
+    from ocd.params import Params
+
+    raw, defaults = committed_params(), Params()
+    assert set(raw) == {f.name for f in dataclasses.fields(Params)}
+    for section, values in raw.items():
+        fields = {f.name for f in dataclasses.fields(getattr(defaults, section))}
+        assert set(values) == fields, f"{section}: keys differ: {sorted(set(values) ^ fields)}"
+        for key, value in values.items():
+            assert getattr(getattr(defaults, section), key) == value, f"{section}.{key}"
+
+
+def test_the_project_preset_is_the_defaults():
+    from ocd import presets
+    from ocd.params import Params
+
+    defaults = Params()
+    for section, values in presets.load("project").items():
+        for key, value in values.items():
+            assert getattr(getattr(defaults, section), key) == value, f"project preset {section}.{key}"
+
+
+def test_every_choice_list_is_the_one_its_module_implements():
+    from ocd import base, diffusion, layers, nerf, overfit, scale, schedule, store, unet, vecnet
+    from ocd.params import CHOICES
+
+    implemented = {
+        "model.encoder": nerf.ENCODERS,
+        "base.schedule": base.SCHEDULES,
+        "layers.scope": layers.SCOPES,
+        "overfit.optimizer": overfit.OPTIMIZERS,
+        "overfit.rho": store.RHO,
+        "diffusion.preset": unet.PRESETS,
+        "diffusion.schedule": schedule.RANGES,
+        "diffusion.target": diffusion.TARGETS,
+        "diffusion.prediction": schedule.PREDICTIONS,
+        "scale.loss": scale.LOSSES,
+    }
+    for key, names in implemented.items():
+        assert set(CHOICES[key]) == set(names), f"{key}: params allows {CHOICES[key]}, the code has {tuple(names)}"
+    assert set(vecnet.PRESETS) == set(unet.PRESETS)  # the rank1 and flat targets' networks take the same names

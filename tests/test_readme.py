@@ -89,3 +89,10 @@ def test_every_readme_command_runs_as_written_without_the_venv_on_path(tmp_path)
     for snippet in readme_blocks("python"):
         result = run(f".venv/bin/python - <<'EOF'\n{snippet}EOF")
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_layout_section_names_every_library_module():
+    block = re.search(r"^ocd/\s+the library: (.*?)\ntests/", README.read_text(), re.S | re.M).group(1)
+    listed = {name.strip() for name in block.replace("\n", " ").split(",")}
+    modules = {p.stem for p in (ROOT / "ocd").glob("*.py") if p.stem != "__init__"}
+    assert listed == modules, f"README lacks {sorted(modules - listed)}, names {sorted(listed - modules)}"

@@ -1,0 +1,101 @@
+"""dvc.yaml's code deps cannot drift: each stage lists every project file its command imports.
+
+A stage whose deps miss a module it imports is served stale by DVC when that
+module changes (a change in ocd/tasks.py' per-sample loss would not rerun
+score_layers, whose scores come from it). The closure is read from the source
+(every ``import`` and ``from ... import``, at any depth, inside functions too),
+so a late import counts as an import.
+"""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("ocd", "stages")
+
+
+def module_file(name: str) -> Path | None:
+    """The project file of a dotted module name (a package's __init__.py), if it is ours."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imports_of(path: Path) -> set[Path]:
+    """The project files ``path`` imports directly."""
+    found = set()
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # a package's __init__ runs too
+                f = module_file(".".join(parts[:i]))
+                if f is not None:
+                    found.add(f)
+    found.discard(path)
+    return found
+
+
+def docstring_only(path: Path) -> bool:
+    """A module that computes nothing: a package's __init__.py holding its description
+    (and constants such as ``__version__``)."""
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, (ast.Expr, ast.Assign)) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def closure(path: Path) -> set[Path]:
+    seen, todo = set(), [path]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        todo.extend(imports_of(f) - seen)
+    return seen
+
+
+def stage_scripts() -> dict[str, Path]:
+    """DVC stage -> the script its command runs (`sh stages/ocd train-base ...` -> stages/train_base.py)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        words = stage["cmd"].split()
+        command = words[words.index("stages/ocd") + 1]
+        out[name] = ROOT / "stages" / f"{command.replace('-', '_')}.py"
+    return out
+
+
+def test_every_stage_lists_every_project_file_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    problems = []
+    for name, script in stage_scripts().items():
+        deps = {ROOT / d for d in stages[name]["deps"] if (ROOT / d).suffix == ".py"}
+        needed = {f for f in closure(script) if not docstring_only(f)}
+        missing = sorted(str(f.relative_to(ROOT)) for f in needed - deps)
+        extra = sorted(str(f.relative_to(ROOT)) for f in deps - needed)
+        if missing:
+            problems.append(f"{name} imports {', '.join(missing)}: add them to its deps in dvc.yaml")
+        if extra:
+            problems.append(f"{name} lists {', '.join(extra)}, which it never imports: remove them from its deps")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_closure_finds_late_and_package_imports(tmp_path):
+    # the case of issue 31: score_layers scores the per-sample loss of ocd/tasks.py
+    assert ROOT / "ocd/tasks.py" in closure(ROOT / "stages/score_layers.py")
+    assert ROOT / "ocd/params.py" in closure(ROOT / "stages/evaluate.py")
