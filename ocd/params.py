@@ -405,21 +405,26 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
-    return _build(Params, raw, source)
+    """Every error names the file (``source``), then the key: ``params.yaml: base.lr: ...``."""
+    try:
+        return _build(Params, raw, "")
+    except ParamsError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
 
 
 def _build(cls: type, raw: Any, where: str):
     if not isinstance(raw, dict):
-        raise ParamsError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        raise ParamsError(f"{where}: expected a mapping, got {type(raw).__name__}" if where else
+                          f"expected a mapping of sections, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise ParamsError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"valid keys: {', '.join(sorted(fields))}"
+            (f"{where}: unknown key(s) " if where else "unknown section(s) ") + f"{', '.join(map(str, unknown))}; "
+            f"valid {'keys' if where else 'sections'}: {', '.join(sorted(fields))}"
         )
-    values = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
+    values = {name: _coerce(hints[name], value, f"{where}.{name}" if where else name) for name, value in raw.items()}
     return cls(**values)
 
 
