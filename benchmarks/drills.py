@@ -96,7 +96,8 @@ def setup(root: Path) -> Work:
         raw.setdefault(section, {}).update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     w = Work(root)
-    for stage in ("train-base", "score-layers", "overfit", "train-diffusion", "evaluate"):
+    for stage in ("train-base", "train-ensemble", "score-layers", "overfit", "train-diffusion", "train-scale",
+                  "train-regressor", "evaluate"):
         w.ocd(stage, "--no-progress", check=True)
     return w
 
@@ -184,10 +185,11 @@ def _(w):
     return one == two, f"{one} / {two}"
 
 
-@drill("4", "two train-diffusion runs: diffusion.pt, scale.pt, regressor.pt md5s")
+@drill("4", "two runs of the model stages: diffusion.pt, scale.pt, regressor.pt md5s")
 def _(w):
     for out in ("d1", "d2"):
-        w.ocd("train-diffusion", "--no-progress", "--out", w.root / out, check=True)
+        for stage in ("train-diffusion", "train-scale", "train-regressor"):
+            w.ocd(stage, "--no-progress", "--out", w.root / out, check=True)
     names = ("diffusion.pt", "scale.pt", "regressor.pt")
     same = [md5(w.root / "d1" / n) == md5(w.root / "d2" / n) for n in names]
     return all(same), ", ".join(f"{n} {'equal' if s else 'DIFFER'}" for n, s in zip(names, same))
@@ -361,7 +363,8 @@ def _(w):
     w.ocd("score-layers", "--no-progress", "--base", a / "base", "--out", a / "layers", params=p, check=True)
     w.ocd("overfit", "--no-progress", "--base", a / "base", "--scores", a / "layers/scores.json", "--out",
           a / "d.zarr", "--metrics", a / "o.json", params=p, check=True)
-    w.ocd("train-diffusion", "--no-progress", "--store", a / "d.zarr", "--out", a / "m", params=p, check=True)
+    for stage in ("train-diffusion", "train-scale", "train-regressor"):
+        w.ocd(stage, "--no-progress", "--store", a / "d.zarr", "--out", a / "m", params=p, check=True)
     rows = _npy(w.root / "rows.npy", np.full((2, 10), 0.01))
     run = w.ocd("predict", rows, "--base", a / "base", "--models", a / "m", params=p)
     return run.returncode == 0, (run.stdout.strip().splitlines() or [run.stderr.strip()[-150:]])[0]

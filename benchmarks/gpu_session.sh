@@ -8,9 +8,9 @@
 # only itself. PART a (about 4 minutes on one H100):
 #   pipeline   the five stages of the default pipeline, each as its own process
 #              (benchmarks/pipeline.py), into WORK/w0: the per-stage table
-#   rerun      train_diffusion again over the same store, compute.graphs off:
+#   rerun      the three model stages again over the same store, compute.graphs off:
 #              how much two runs without graphs differ (the noise to compare with)
-#   graphs     train_diffusion and evaluate over the same store, compute.graphs on
+#   graphs     the model stages and evaluate over the same store, compute.graphs on
 #   cpu_eval   evaluate on the CPU (OCD_DEVICE=cpu) over w0's artifacts, the deep
 #              ensemble off: the CPU-CUDA difference on one set of artifacts
 #   overfit    benchmarks/overfit_throughput.py: the store path with 1, 2 and 4
@@ -54,6 +54,7 @@ step() {
 }
 
 copy_work() { mkdir -p "$work/$2"; cp -r "$work/$1/artifacts" "$work/$2/"; }
+models="train-diffusion train-scale train-regressor"  # the three stages that train on the store
 
 # at most 8 files come back from a device run: every run's metrics go into one
 gather() {
@@ -78,9 +79,9 @@ if [ "$part" = a ]; then
   step pipeline 200 $py "$here/benchmarks/pipeline.py" --work "$work/w0" "${extra[@]}"
   [ -f "$work/w0/artifacts/eval/metrics.json" ] || { echo "the pipeline did not finish: nothing more to do"; exit 1; }
   copy_work w0 w1
-  step rerun 90 $py "$here/benchmarks/pipeline.py" --work "$work/w1" --stages train-diffusion "${extra[@]}"
+  step rerun 90 $py "$here/benchmarks/pipeline.py" --work "$work/w1" --stages $models "${extra[@]}"
   copy_work w0 w2
-  step graphs 150 $py "$here/benchmarks/pipeline.py" --work "$work/w2" --stages train-diffusion evaluate \
+  step graphs 150 $py "$here/benchmarks/pipeline.py" --work "$work/w2" --stages $models evaluate \
     -S compute.graphs=true "${extra[@]}"
   copy_work w0 w3
   step cpu_eval 150 env OCD_DEVICE=cpu $py "$here/benchmarks/pipeline.py" --work "$work/w3" --stages evaluate \
@@ -97,10 +98,11 @@ if [ "$part" = b ]; then
     step base 120 $py "$here/benchmarks/pipeline.py" --work "$work/w0" --stages train-base "${extra[@]}"
   fi
   rm -rf "$work/w4"; mkdir -p "$work/w4/artifacts"; cp -r "$work/w0/artifacts/base" "$work/w4/artifacts/"
+  [ -d "$work/w0/artifacts/ensemble" ] && cp -r "$work/w0/artifacts/ensemble" "$work/w4/artifacts/"
   preset=$(cd "$here" && $py -c "from stages.cli import app; app()" preset paper)
   # shellcheck disable=SC2086
   step paper 330 $py "$here/benchmarks/pipeline.py" --work "$work/w4" \
-    --stages score-layers overfit train-diffusion $preset "${extra[@]}" ${PAPER_EXTRA:-}
+    --stages score-layers overfit $models $preset "${extra[@]}" ${PAPER_EXTRA:-}
   gather
   # shellcheck disable=SC2086
   step paper_eval 300 $py "$here/benchmarks/pipeline.py" --work "$work/w4" --stages evaluate \

@@ -1,8 +1,8 @@
-"""The five stages of the pipeline, each timed alone as a user runs it, on this machine's device.
+"""The stages of the pipeline, each timed alone as a user runs it, on this machine's device.
 
     .venv/bin/python benchmarks/pipeline.py [-S section.key=value ...] [--profile STAGE] [--work DIR]
 
-Runs ``python -m stages STAGE --no-progress`` for the five stages in order,
+Runs ``python -m stages STAGE --no-progress`` for every stage in order,
 writing every artifact under a fresh work folder (a temporary one unless
 ``--work``), with params.yaml and the given overrides (the ``dvc exp run -S``
 syntax). Each figure is the stage's wall time, process start included, as
@@ -30,7 +30,8 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parents[1]
-STAGES = ("train-base", "score-layers", "overfit", "train-diffusion", "evaluate")
+STAGES = ("train-base", "train-ensemble", "score-layers", "overfit", "train-diffusion", "train-scale",
+          "train-regressor", "evaluate")
 
 
 def stage_args(stage: str, params: Path, work: Path) -> list[str]:
@@ -40,9 +41,12 @@ def stage_args(stage: str, params: Path, work: Path) -> list[str]:
         "score-layers": ["--base", str(a / "base"), "--out", str(a / "layers")],
         "overfit": ["--base", str(a / "base"), "--scores", str(a / "layers/scores.json"),
                     "--out", str(a / "deltas.zarr"), "--metrics", str(a / "overfit/metrics.json")],
+        "train-ensemble": ["--out", str(a / "ensemble")],
         "train-diffusion": ["--store", str(a / "deltas.zarr"), "--out", str(a / "diffusion")],
+        "train-scale": ["--store", str(a / "deltas.zarr"), "--out", str(a / "diffusion")],
+        "train-regressor": ["--store", str(a / "deltas.zarr"), "--out", str(a / "diffusion")],
         "evaluate": ["--base", str(a / "base"), "--store", str(a / "deltas.zarr"),
-                     "--models", str(a / "diffusion"), "--out", str(a / "eval")],
+                     "--models", str(a / "diffusion"), "--ensemble", str(a / "ensemble"), "--out", str(a / "eval")],
     }[stage] + ["--params", str(params), "--no-progress"]
 
 
@@ -99,8 +103,9 @@ def main() -> None:
         pstats.Stats(str(work / "profile.out")).sort_stats("cumulative").print_stats(25)
     print(f"\nruntime: {base.get('runtime')}")
     print(f"overrides: {' '.join(args.sets) or '(none)'}; artifacts in {work}")
-    if "train-diffusion" in args.stages:
-        print(f"train_diffusion: {(work / 'artifacts/diffusion/metrics.json').read_text()}")
+    for name in ("metrics.json", "scale_metrics.json", "regressor_metrics.json"):
+        if (work / "artifacts/diffusion" / name).is_file():
+            print(f"{name}: {(work / 'artifacts/diffusion' / name).read_text()}")
     if "evaluate" in args.stages:
         print((work / "artifacts/eval/results.md").read_text())
     store = work / "artifacts/deltas.zarr"

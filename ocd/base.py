@@ -230,6 +230,55 @@ def save(folder: str | Path, model: nn.Module, spec: ModelSpec, **meta) -> dict:
     return record
 
 
+ENSEMBLE = "ensemble.json"
+
+
+def save_ensemble(folder: str | Path, members: list[nn.Module], spec: ModelSpec, seeds: list[int], **meta) -> dict:
+    """The deep ensemble's other members (``member_SEED.pt``), then ``ensemble.json``
+    (spec, seeds, each member's sha256 and ``meta``), written last; member files
+    of an earlier, larger ensemble are removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [f"member_{seed}.pt" for seed in seeds]
+    for stale in folder.glob("member_*.pt"):
+        if stale.name not in files:
+            stale.unlink()
+    for member, name in zip(members, files):
+        save_tensors(folder / name, member.cpu().eval().state_dict())
+    record = {"spec": spec.to_dict(), "seeds": seeds,
+              "members": [{"file": f, "seed": s, "sha256": weights_sha256(m)} for f, s, m in zip(files, seeds, members)],
+              **meta}
+    write_json(folder / ENSEMBLE, record)
+    return record
+
+
+def load_ensemble(folder: str | Path) -> tuple[list[nn.Module], dict]:
+    """The members saved by :func:`save_ensemble`, in eval mode on the library's device, and their record."""
+    folder = Path(folder)
+    if not (folder / ENSEMBLE).is_file():
+        raise FileNotFoundError(f"{folder / ENSEMBLE} is missing; run the train_ensemble stage first")
+    try:
+        record = json.loads((folder / ENSEMBLE).read_text())
+        spec = ModelSpec.from_dict(record["spec"])
+        listed = record["members"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / ENSEMBLE} is damaged ({type(exc).__name__}: {exc}); "
+                              "rerun train_ensemble") from None
+    members = []
+    for entry in listed:
+        model = spec.build()
+        path = folder / entry["file"]
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a readable member of this ensemble ({type(exc).__name__}); "
+                                  "rerun train_ensemble") from None
+        if weights_sha256(model) != entry.get("sha256"):
+            raise CheckpointError(f"{path} does not match the sha256 in {folder / ENSEMBLE}; rerun train_ensemble")
+        members.append(model.eval().to(get_device()))
+    return members, record
+
+
 def load(folder: str | Path) -> BaseModel:
     """Rebuild a saved base model in eval mode on the library's device."""
     folder = Path(folder)

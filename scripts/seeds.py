@@ -31,6 +31,8 @@ from pathlib import Path
 SEEDED = ("base.seed", "diffusion.seed", "scale.seed", "evaluate.seed")
 METRICS = {"eval": "artifacts/eval/metrics.json", "diffusion": "artifacts/diffusion/metrics.json",
            "layers": "artifacts/layers/scores.json", "overfit": "artifacts/overfit/metrics.json"}
+# merged into the record's "diffusion" entry, as the one train_diffusion stage wrote them before the split
+MODEL_METRICS = ("artifacts/diffusion/scale_metrics.json", "artifacts/diffusion/regressor_metrics.json")
 
 
 def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False) -> None:
@@ -50,6 +52,12 @@ def record(out: Path, seed: int, overrides: list[str]) -> None:
     """Copy the workspace's metrics (those of the run just made) to OUT/seedN.json."""
     out.mkdir(parents=True, exist_ok=True)
     got = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
+    for extra in MODEL_METRICS:  # the scale model's and the regressor's stages write their own
+        for key, value in json.loads(Path(extra).read_text()).items():
+            if isinstance(value, dict) and isinstance(got["diffusion"].get(key), dict):
+                got["diffusion"][key] = {**got["diffusion"][key], **value}
+            else:
+                got["diffusion"].setdefault(key, value)
     got["overrides"] = overrides
     # each row's note (e.g. the fitted temperature) from the results table
     with open("artifacts/eval/results.csv", newline="") as fh:

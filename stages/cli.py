@@ -23,6 +23,9 @@ from stages.preset import preset
 from stages.score_layers import score_layers
 from stages.train_base import train_base
 from stages.train_diffusion import train_diffusion
+from stages.train_ensemble import train_ensemble
+from stages.train_regressor import train_regressor
+from stages.train_scale import train_scale
 
 app = typer.Typer(
     help="OCD: learning to overfit with conditional diffusion models. "
@@ -96,7 +99,10 @@ def main() -> None:
 app.command("train-base")(_stage(train_base))
 app.command("score-layers")(_stage(score_layers, many_processes=True))
 app.command("overfit")(_stage(overfit, many_processes=True))
+app.command("train-ensemble")(_stage(train_ensemble))
 app.command("train-diffusion")(_stage(train_diffusion, many_processes=True))
+app.command("train-scale")(_stage(train_scale, many_processes=True))
+app.command("train-regressor")(_stage(train_regressor, many_processes=True))
 app.command("evaluate")(_stage(evaluate, many_processes=True))
 app.command("inspect")(_stage(inspect))
 app.command("predict")(_stage(predict))

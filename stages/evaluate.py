@@ -13,6 +13,7 @@ from ocd import base, distributed, evaluation
 from ocd.data import load_dataset
 from ocd.device import get_device
 from ocd.params import Params, load_params
+from ocd.artifacts import CheckpointError
 from ocd.pipeline import load_trained
 from ocd.store import COND, StoreError, open_store
 from stages.common import PARAMS_OPTION, on_processes, write_bytes, write_csv, write_json, write_text
@@ -23,20 +24,21 @@ def evaluate(
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
     store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store."),
     models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt, regressor.pt."),
+    ensemble: Path = typer.Option(Path("artifacts/ensemble"), help="Folder of the deep ensemble's other members."),
     out: Path = typer.Option(Path("artifacts/eval"), help="Folder for metrics.json, results.csv/md, plots."),
-    progress: bool = typer.Option(True, help="Show progress bars (deep-ensemble training)."),
+    progress: bool = typer.Option(True, help="Accepted as by every stage; evaluate trains nothing and shows no bar."),
 ) -> None:
-    """Stage 5: the results table on the test split (params: evaluate).
+    """Stage 5: the results table on the test split (params: data, evaluate). It trains nothing.
 
     With compute.nproc above 1, or run by torchrun, the test rows are shared
-    out to the processes in blocks; rank 0 trains the deep ensemble, gathers
-    the rows and writes the outputs, the same as one process writes.
+    out to the processes in blocks; rank 0 gathers the rows and writes the
+    outputs, the same as one process writes.
     """
     p = load_params(params)
-    on_processes(p, lambda group: _evaluate(p, params, base_dir, store, models, out, progress, group))
+    on_processes(p, lambda group: _evaluate(p, params, base_dir, store, models, ensemble, out, group))
 
 
-def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path, out: Path, progress: bool,
+def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path, ensemble: Path, out: Path,
               group: distributed.Group) -> None:
     ep = p.evaluate
     trained = load_trained(base_dir, models, p.compute.precision)
@@ -46,13 +48,13 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         raise StoreError(f"{store} was written for another base model or layer than {models}; "
                          "rerun the overfit and train_diffusion stages")
 
-    made_with = {"data": root.attrs["fingerprint"].get("data"), "base": trained.base.meta.get("base")}
-    for section, recorded in made_with.items():
-        if recorded is not None and recorded != p.section(section):
-            changed = sorted(k for k in p.section(section) if recorded.get(k) != p.section(section)[k])
-            raise StoreError(f"{params}'s {section} section differs from the one the base model and store were "
-                             f"made with ({', '.join(f'{section}.{k}' for k in changed)}); rerun the earlier "
-                             "stages (`dvc repro`)")
+    recorded = root.attrs["fingerprint"].get("data")
+    if recorded is not None and recorded != p.section("data"):
+        changed = sorted(k for k in p.section("data") if recorded.get(k) != p.section("data")[k])
+        raise StoreError(f"{params}'s data section differs from the one the base model and store were "
+                         f"made with ({', '.join(f'data.{k}' for k in changed)}); rerun the earlier "
+                         "stages (`dvc repro`)")
+    extra = _deep_ensemble(ensemble, base_model, p.evaluate) if group.main else []
     data = load_dataset(p.data)
     task = data.make_task()
     train, test = root["train"], root["test"]
@@ -63,8 +65,6 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         return torch.as_tensor(np.asarray(arr[:], dtype=np.float32))
 
     train_index = torch.as_tensor(train["index"][:])
-    seeds = [p.base.seed + j for j in range(1, ep.k)] if ep.deep_ensemble and group.main else []
-    extra = base.train_seeds(base_model.spec, task, data.x_train, data.y_train, p.base, seeds, progress)
 
     inputs = evaluation.EvalInputs(
         model=base_model.model.eval(), layer=root.attrs["layer"], task=task,
@@ -114,6 +114,23 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
     write_csv(out / "delta_norm.csv",
               ({"oracle": float(t), "ocd": float(q)} for t, q in zip(norms["true"], norms["predicted"])))
     typer.echo(_markdown(rows) + notes)
+
+
+def _deep_ensemble(folder: Path, base_model: base.BaseModel, ep) -> list[torch.nn.Module]:
+    """The deep ensemble's other members from the train_ensemble stage, checked to be
+    trained as the base model was (same spec, data and base params) and to be k - 1."""
+    if not ep.deep_ensemble:
+        return []
+    members, record = base.load_ensemble(folder)
+    for key in ("spec", "data", "base"):
+        mine = base_model.spec.to_dict() if key == "spec" else base_model.meta.get(key)
+        if record.get(key) != mine:
+            raise CheckpointError(f"{folder} was trained with other {key} than the base model in its folder; "
+                                  "rerun train_ensemble and train_base (`dvc repro`)")
+    if len(members) != ep.k - 1:
+        raise CheckpointError(f"{folder} holds {len(members)} members besides the base model; evaluate.k = "
+                              f"{ep.k} asks for {ep.k - 1}: rerun train_ensemble (`dvc repro`)")
+    return members
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -6,7 +6,7 @@ import typer
 from typer.testing import CliRunner
 
 from stages.cli import _stage, app
-from stages.train_diffusion import holdout_note
+from stages.fitting import holdout_note
 from synthetic import synthetic_store
 
 

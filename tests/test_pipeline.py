@@ -107,8 +107,12 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
     for key in ("denoise_loss", "cosine_mean"):
         assert math.isfinite(diff["diffusion"][key])
-    assert math.isfinite(diff["scale"]["median_rel_error"]) and math.isfinite(diff["regressor"]["cosine_mean"])
+    scale = json.loads((project / "artifacts/diffusion/scale_metrics.json").read_text())
+    reg = json.loads((project / "artifacts/diffusion/regressor_metrics.json").read_text())
+    assert math.isfinite(scale["scale"]["median_rel_error"]) and math.isfinite(reg["regressor"]["cosine_mean"])
     assert diff["rows"]["fit"] + diff["rows"]["held_out"] == n_train
+    ensemble = json.loads((project / "artifacts/ensemble/ensemble.json").read_text())
+    assert ensemble["seeds"] == [1] and ensemble["spec"] == meta["spec"]  # evaluate.k 2: one more member
 
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert set(results) == ROWS
@@ -142,7 +146,14 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = project.dvc("repro")
     ran = [line for line in third.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate':"], third.stdout
+    assert ran == ["Running stage 'evaluate':"], third.stdout  # the deep ensemble is not trained again
+
+    # one DVC stage per trained thing: a regressor param retrains the regressor alone
+    params["regressor"]["hidden"] = [8]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = project.dvc("repro")
+    ran = [line for line in fourth.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'train_regressor':", "Running stage 'evaluate':"], fourth.stdout
 
 
 @pytest.mark.e2e

@@ -75,3 +75,27 @@ def test_a_damaged_or_older_record_is_named_not_a_traceback(tmp_path, capsys):
     table = seeds.table(folder).splitlines()  # the plain table shows what both seeds have
     assert table[0].startswith("| row | test ce | test loss_base_right |") and "ece" not in table[0]
     assert table[2].startswith("| base | 0.1000 ± 0.0000 |")
+
+
+def test_a_record_joins_the_three_model_stages_metrics_as_one_stage_wrote_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = {
+        "artifacts/eval/metrics.json": {"base": {"ce": 0.1}},
+        "artifacts/layers/scores.json": {"selected": "fc2", "runner_up": "fc1", "layers": {}},
+        "artifacts/overfit/metrics.json": {"train": {}},
+        "artifacts/diffusion/metrics.json": {"diffusion": {"cosine_mean": 0.9}, "steps": {"diffusion": 10},
+                                             "seconds": {"diffusion": 1.0}, "rows": {"fit": 5, "held_out": 1}},
+        "artifacts/diffusion/scale_metrics.json": {"scale": {"median_rel_error": 0.02}, "steps": {"scale": 20},
+                                                   "seconds": {"scale": 2.0}},
+        "artifacts/diffusion/regressor_metrics.json": {"regressor": {"cosine_mean": 0.95}, "steps": {"regressor": 30},
+                                                       "seconds": {"regressor": 3.0}},
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(content))
+    (tmp_path / "artifacts/eval/results.csv").write_text("row,note\nbase,\n")
+    _seeds().record(tmp_path / "runs", 0, [])
+    got = json.loads((tmp_path / "runs/seed0.json").read_text())["diffusion"]
+    assert got["steps"] == {"diffusion": 10, "scale": 20, "regressor": 30}
+    assert got["seconds"] == {"diffusion": 1.0, "scale": 2.0, "regressor": 3.0}
+    assert got["scale"] == {"median_rel_error": 0.02} and got["regressor"] == {"cosine_mean": 0.95}

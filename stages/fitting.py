@@ -1,0 +1,85 @@
+"""What the three stages that train on the store share: train_diffusion (the
+denoiser), train_scale (the scale model) and train_regressor (the
+no-diffusion baseline) each fit one model on the same rows of the store's
+train group, with the same conditioning statistics and held-out chunks, so
+each can rerun alone when only its own params change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import typer
+import zarr
+
+from ocd import diffusion, scale
+from ocd.device import runtime
+from ocd.params import Params
+from ocd.store import COND, ChunkReader, open_store, split_chunks
+
+MODELS_OPTION = typer.Option(Path("artifacts/diffusion"), help="Folder for the checkpoints, metrics and loss curves.")
+STORE_OPTION = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store (its train group).")
+
+
+@dataclass
+class Fit:
+    """The fit rows of a store (``reader``) and what every model trained on them records."""
+
+    train: zarr.Group
+    reader: ChunkReader
+    held_chunks: list[int]
+    stats: dict  # the conditioning's mean and SD over the fit rows
+    provenance: dict
+    meta: diffusion.ModelMeta  # the target's shapes and scaling (the denoiser's and the regressor's)
+    train_mean: float  # the fit rows' mean rho
+    rho_floor: float  # ocd.scale.rho_floor of the fit rows
+    ram_mb: float  # diffusion.ram_mb
+
+    def held(self, names: tuple[str, ...] = ("delta", "u", "rank1_share", "rho", *COND)) -> dict[str, np.ndarray]:
+        """The held-out rows (diagnostics only), every array in ``names``."""
+        return ChunkReader(self.train, names, self.held_chunks, ram_mb=self.ram_mb).read(self.held_chunks)
+
+
+def open_fit(p: Params, store: Path, main: bool = True) -> Fit:
+    """The store's fit rows as every training stage reads them: the same arrays (so the
+    same in-RAM or streamed reader, hence the same minibatches) and the same statistics.
+
+    Before any training, a store whose every delta is zero is refused (ocd.scale.rho_floor).
+    """
+    dp = p.diffusion
+    root = open_store(store)
+    train = root["train"]  # never the test group: that is the oracle's alone
+    weight_shape = tuple(root.attrs["weight_shape"])
+    if dp.target == "rank1":
+        diffusion.require_rank1(weight_shape, train["cond/layer_input"].shape[1])
+    fit_chunks, held_chunks = split_chunks(train["done"].shape[0], dp.holdout)
+    reader = ChunkReader(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
+    if main:
+        typer.echo(holdout_note(dp.holdout, train["rho"].shape[0], reader.rows, len(held_chunks)))
+    stats = diffusion.cond_stats(reader)
+    fit_rho = scale.rhos(reader)
+    train_mean, floor = float(fit_rho.mean()), scale.rho_floor(fit_rho)
+    provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
+                  "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"],
+                  "runtime": runtime(), "compute": {k: v for k, v in p.section("compute").items() if k != "nproc"}}
+    meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction, provenance["rho"],
+                               dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"])
+    return Fit(train, reader, held_chunks, stats, provenance, meta, train_mean, floor, dp.ram_mb)
+
+
+def holdout_note(holdout: float, rows: int, fit_rows: int, held_chunks: int) -> str:
+    """What diffusion.holdout held out: whole store chunks, so its share can be far from the one asked."""
+    if not held_chunks:
+        return f"every one of the {rows} train rows fits the models (diffusion.holdout 0: no diagnostics)"
+    held = rows - fit_rows
+    note = (f"held out for the diagnostics: the last {held_chunks} store chunk(s), {held} of {rows} train rows "
+            f"({held / rows:.0%}); the models fit {fit_rows}")
+    if abs(held / rows - holdout) > 0.5 * holdout:
+        note += (f". diffusion.holdout asks {holdout:.0%}, but rows are held out in whole chunks of "
+                 "overfit.batch_size rows: a smaller overfit.batch_size splits finer")
+    return note
+
+
+NO_DIAGNOSTICS = "none: diffusion.holdout is 0, every train row fits the models"
