@@ -198,7 +198,8 @@ def _(w):
 # ---------------------------------------------------------------- 5
 @drill("5", "evaluate.eta: .nan")
 def _(w):
-    return one_line(w.ocd("evaluate", "--no-progress", "--out", w.root / "e", params={"evaluate": {"eta": float("nan")}}))
+    return one_line(w.ocd("evaluate", "--no-progress", "--out", w.root / "e",
+                          params={"evaluate": {"eta": float("nan")}}))
 
 
 @drill("5", "diffusion.grad_clip: .nan")
@@ -285,7 +286,8 @@ def _refusal(item, what, *args, params=None, prepare=None):
 
 _refusal("9", "data.seed: -1", "train-base", "--no-progress", "--out", "x", params={"data": {"seed": -1}})
 _refusal("9", "a params file that is not UTF-8", "train-base", "--no-progress", "--out", "x",
-         prepare=lambda w: ("--params", _write(w.root / "latin1.yaml", "base:\n  lr: 0.001 # \xe9t\xe9\n".encode("latin-1"))))
+         prepare=lambda w: ("--params", _write(w.root / "latin1.yaml",
+                                               "base:\n  lr: 0.001 # \xe9t\xe9\n".encode("latin-1"))))
 _refusal("9", "--params naming a folder", "train-base", "--no-progress", "--out", "x", "--params", "ocd")
 _refusal("9", "diffusion.epochs: .inf", "train-diffusion", "--no-progress", "--out", "x",
          params={"diffusion": {"epochs": float("inf")}})
@@ -430,7 +432,7 @@ def main() -> None:
         verdict = "SKIP" if ok is None else "PASS" if ok else "FAIL"
         rows.append((item, what, verdict, line))
         print(f"[{verdict}] {item}: {what}: {line}", flush=True)
-    print(f"\n| item | drill | result | observed |\n|---|---|---|---|")
+    print("\n| item | drill | result | observed |\n|---|---|---|---|")
     for item, what, verdict, line in rows:
         print(f"| {item} | {what} | {verdict} | {line.replace('|', '/')} |")
     print(f"\n{sum(r[2] == 'PASS' for r in rows)} pass, {sum(r[2] == 'FAIL' for r in rows)} fail, "

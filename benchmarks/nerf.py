@@ -24,8 +24,10 @@ def measure(views: int, size: int, naive: bool) -> dict:
     from ocd import base
     from ocd.data import load_dataset
     from ocd.device import configure_threads
-    from ocd.models import ModelSpec, layer_io
-    from ocd.overfit import linear_cut, overfit_batch, overfit_naive
+    from ocd.cut import layer_io
+    from ocd.models import ModelSpec
+    from ocd.cut import linear_cut
+    from ocd.overfit import overfit_batch, overfit_naive
     from ocd.params import BaseParams, DataParams, ModelParams
 
     configure_threads()

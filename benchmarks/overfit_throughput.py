@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 from ocd import base
+from ocd.cut import linear_cut
 from ocd.data import load_dataset
 from ocd.device import get_device
 from ocd.models import lenet5
-from ocd.overfit import default_writers, fill_store, linear_cut, overfit_batch, overfit_naive
+from ocd.overfit import default_writers, fill_store, overfit_batch, overfit_naive
 from ocd.params import DataParams
 from ocd.store import DeltaStore, Layout
 
@@ -120,7 +121,8 @@ def main() -> None:
         print(f"vectorised + Zarr store, {writers} writer(s): {rate:10.0f} samples/s  (/ compute only: "
               f"{rate / compute_only:.0%})")
     print(f"vectorised, no writing  : {compute_only:10.0f} samples/s")
-    print(f"  the same, {max(1, threads - 1)} thread(s)    : {compute_fewer:10.0f} samples/s  (compute beside the writer)")
+    print(f"  the same, {max(1, threads - 1)} thread(s)    : {compute_fewer:10.0f} samples/s  "
+          "(compute beside the writer)")
     print(f"write_chunk alone       : {write_only:10.0f} samples/s  (checks, derived u, zarr, checksums)")
     print(f"  delta bytes as a file : {file_only:10.0f} samples/s  (the file system's floor)")
     print(f"naive loop              : {naive:10.0f} samples/s")

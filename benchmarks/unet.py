@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ocd import diffusion
+from ocd.delta import COND
 from ocd.device import Steps, adam, get_device, use_precision
-from ocd.store import COND
 
 WIDTHS = dict(zip(COND, (256, 120, 10)))  # LeNet5 fc1: its input, activation and the 10 outputs
 

@@ -23,14 +23,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from ocd.artifacts import CheckpointError, save_tensors, write_json
+from ocd.cut import ModelError, rows_per_pass
 from ocd.device import get_device
-from ocd.models import ModelError, ModelSpec, rows_per_pass
+from ocd.fit import fit_minibatches
+from ocd.models import ModelSpec
 from ocd.params import BaseParams
 from ocd.tasks import Task
 
 WEIGHTS = "model.pt"
 META = "model.json"
-SCHEDULES = ("constant", "cosine")  # base.schedule: the learning rate over all steps
 
 
 def seed_everything(seed: int) -> None:
@@ -57,40 +58,6 @@ def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
         return task.loss(model(x[idx].to(device)), y[idx].to(device))
 
     return fit_minibatches(model, params, len(y), loss_of, "train base", progress)
-
-
-def fit_minibatches(model: nn.Module, params: BaseParams, n: int, loss_of, desc: str,
-                    progress: bool = True) -> list[float]:
-    """Adam (``params.lr``, ``params.weight_decay``) for ``params.epochs`` passes over
-    ``n`` examples in minibatches of ``params.batch_size``, shuffled with
-    ``params.seed``, under the constant or cosine schedule. ``loss_of(idx)`` is
-    the mean loss of the examples ``idx``. Returns the mean loss of each epoch."""
-    order = torch.Generator().manual_seed(params.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    steps = (n + params.batch_size - 1) // params.batch_size
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
-             if params.schedule == "cosine" else None)  # base.schedule: SCHEDULES
-    history = []
-    bar = tqdm(total=params.epochs * steps, desc=desc, disable=not progress, mininterval=1.0, unit="step")
-    for epoch in range(params.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=order)
-        total = 0.0
-        for i in range(steps):
-            idx = perm[i * params.batch_size:(i + 1) * params.batch_size]
-            loss = loss_of(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.item() * len(idx)
-            bar.update()
-        history.append(total / n)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4g}", refresh=False)
-    bar.close()
-    model.eval()
-    return history
 
 
 def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, params: BaseParams,
@@ -126,7 +93,7 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
     n, k = len(y), len(seeds)
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
-             if params.schedule == "cosine" else None)  # base.schedule: SCHEDULES
+             if params.schedule == "cosine" else None)  # base.schedule: ocd.fit.SCHEDULES
     orders = [torch.Generator().manual_seed(seed) for seed in seeds]
     bar = tqdm(total=params.epochs * steps, desc=f"train {k} ensemble members", disable=not progress,
                mininterval=1.0, unit="step")
@@ -246,7 +213,8 @@ def save_ensemble(folder: str | Path, members: list[nn.Module], spec: ModelSpec,
     for member, name in zip(members, files):
         save_tensors(folder / name, member.cpu().eval().state_dict())
     record = {"spec": spec.to_dict(), "seeds": seeds,
-              "members": [{"file": f, "seed": s, "sha256": weights_sha256(m)} for f, s, m in zip(files, seeds, members)],
+              "members": [{"file": f, "seed": s, "sha256": weights_sha256(m)}
+                          for f, s, m in zip(files, seeds, members)],
               **meta}
     write_json(folder / ENSEMBLE, record)
     return record

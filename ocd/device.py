@@ -107,9 +107,9 @@ def adam(params, lr: float, capturable: bool = False) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, capturable=capturable)
 
 
-def configure_threads() -> None:
+def configure_threads(keep_freed: bool = True) -> None:
     """Apply ``OCD_THREADS`` to torch's intra-op pool when it is set, and
-    keep large freed blocks in the process (:func:`keep_freed_memory`).
+    (``keep_freed``) keep large freed blocks in the process (:func:`keep_freed_memory`).
 
     Several processes each running two torch threads on a 2-core machine slow
     each other down many times over; side-by-side runs set OCD_THREADS=1.
@@ -117,7 +117,8 @@ def configure_threads() -> None:
     threads = os.environ.get("OCD_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    keep_freed_memory()
+    if keep_freed:
+        keep_freed_memory()
 
 
 # glibc's mallopt parameters

@@ -34,6 +34,7 @@ import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,11 +44,14 @@ from tqdm import tqdm
 
 from ocd import vecnet
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
+from ocd.delta import COND, StoreError, rank1_right, rho_of
 from ocd.device import Steps, adam, autocast
 from ocd.distributed import Group
 from ocd.schedule import Schedule, sinusoidal
-from ocd.store import COND, ChunkReader, StoreError, rank1_right, rho_of
 from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
+
+if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
+    from ocd.store import ChunkReader
 
 TARGETS = ("matrix", "rank1", "flat")
 

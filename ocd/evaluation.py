@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocd.calibration import choose_temperature, reliability
+from ocd.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
 from ocd.diffusion import DeltaDiffusion
 from ocd.distributed import Group
-from ocd.models import forward_with_layer_weights, layer_io, layer_with_weights, rows_per_pass
-from ocd.overfit import linear_cut, overfit_batch
+from ocd.overfit import overfit_batch
+from ocd.pipeline import ocd_deltas, sample_deltas
 from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
 from ocd.tasks import Task
@@ -63,64 +64,6 @@ class Row:
                 "ms_per_sample": self.ms_per_sample, "note": self.note}
 
 
-@torch.no_grad()
-def apply_deltas(model: nn.Module, layer: str, deltas: torch.Tensor, x: torch.Tensor,
-                 batch: int | None = None) -> torch.Tensor:
-    """Outputs of ``model`` with ``W + deltas[i]`` as layer's weight for ``x[i]``
-    (``batch`` samples per pass, by default the model's :func:`rows_per_pass`)."""
-    weight = getattr(model, layer).weight
-    batch = batch or rows_per_pass(model)
-    return torch.cat([forward_with_layer_weights(model, layer, weight + deltas[i:i + batch].to(weight),
-                                                 x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
-@torch.no_grad()
-def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int,
-                  steps: int, eta: float, seed: int, rows_per_pass: int = 128,
-                  first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """k sampled unit-scale deltas per sample [k, N, out, in] and rho_hat [N].
-    ``parts[0]`` is the layer input (the rank1 target rebuilds the matrix from it).
-    ``first_row``: the number of ``parts``' first row in the whole split; a
-    batch's noise is seeded by its first row's number, so a block of rows
-    gets the same draws wherever it is sampled (evaluation on several ranks).
-
-    The k members of a batch are sampled in one batched DDIM pass of about
-    ``rows_per_pass`` rows (larger passes ran slower on the CPU: 54 rows/s at
-    128, 25 at 1,250); the conditioning is embedded once per sample.
-    """
-    omegas, rhos = [], []
-    n = len(parts[0])
-    batch = max(1, rows_per_pass // k)
-    for i in range(0, n, batch):
-        p = [v[i:i + batch] for v in parts]
-        c = diff.embed(p)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + i)
-        rep = diff.sample(c.repeat(k, 1), steps=steps, eta=eta, generator=gen)
-        omega = diff.omega(rep, p[0].repeat(k, 1))
-        omegas.append(omega.view(k, len(c), *omega.shape[1:]))
-        rhos.append(scaler(p))
-    return torch.cat(omegas, dim=1), torch.cat(rhos)
-
-
-def ocd_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int, steps: int,
-               eta: float, seed: int, first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """OCD's deltas for every sample: (unit-scale omegas, deltas sized by rho_hat), both [k, N, out, in]."""
-    omegas, rho_hat = sample_deltas(diff, scaler, parts, k, steps, eta, seed, first_row=first_row)
-    return omegas, rho_hat[None, :, None, None] * omegas / diff.meta.unit
-
-
-@torch.no_grad()
-def conditioning(cut, x: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """I(x) parts and the model's outputs for every row of x, ``batch`` rows
-    per pass (a NeRF view's layer inputs are 131,072 points: none is kept)."""
-    parts, outputs = [], []
-    for i in range(0, len(x), batch):
-        io = layer_io(cut, x[i:i + batch])
-        parts.append(io.cond)
-        outputs.append(io.output)
-    return [torch.cat(p) for p in zip(*parts)], torch.cat(outputs)
-
-
 def nearest(query: torch.Tensor, pool: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Index of the nearest pool row (Euclidean) for every query row."""
     query, pool = query.flatten(1).float(), pool.flatten(1).float()
@@ -137,7 +80,9 @@ class EvalInputs:
     x_train: torch.Tensor
     train_delta: torch.Tensor  # [N_train, out, in], from the store (in its dtype: float16 stays float16)
     train_parts: list[torch.Tensor]  # the store's conditioning of the train rows
-    oracle_delta: torch.Tensor  # [N_test, out, in], the store's test group, in the store's dtype
+    # [N_test, out, in], the store's test group: a tensor, or the store's array itself, whose
+    # rows each block reads as it needs them (SetFit's 2,000 float16 deltas are 2.4 GB)
+    oracle_delta: torch.Tensor
     diff: DeltaDiffusion
     scaler: ScaleModel
     mean_rho: float
@@ -163,8 +108,9 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
     to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
     ``time/...``: seconds spent on the base, OCD and regressor rows. ``spaces``: the
     nearest-neighbour spaces, made once for every block (:func:`_nn_spaces`)."""
-    task, model = inp.task, inp.model
-    x, y, oracle = inp.x_test[lo:hi], inp.y_test[lo:hi], inp.oracle_delta[lo:hi].float()
+    task = inp.task
+    x, y = inp.x_test[lo:hi], inp.y_test[lo:hi]
+    oracle = torch.as_tensor(inp.oracle_delta[lo:hi]).to(y.device).float()
     unit = inp.diff.meta.unit
     got: dict[str, torch.Tensor] = {"oracle/norm": oracle.flatten(1).norm(dim=1)}
 
@@ -184,14 +130,16 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
         return _apply_at(cut, io.inp, deltas)
 
     start = clock()
-    omegas, deltas = ocd_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed, first_row=lo)  # [k, N, out, in]
+    omegas, rho_hat = sample_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed, first_row=lo)
+    no_scale = inp.mean_rho * omegas[0] / unit
+    # sized by rho_hat in place, as ocd_deltas sizes them: the same numbers, one [k, N, out, in] fewer
+    deltas = omegas.mul_(rho_hat[None, :, None, None]).div_(unit)
     member_out = torch.stack([apply(d) for d in deltas])
     got["time/ocd"] = torch.tensor([clock() - start])  # all k members
     put("ocd", member_out[0], deltas[0])
     got["ocd/members"] = member_out.transpose(0, 1)
     mean_delta = deltas.mean(0)
     put("ocd_mean_network", apply(mean_delta), mean_delta)
-    no_scale = inp.mean_rho * omegas[0] / unit
     put("ocd_no_scale", apply(no_scale), no_scale)
     if inp.regressor is not None:
         start = clock()

@@ -33,8 +33,8 @@ import torch
 from scipy.signal import fftconvolve
 from torch import nn
 
+from ocd.cut import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.distributed import Group
-from ocd.models import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.tasks import Task
 
 # Layers the overfit stage can handle: a matrix weight applied to each of a

@@ -1,11 +1,10 @@
-"""Model registry and the per-sample-weight primitive.
+"""The model families and their registry, keyed by ``model.name`` in params.yaml.
 
-Every model names its weight layers as children (``conv1``, ``fc1``,
-``layer1``, ...) and can be cut at any of them (the layer contract below), so
-the layer's input is computed once per sample, and the layer can run with a
-different weight for every sample of a batch (:func:`forward_with_layer_weights`).
-A model family is an entry of :data:`MODELS` and its module; an
-``nn.Sequential`` needs nothing more, another family defines ``cut(name)``.
+A model family is a builder ``build(in_shape, n_outputs, **options)`` and the
+options it reads from params: ``lenet5`` and ``mlp`` are ``nn.Sequential``s
+here; ``tinynerf`` (ocd/nerf.py) and ``setfit`` (ocd/sentence.py) are modules
+of their own. Each is cut at a layer under the contract of ocd/cut.py; this
+registry imports the families, and no family imports it.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
+from ocd import nerf, sentence
+from ocd.cut import ModelError
 from ocd.params import ModelParams
-
-
-class ModelError(ValueError):
-    """A model cannot be built or cut as asked; the message says why."""
 
 
 # --------------------------------------------------------------------------
@@ -107,227 +102,7 @@ def _architecture(name: str) -> Architecture:
 
 
 # --------------------------------------------------------------------------
-# Layers, cuts and the per-sample-weight primitive
-#
-# The layer contract. A model is cut at one of its weight layers into
-# ``enter -> layer -> leave``: ``enter(x)`` gives, per sample, the layer's
-# input as a *set* ``h: [B, P, *in]`` (P = 1 for a model that feeds the layer
-# one vector per sample; P = points per ray times rays for a NeRF view, tokens
-# for a transformer) and ``ctx``, whatever the rest of the model needs to
-# finish the forward pass (a tensor batched along dim 0, or None); the layer
-# maps every one of the P inputs; ``leave(z, ctx)`` finishes the forward pass
-# from the layer's outputs ``z: [B, P, *out]``. A cut also says how to
-# summarise a sample's P points into one conditioning vector
-# (``point_weights``, e.g. a NeRF's transmittance weights) and how to encode
-# the model's output for the conditioning (``encode_output``).
-#
-# An ``nn.Sequential`` is cut by position (:func:`sequential_cut`, P = 1). A
-# model family whose forward pass is not a chain of children defines
-# ``cut(name) -> LayerCut`` itself (ocd/nerf.py); :func:`cut_at` asks the model
-# first. Nothing else in the library knows which family it runs.
-
-
-def weight_layers(model: nn.Module) -> list[str]:
-    """Names of the layers with a weight of two or more dimensions, in order."""
-    return [name for name, m in model.named_children()
-            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2]
-
-
-def check_layer(model: nn.Module, name: str) -> nn.Module:
-    if name not in weight_layers(model):
-        raise ModelError(f"{name!r} is not a weight layer of this model; "
-                         f"valid names: {', '.join(weight_layers(model))}")
-    return getattr(model, name)
-
-
-@dataclass
-class LayerInput:
-    """A batch of layer inputs: ``h [B, P, *in]`` and the rest's context (batched along dim 0, or None)."""
-
-    h: torch.Tensor
-    ctx: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.h)
-
-    @property
-    def points(self) -> int:
-        """P: inputs of the layer per sample."""
-        return self.h.shape[1]
-
-    def __getitem__(self, rows) -> "LayerInput":
-        return LayerInput(self.h[rows], None if self.ctx is None else self.ctx[rows])
-
-    def repeat(self, k: int) -> "LayerInput":
-        """The batch k times over (draw-major), as ``z.flatten(0, 1)`` of a [k, B, ...] stack."""
-        def rep(t):
-            return t.repeat(k, *[1] * (t.dim() - 1))
-
-        return LayerInput(rep(self.h), None if self.ctx is None else rep(self.ctx))
-
-    def detach(self) -> "LayerInput":
-        return LayerInput(self.h.detach(), None if self.ctx is None else self.ctx.detach())
-
-
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
-@dataclass
-class LayerCut:
-    """The model cut at one layer: ``model(x) == leave(layer(h), ctx)`` with ``h, ctx = enter(x)``,
-    the layer applied to each of a sample's P inputs (see the contract above)."""
-
-    name: str
-    layer: nn.Module
-    enter: Callable[[torch.Tensor], LayerInput]
-    leave: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-    # the element-wise non-linearity right after the layer (its output is the layer's activation a_L)
-    activation: Callable[[torch.Tensor], torch.Tensor] = _identity
-    # (z [B, P, out], ctx) -> [B, P] weights summing to 1 per sample: how the conditioning
-    # summarises a sample's points; None: the plain mean
-    point_weights: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
-    # the model's outputs -> the conditioning's output part [B, C'] (e.g. an image encoder)
-    encode_output: Callable[[torch.Tensor], torch.Tensor] = _identity
-
-    def apply(self, inp: LayerInput) -> torch.Tensor:
-        """The layer with its own weight on every point: ``[B, P, *out]``."""
-        return apply_pointwise(self.layer, inp.h)
-
-    def forward(self, inp: LayerInput, z: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's outputs from the layer's input (and its output z, if already known)."""
-        return self.leave(self.apply(inp) if z is None else z, inp.ctx)
-
-
-def apply_pointwise(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``layer`` on every one of the P inputs of every sample: [B, P, *in] -> [B, P, *out]."""
-    return layer(h.flatten(0, 1)).unflatten(0, h.shape[:2])
-
-
-def sequential_cut(model: nn.Sequential, name: str) -> LayerCut:
-    """Cut a chain of named children at ``name``: one input per sample (P = 1)."""
-    check_layer(model, name)
-    if not isinstance(model, nn.Sequential):
-        raise ModelError(f"a {type(model).__name__} is not an nn.Sequential and defines no cut(name); "
-                         "a model family that is not a chain of layers must define how it is cut")
-    names = [n for n, _ in model.named_children()]
-    i = names.index(name)
-    children = list(model.children())
-    prefix, suffix = nn.Sequential(*children[:i]), nn.Sequential(*children[i + 1:])
-    first = suffix[0] if len(suffix) else None
-    return LayerCut(
-        name, children[i],
-        enter=lambda x: LayerInput(prefix(x).unsqueeze(1)),
-        leave=lambda z, ctx: suffix(z.squeeze(1)),
-        activation=first if isinstance(first, ACTIVATIONS) else _identity,
-    )
-
-
-def cut_at(model: nn.Module, name: str) -> LayerCut:
-    """The model cut at layer ``name``: the model's own ``cut(name)``, else the Sequential cut."""
-    own = getattr(model, "cut", None)
-    if callable(own):
-        check_layer(model, name)
-        return own(name)
-    return sequential_cut(model, name)
-
-
-def layer_with_weights(layer: nn.Module, weights: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Apply ``layer`` to the P inputs ``h[b]`` with weight ``weights[b]`` for every b.
-
-    ``weights`` is ``[B, *layer.weight.shape]``, ``h`` is ``[B, P, ...]``.
-    Works for any layer whose forward reads ``self.weight`` (Linear, Conv).
-    """
-    if weights.shape[1:] != layer.weight.shape:
-        raise ModelError(f"per-sample weights have shape {tuple(weights.shape[1:])}, "
-                         f"the layer's weight is {tuple(layer.weight.shape)}")
-    if weights.shape[0] != h.shape[0]:
-        raise ModelError(f"{weights.shape[0]} weights for a batch of {h.shape[0]} inputs")
-
-    def one(w: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
-        return functional_call(layer, {"weight": w}, (hb,))
-
-    return vmap(one)(weights, h)
-
-
-def forward_with_layer_weights(model: nn.Module, name: str, weights: torch.Tensor,
-                               x: torch.Tensor) -> torch.Tensor:
-    """``model(x[b])`` with layer ``name``'s weight replaced by ``weights[b]``, batched.
-
-    The rest of the model (every other layer, and this layer's bias) keeps its
-    own parameters. One forward pass for the whole batch, no model copies.
-    """
-    cut = cut_at(model, name)
-    inp = cut.enter(x)
-    return cut.leave(layer_with_weights(cut.layer, weights, inp.h), inp.ctx)
-
-
-def layer_with_weight_stack(layer: nn.Module, weights: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Apply ``layer`` with each of ``weights[k]`` to the whole batch ``h [B, P, ...]``: ``[K, B, P, ...]``.
-
-    The all-pairs sibling of :func:`layer_with_weights`: K weight draws times
-    B inputs in one batched call, without copying the weights B times.
-    """
-    if weights.shape[1:] != layer.weight.shape:
-        raise ModelError(f"weight stack has shape {tuple(weights.shape[1:])}, "
-                         f"the layer's weight is {tuple(layer.weight.shape)}")
-    flat = h.flatten(0, 1)
-    return vmap(lambda w: functional_call(layer, {"weight": w}, (flat,)))(weights).unflatten(1, h.shape[:2])
-
-
-def rows_per_pass(model: nn.Module, default: int = 256) -> int:
-    """How many samples one batched pass of ``model`` should hold: a model
-    whose sample is large (a NeRF view is 131,072 points) says so with a
-    ``rows_per_pass`` attribute."""
-    return int(getattr(model, "rows_per_pass", default))
-
-
-@dataclass
-class LayerIO:
-    """One batch through the cut with the model's own weights."""
-
-    inp: LayerInput  # the layer's input set and context
-    z: torch.Tensor  # the layer's output [B, P, out]
-    output: torch.Tensor  # the model's output f(x; theta)
-    cond: list[torch.Tensor]  # I(x): [i_L (pooled), a_L (pooled), the encoded output], each [B, d]
-
-
-def pool_points(cut: LayerCut, values: torch.Tensor, z: torch.Tensor, ctx) -> torch.Tensor:
-    """A sample's P vectors ``[B, P, d]`` summarised as one ``[B, d]`` with the cut's point weights."""
-    if values.shape[1] == 1:
-        return values[:, 0]
-    if cut.point_weights is None:
-        return values.mean(1)
-    return torch.einsum("bp,bpd->bd", cut.point_weights(z, ctx), values)
-
-
-@torch.no_grad()
-def layer_io(cut: LayerCut, x: torch.Tensor) -> LayerIO:
-    """I(x) parts for the cut layer, with the model's own weights.
-
-    The conditioning holds the layer's input, its activation (the output of
-    the element-wise non-linearity right after the layer, or the layer's
-    output when none follows), each summarised over the sample's points, and
-    the model's output, encoded by the cut.
-    """
-    inp = cut.enter(x)
-    z = cut.apply(inp)
-    out = cut.leave(z, inp.ctx)
-    a = cut.activation(z)
-    cond = [pool_points(cut, inp.h.flatten(2), z, inp.ctx), pool_points(cut, a.flatten(2), z, inp.ctx),
-            cut.encode_output(out)]
-    return LayerIO(inp, z, out, cond)
-
-
-# Element-wise non-linearities whose output counts as the layer's activation.
-ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU)
-
-
-# --------------------------------------------------------------------------
-# The registry: ``model.name`` -> family. A family outside this module is its
-# own module (imported here, last: it builds on the contract above).
-
-from ocd import nerf, sentence  # noqa: E402
+# The registry: ``model.name`` -> family
 
 MODELS: dict[str, Architecture] = {
     "lenet5": Architecture(lenet5),

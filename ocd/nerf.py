@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.models import LayerCut, LayerInput, ModelError
+from ocd.cut import LayerCut, LayerInput, ModelError
+from ocd.fit import fit_minibatches
 
 # The conditioning's encoding of the rendered image. The authors used an
 # ImageNet VGG-11, whose weights cannot be downloaded here; a network with
@@ -166,7 +167,6 @@ class TinyNeRF(nn.Module):
     def fit(self, task, x: torch.Tensor, y: torch.Tensor, params, device, progress: bool = True) -> list[float]:
         """NeRF training: Adam on the mean squared colour error of random ray batches
         from all views, depths jittered in their bins; returns the loss per epoch."""
-        from ocd.base import fit_minibatches  # ocd.base imports the model registry, which imports this module
 
         self.to(device)
         torch.manual_seed(params.seed)
@@ -199,7 +199,9 @@ def options(params, info: dict) -> dict:
     """tinynerf's build options: the camera from the dataset (a rendered scene), the rest from ``model:``."""
     camera = info.get("camera")
     if not camera:
+        from ocd.scenes import SCENES  # the scenes' names, from where they are defined
+
         raise ModelError("model tinynerf renders camera views; the dataset is not a rendered scene "
-                         "(data.name nerf_blocks, nerf_food or nerf_drums)")
+                         f"(data.name {', '.join(SCENES)})")
     return {**{k: camera[k] for k in ("height", "width", "focal", "near", "far")},
             "depth_samples": params.depth_samples, "frequencies": params.frequencies, "encoder": params.encoder}

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.models import LayerCut, LayerInput, ModelError, cut_at, layer_io
-from ocd.store import COND, DeltaStore, StoreError, rho_of
+from ocd.cut import LayerCut, LayerInput, layer_io
+from ocd.delta import COND, StoreError, rho_of
+from ocd.store import DeltaStore
 from ocd.tasks import Task
 
 OPTIMIZERS = ("adam", "sgd")
@@ -68,15 +69,6 @@ class Overfit:
     delta: torch.Tensor  # [B, out, in]: W' - W, accumulated
     loss_before: torch.Tensor  # [B]: the sample's loss with the base weights
     loss_after: torch.Tensor  # [B]: the loss with W + delta
-
-
-def linear_cut(model: nn.Module, name: str) -> LayerCut:
-    """Cut at ``name``, which must be a Linear layer (a matrix applied to each of a sample's input vectors)."""
-    cut = cut_at(model, name)
-    if not isinstance(cut.layer, nn.Linear):
-        raise ModelError(f"layer {name!r} is a {type(cut.layer).__name__}; the overfit stage "
-                         "needs a Linear layer (a 2-D weight applied to each of a sample's input vectors)")
-    return cut
 
 
 def overfit_batch(cut: LayerCut, task: Task, inp: LayerInput, y: torch.Tensor,
@@ -244,7 +236,7 @@ def check_moved(r: Overfit, layer: str, split: str, chunk: int) -> None:
         return
     n = len(r.delta)
     if bool((r.loss_before == 0).all()):
-        why = (f"the loss of each is already 0 in float32 (a base model this confident has nothing to "
+        why = ("the loss of each is already 0 in float32 (a base model this confident has nothing to "
                "overfit: train it less, base.epochs)")
     else:
         why = (f"the loss does not depend on {layer}'s weight at these samples, though it is not 0 (mean "

@@ -1,5 +1,7 @@
-"""The trained pipeline as one object: base model, selected layer, diffusion
-and scale models, checked to belong together; and OCD predictions for new inputs."""
+"""Inference: OCD's deltas sampled for new inputs and applied to the base model
+(what ``ocd predict`` and the evaluation both use), and the trained pipeline
+as one object: base model, selected layer, diffusion and scale models,
+checked to belong together."""
 
 from __future__ import annotations
 
@@ -7,16 +9,74 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ocd import base, diffusion, regressor, scale
+from ocd.cut import forward_with_layer_weights, layer_io, linear_cut, rows_per_pass
+from ocd.delta import StoreError
 from ocd.device import get_device, use_precision
 from ocd.diffusion import DeltaDiffusion
-from ocd.evaluation import apply_deltas, conditioning, ocd_deltas
-from ocd.models import rows_per_pass
-from ocd.overfit import linear_cut
 from ocd.regressor import DeltaRegressor
 from ocd.scale import ScaleModel
-from ocd.store import StoreError
+
+
+@torch.no_grad()
+def apply_deltas(model: nn.Module, layer: str, deltas: torch.Tensor, x: torch.Tensor,
+                 batch: int | None = None) -> torch.Tensor:
+    """Outputs of ``model`` with ``W + deltas[i]`` as layer's weight for ``x[i]``
+    (``batch`` samples per pass, by default the model's :func:`rows_per_pass`)."""
+    weight = getattr(model, layer).weight
+    batch = batch or rows_per_pass(model)
+    return torch.cat([forward_with_layer_weights(model, layer, weight + deltas[i:i + batch].to(weight),
+                                                 x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int,
+                  steps: int, eta: float, seed: int, rows_per_pass: int = 128,
+                  first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """k sampled unit-scale deltas per sample [k, N, out, in] and rho_hat [N].
+    ``parts[0]`` is the layer input (the rank1 target rebuilds the matrix from it).
+    ``first_row``: the number of ``parts``' first row in the whole split; a
+    batch's noise is seeded by its first row's number, so a block of rows
+    gets the same draws wherever it is sampled (evaluation on several ranks).
+
+    The k members of a batch are sampled in one batched DDIM pass of about
+    ``rows_per_pass`` rows (larger passes ran slower on the CPU: 54 rows/s at
+    128, 25 at 1,250); the conditioning is embedded once per sample.
+    """
+    omegas, rhos = [], []
+    n = len(parts[0])
+    batch = max(1, rows_per_pass // k)
+    for i in range(0, n, batch):
+        p = [v[i:i + batch] for v in parts]
+        c = diff.embed(p)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + i)
+        rep = diff.sample(c.repeat(k, 1), steps=steps, eta=eta, generator=gen)
+        omega = diff.omega(rep, p[0].repeat(k, 1))
+        omegas.append(omega.view(k, len(c), *omega.shape[1:]))
+        rhos.append(scaler(p))
+    return torch.cat(omegas, dim=1), torch.cat(rhos)
+
+
+def ocd_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tensor], k: int, steps: int,
+               eta: float, seed: int, first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """OCD's deltas for every sample: (unit-scale omegas, deltas sized by rho_hat), both [k, N, out, in]."""
+    omegas, rho_hat = sample_deltas(diff, scaler, parts, k, steps, eta, seed, first_row=first_row)
+    return omegas, rho_hat[None, :, None, None] * omegas / diff.meta.unit
+
+
+@torch.no_grad()
+def conditioning(cut, x: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """I(x) parts and the model's outputs for every row of x, ``batch`` rows
+    per pass (a NeRF view's layer inputs are 131,072 points: none is kept)."""
+    parts, outputs = [], []
+    for i in range(0, len(x), batch):
+        io = layer_io(cut, x[i:i + batch])
+        parts.append(io.cond)
+        outputs.append(io.output)
+    return [torch.cat(p) for p in zip(*parts)], torch.cat(outputs)
+
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,7 +22,9 @@ from ocd.artifacts import CheckpointError, save_checkpoint
 from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, fit_adam, normalised,
                            read_checkpoint, stats_config, to_matrix, true_omega)
 from ocd.distributed import Group
-from ocd.store import ChunkReader
+
+if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
+    from ocd.store import ChunkReader
 
 
 class DeltaRegressor(nn.Module):

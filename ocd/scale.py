@@ -22,14 +22,19 @@ pipelines no row is below it (the smallest rho is 0.2 of the median on mnist5k).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
+from ocd.delta import COND, StoreError
 from ocd.diffusion import ConditionedMLP, fit_adam, read_stats, stats_config
 from ocd.distributed import Group
-from ocd.store import COND, ChunkReader, StoreError
+
+if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
+    from ocd.store import ChunkReader
 
 LOG_FLOOR = 1e-12
 FLOOR_SHARE = 1e-3  # rho_floor: this share of the median positive rho
@@ -68,7 +73,8 @@ def mean_rho(reader: ChunkReader) -> float:
 
 
 def rho_floor(rho: np.ndarray) -> float:
-    """FLOOR_SHARE of the fit rows' (:func:`rhos`) median positive rho: what a smaller rho, or a zero delta, is trained as."""
+    """FLOOR_SHARE of the fit rows' (:func:`rhos`) median positive rho: what a smaller rho,
+    or a zero delta, is trained as."""
     positive = rho[rho > 0]
     if positive.size == 0:
         raise StoreError(f"every one of the {rho.size:,} fit rows has a zero delta (rho = 0): overfitting moved "

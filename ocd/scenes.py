@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ocd.data import DataError, Dataset, register
+from ocd.dataset import DataError, Dataset
 from ocd.params import DataParams
 
 RADIUS, NEAR, FAR = 3.5, 2.0, 6.0
@@ -255,7 +255,3 @@ def load_scene(name: str, params: DataParams) -> Dataset:
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
     return Dataset(name, "rendering", x_train, flat(y_train), x_test, flat(y_test), size * size * 3, info,
                    {"height": size, "width": size})
-
-
-for _name in SCENES:
-    register(_name)(functools.partial(load_scene, _name))

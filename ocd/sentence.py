@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.models import LayerCut, LayerInput, ModelError
+from ocd.cut import LayerCut, LayerInput, ModelError
+from ocd.fit import fit_minibatches
 from ocd.texts import EXTRA, TextStackMissing, body_path, read_sentences, tokenize
 
 PAIRS_PER_STEP = 16  # SetFit's body batch size
@@ -155,7 +156,6 @@ class SetFitClassifier(nn.Module):
 
     def fit(self, task, x: torch.Tensor, y: torch.Tensor, params, device, progress: bool = True) -> list[float]:
         """SetFit's two phases (module docstring); returns the head's loss per epoch."""
-        from ocd.base import fit_minibatches  # ocd.base imports the model registry, which imports this module
 
         self.to(device)
         torch.manual_seed(params.seed)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ocd.data import DataError, Dataset, register
+from ocd.dataset import DataError, Dataset
 from ocd.params import DataParams
 
 EXTRA = "the text stack is an optional extra: pip install -e '.[nlp]' (or `make test`, which installs it)"
@@ -123,7 +123,6 @@ def few_shot_split(labels: np.ndarray, shots: int, n_test: int, seed: int, calib
     return train, np.sort(test), cal
 
 
-@register("rotten_tomatoes")
 def load_rotten_tomatoes(params: DataParams) -> Dataset:
     import pandas as pd
 

@@ -9,12 +9,12 @@ import logging
 import typer
 
 from ocd.artifacts import CheckpointError
-from ocd.data import DataError
+from ocd.cut import ModelError
+from ocd.dataset import DataError
+from ocd.delta import StoreError
 from ocd.distributed import launched, report_user_error
 from ocd.layers import ScoreError
-from ocd.models import ModelError
 from ocd.params import ParamsError
-from ocd.store import StoreError
 from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.overfit import overfit
@@ -37,8 +37,8 @@ app = typer.Typer(
 
 # Errors about the user's input: a one-line message and exit code 2, no traceback.
 # FloatingPointError: a training whose loss stopped being finite (too high a learning rate).
-USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError, FileNotFoundError,
-               FloatingPointError)
+USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError,
+               FileNotFoundError, FloatingPointError)
 # The machine, not the input: a full disk or quota. One line and exit code 1.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 

@@ -16,7 +16,7 @@ from ocd.params import Params
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="The params file to read.")
 
 
-def on_processes(p: Params, stage: Callable[[distributed.Group], None]) -> None:
+def on_processes(p: Params, stage: Callable[[distributed.Group], None], keep_freed: bool = True) -> None:
     """Run ``stage(group)`` in this process, or, with ``compute.nproc`` above 1 and
     no launcher yet, run the whole command again under torchrun with that many
     processes (ocd/distributed.py); each of them lands here and runs its part."""
@@ -25,7 +25,7 @@ def on_processes(p: Params, stage: Callable[[distributed.Group], None]) -> None:
         if code:
             raise typer.Exit(code)
         return
-    configure_threads()
+    configure_threads(keep_freed)
     group = distributed.start()
     try:
         stage(group)

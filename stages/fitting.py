@@ -15,9 +15,10 @@ import typer
 import zarr
 
 from ocd import diffusion, scale
+from ocd.delta import COND
 from ocd.device import runtime
 from ocd.params import Params
-from ocd.store import COND, ChunkReader, open_store, split_chunks
+from ocd.store import ChunkReader, open_store, split_chunks
 
 MODELS_OPTION = typer.Option(Path("artifacts/diffusion"), help="Folder for the checkpoints, metrics and loss curves.")
 STORE_OPTION = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store (its train group).")

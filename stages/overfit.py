@@ -10,11 +10,13 @@ import typer
 from tqdm import tqdm
 
 from ocd import base, distributed
+from ocd.cut import linear_cut
 from ocd.data import load_dataset
+from ocd.delta import BASIS_OF_OPTIMIZER, RHO, StoreError
 from ocd.device import get_device, runtime
-from ocd.overfit import code_digest, fill_store, linear_cut, pending_work
+from ocd.overfit import code_digest, fill_store, pending_work
 from ocd.params import load_params
-from ocd.store import BASIS_OF_OPTIMIZER, RHO, DeltaStore, Layout, StoreError, summarize
+from ocd.store import DeltaStore, Layout, summarize
 from stages.common import PARAMS_OPTION, on_processes, write_json
 
 

@@ -76,7 +76,7 @@ def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.T
 
 def _table_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:
     """Raw feature rows [N, F] from a .npy file (blank values as NaN take the train medians)."""
-    from ocd.data import feature_transform
+    from ocd.dataset import feature_transform
 
     width = trained.base.spec.in_shape[0]
     if not inputs.exists():

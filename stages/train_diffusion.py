@@ -59,7 +59,8 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     if not group.main:
         return  # every rank holds the same model: rank 0 writes it
     out.mkdir(parents=True, exist_ok=True)
-    diffusion.save(out / "diffusion.pt", ema, fit.stats, {"provenance": fit.provenance, "params": p.section("diffusion")})
+    diffusion.save(out / "diffusion.pt", ema, fit.stats,
+                   {"provenance": fit.provenance, "params": p.section("diffusion")})
     if fit.held_chunks:
         held = fit.held()
         diagnostics = {

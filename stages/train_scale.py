@@ -47,8 +47,8 @@ def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distr
     if not group.main:
         return
     out.mkdir(parents=True, exist_ok=True)
-    scale.save(out / "scale.pt", model, fit.stats, sp.hidden, {"provenance": fit.provenance,
-                                                               "params": p.section("scale"), "rho_floor": fit.rho_floor})
+    scale.save(out / "scale.pt", model, fit.stats, sp.hidden,
+               {"provenance": fit.provenance, "params": p.section("scale"), "rho_floor": fit.rho_floor})
     diagnostics = ({"scale": scale.diagnose(model, fit.held(), fit.train_mean, device, fit.rho_floor)}
                    if fit.held_chunks else {"diagnostics": NO_DIAGNOSTICS})
     metrics = {**diagnostics, "steps": {"scale": steps}, "seconds": {"scale": round(seconds, 1)}}

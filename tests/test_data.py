@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ocd.data import DataError, load_dataset, read_idx, write_idx
+from ocd.data import load_dataset, read_idx, write_idx
+from ocd.dataset import DataError
 from ocd.params import DataParams
 
 
@@ -134,7 +135,7 @@ def _csv(tmp_path, text: str):
 
 
 def test_a_california_csv_cut_mid_row_or_empty_or_not_a_csv_is_named(tmp_path):
-    from ocd.data import DATA_DIR
+    from ocd.dataset import DATA_DIR
 
     lines = (DATA_DIR / "california_housing/housing.csv").read_text().splitlines()[:200]
     cut = "\n".join(lines) + "\n" + lines[200 - 1].rsplit(",", 3)[0] + "\n"  # the last row lost its tail
@@ -164,7 +165,7 @@ def test_a_table_s_saved_feature_transform_reproduces_its_rows():
     from sklearn.datasets import load_diabetes
     from sklearn.model_selection import train_test_split
 
-    from ocd.data import feature_transform
+    from ocd.dataset import feature_transform
 
     params = DataParams(name="diabetes")
     d = load_dataset(params)
@@ -177,3 +178,14 @@ def test_a_table_s_saved_feature_transform_reproduces_its_rows():
     blank = x_test[:1].copy()
     blank[0, 2] = np.nan  # a blank takes the train median
     assert torch.isfinite(feature_transform(saved)(blank)).all()
+
+
+def test_a_classification_table_is_first_class():
+    params = DataParams(name="breast_cancer")
+    d = load_dataset(params)
+    assert d.task == "classification" and d.n_outputs == 2 and d.y_train.dtype == torch.int64
+    assert (len(d.y_train), len(d.y_cal), len(d.y_test)) == (364, 91, 114)  # test 20%, validation 20% of the rest
+    share = [float(y.float().mean()) for y in (d.y_train, d.y_cal, d.y_test)]
+    assert max(share) - min(share) < 0.02  # every split stratified (62.7% benign)
+    assert d.make_task().name == "classification" and "feature_transform" in d.info
+    assert d.info["classes"] == [0.0, 1.0]

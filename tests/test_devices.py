@@ -17,12 +17,14 @@ import pytest
 import torch
 
 from ocd import diffusion, regressor, scale
+from ocd.cut import linear_cut
+from ocd.delta import COND
 from ocd.device import Steps, adam
 from ocd.evaluation import EvalInputs, evaluate
 from ocd.layers import perturbation_losses
 from ocd.models import ModelSpec, lenet5
-from ocd.overfit import linear_cut, overfit_batch
-from ocd.store import COND, ChunkReader
+from ocd.overfit import overfit_batch
+from ocd.store import ChunkReader
 from ocd.tasks import get_task
 from synthetic import SHAPE, synthetic_store
 

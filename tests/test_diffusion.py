@@ -4,7 +4,8 @@ import torch
 import zarr
 
 from ocd import diffusion, scale
-from ocd.store import COND, ChunkReader, StoreError, split_chunks
+from ocd.delta import COND, StoreError
+from ocd.store import ChunkReader, split_chunks
 
 from synthetic import SHAPE, synthetic_store
 
@@ -194,7 +195,7 @@ def test_chunk_reader_in_ram_reads_a_chunk_like_the_store(tmp_path):
 
 def test_a_matrix_target_whose_attention_cannot_fit_is_refused_before_training():
     from ocd.diffusion import make_meta
-    from ocd.store import StoreError
+    from ocd.delta import StoreError
 
     make_meta("cpu", (84, 120), False, 0, "eps", "fro", "paper", 100)  # LeNet's fc1: fits
     with pytest.raises(StoreError, match=r"384 x 1536 delta .* use diffusion.target rank1 or flat"):

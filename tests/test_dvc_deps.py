@@ -37,7 +37,8 @@ def imports_of(path: Path) -> set[Path]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from . import x
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
@@ -92,10 +93,69 @@ def test_every_stage_lists_every_project_file_it_imports():
             problems.append(f"{name} imports {', '.join(missing)}: add them to its deps in dvc.yaml")
         if extra:
             problems.append(f"{name} lists {', '.join(extra)}, which it never imports: remove them from its deps")
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(problems) + "\n(`python tests/test_dvc_deps.py --fix` rewrites them)"
+
+
+def test_the_library_has_no_import_circle():
+    """Every import of an ocd module, late ones too, points down: no module reaches itself,
+    and no family imports its registry (ocd/models.py, ocd/data.py)."""
+    modules = sorted((ROOT / "ocd").glob("*.py"))
+    graph = {m: {f for f in imports_of(m) if f.parent == ROOT / "ocd"} for m in modules}
+    for start in modules:
+        todo, seen = list(graph[start]), set()
+        while todo:
+            m = todo.pop()
+            assert m != start, f"{start.name} imports itself through {sorted(p.name for p in seen)}"
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+    for registry in ("models.py", "data.py"):
+        users = sorted(m.name for m in modules if ROOT / "ocd" / registry in graph[m])
+        assert all(u not in ("nerf.py", "sentence.py", "scenes.py", "texts.py") for u in users), (registry, users)
+
+
+def test_the_models_import_without_the_store():
+    """The denoiser, the scale model and the regressor are model code: no Zarr behind them."""
+    import subprocess
+    import sys
+
+    code = "import sys, ocd.diffusion, ocd.scale, ocd.regressor, ocd.pipeline; print('zarr' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_closure_finds_late_and_package_imports(tmp_path):
     # the case of issue 31: score_layers scores the per-sample loss of ocd/tasks.py
     assert ROOT / "ocd/tasks.py" in closure(ROOT / "stages/score_layers.py")
     assert ROOT / "ocd/params.py" in closure(ROOT / "stages/evaluate.py")
+
+
+def fix() -> None:
+    """Rewrite each stage's code deps in dvc.yaml to its import closure, in place (the other deps stay)."""
+    lines = (ROOT / "dvc.yaml").read_text().split("\n")
+    scripts = stage_scripts()
+    out, stage, in_deps = [], None, False
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage, in_deps = line.strip()[:-1], False
+        if stage in scripts and line == "    deps:":
+            in_deps = True
+            out.append(line)
+            out += [f"      - {f}" for f in sorted(str(f.relative_to(ROOT)) for f in closure(scripts[stage])
+                                                 if not docstring_only(f))]
+            continue
+        if in_deps and line.startswith("      - "):
+            if line.strip().endswith(".py"):
+                continue  # replaced by the closure above
+            out.append(line)
+            continue
+        in_deps = in_deps and line.startswith("      ")
+        out.append(line)
+    (ROOT / "dvc.yaml").write_text("\n".join(out))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--fix"]:
+        fix()

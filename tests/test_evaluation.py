@@ -2,8 +2,9 @@ import copy
 
 import torch
 
-from ocd.evaluation import apply_deltas, nearest
+from ocd.evaluation import nearest
 from ocd.models import lenet5
+from ocd.pipeline import apply_deltas
 from ocd.tasks import get_task
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from ocd.cut import ModelError
 from ocd.layers import ScoreError, kde_entropy, perturbation_losses, score_layers, select
-from ocd.models import ModelError, lenet5
+from ocd.models import lenet5
 from ocd.tasks import get_task
 
 TASK = get_task("classification")

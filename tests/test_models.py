@@ -3,8 +3,9 @@ import copy
 import pytest
 import torch
 
-from ocd.models import (ModelError, ModelSpec, cut_at, forward_with_layer_weights, lenet5,
-                        weight_layers)
+from ocd.cut import ModelError, cut_at, forward_with_layer_weights, weight_layers
+
+from ocd.models import ModelSpec, lenet5
 from ocd.params import ModelParams
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from ocd import base
+from ocd.cut import (ModelError, cut_at, forward_with_layer_weights, layer_io, linear_cut, pool_points,
+                     weight_layers)
 from ocd.layers import perturbation_losses, score_layers
-from ocd.models import (ModelError, ModelSpec, cut_at, forward_with_layer_weights, layer_io, pool_points,
-                        weight_layers)
+from ocd.models import ModelSpec
 from ocd.nerf import TinyNeRF, camera_rays, composite
-from ocd.overfit import linear_cut, overfit_batch, overfit_naive
+from ocd.overfit import overfit_batch, overfit_naive
 from ocd.params import BaseParams, DataParams, ModelParams
 from ocd.scenes import load_scene
 from ocd.tasks import get_task

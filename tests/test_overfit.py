@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from ocd.models import LayerInput, ModelError, ModelSpec, lenet5
-from ocd.overfit import Overfit, linear_cut, overfit_batch, overfit_naive
+from ocd.cut import LayerInput, linear_cut, ModelError
+
+from ocd.models import ModelSpec, lenet5
+from ocd.overfit import Overfit, overfit_batch, overfit_naive
 from ocd.store import rank_one_share
 from ocd.tasks import get_task
 
@@ -65,7 +67,7 @@ def test_a_convolution_is_refused_by_name():
 
 def test_a_first_chunk_of_zero_deltas_stops_the_stage_and_names_the_cause():
     from ocd.overfit import check_moved
-    from ocd.store import StoreError
+    from ocd.delta import StoreError
 
     zero = Overfit(torch.zeros(4, 3, 2), torch.full((4,), 0.7), torch.full((4,), 0.7))
     with pytest.raises(StoreError, match=r"all 4 deltas of train chunk 0 on layer fc1 are zero; the loss does not "

@@ -105,15 +105,15 @@ def test_the_project_preset_is_the_defaults():
 
 
 def test_every_choice_list_is_the_one_its_module_implements():
-    from ocd import base, diffusion, layers, nerf, overfit, scale, schedule, store, unet, vecnet
+    from ocd import delta, diffusion, fit, layers, nerf, overfit, scale, schedule, unet, vecnet
     from ocd.params import CHOICES
 
     implemented = {
         "model.encoder": nerf.ENCODERS,
-        "base.schedule": base.SCHEDULES,
+        "base.schedule": fit.SCHEDULES,
         "layers.scope": layers.SCOPES,
         "overfit.optimizer": overfit.OPTIMIZERS,
-        "overfit.rho": store.RHO,
+        "overfit.rho": delta.RHO,
         "diffusion.preset": unet.PRESETS,
         "diffusion.schedule": schedule.RANGES,
         "diffusion.target": diffusion.TARGETS,

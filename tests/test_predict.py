@@ -63,5 +63,6 @@ def test_an_empty_array_images_of_other_sizes_and_a_huge_png_are_one_line(tmp_pa
     # a 20000x20000 PNG (400 M pixels, a few hundred KB on disk): refused from its header
     (tmp_path / "huge").mkdir()
     Image.new("L", (20000, 20000)).save(tmp_path / "huge" / "h.png", optimize=False)
-    with pytest.raises(InputError, match=r"h.png: not a readable PNG image \(DecompressionBombError|h.png is 20000x20000"):
+    with pytest.raises(InputError,
+                       match=r"h.png: not a readable PNG image \(DecompressionBombError|h.png is 20000x20000"):
         read_inputs(tmp_path / "huge", SHAPE, 16.0)

@@ -96,3 +96,19 @@ def test_the_layout_section_names_every_library_module():
     listed = {name.strip() for name in block.replace("\n", " ").split(",")}
     modules = {p.stem for p in (ROOT / "ocd").glob("*.py") if p.stem != "__init__"}
     assert listed == modules, f"README lacks {sorted(modules - listed)}, names {sorted(listed - modules)}"
+
+
+def test_every_list_of_names_is_the_registry():
+    """params.yaml's comments and README's tables name exactly the registered datasets and models."""
+    from ocd.data import DATASETS
+    from ocd.models import MODELS
+
+    params = (ROOT / "params.yaml").read_text()
+    for key, registry in (("name: mnist5k", DATASETS), ("name: lenet5", MODELS)):
+        comment = next(line for line in params.splitlines() if line.strip().startswith(key)).split("#", 1)[1]
+        assert {n.strip() for n in comment.split("|")} == set(registry), key
+    readme = README.read_text()
+    for header, registry in (("| `data.name` | what | split |", DATASETS), ("| `model.name` | layers |", MODELS)):
+        table = readme.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]  # the rows
+        names = {n for row in table for n in re.findall(r"`(\w+)`", row.split("|")[1])}
+        assert names == set(registry), f"README {header}: {sorted(names ^ set(registry))}"

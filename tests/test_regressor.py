@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ocd import diffusion, regressor
-from ocd.store import COND, ChunkReader, rho_of
+from ocd.delta import COND, rho_of
+from ocd.store import ChunkReader
 from synthetic import SHAPE, synthetic_store
 
 

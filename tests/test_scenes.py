@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from ocd.data import DataError, load_dataset
+from ocd.data import load_dataset
+from ocd.dataset import DataError
 from ocd.params import DataParams
 from ocd.scenes import (FAR, NEAR, RADIUS, SCENES, Box, Cylinder, Ellipsoid, hemisphere_poses, load_scene,
                         render)

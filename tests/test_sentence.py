@@ -6,7 +6,9 @@ import importlib.util
 import pytest
 import torch
 
-from ocd.models import ModelError, ModelSpec, cut_at, layer_io, weight_layers
+from ocd.cut import ModelError, cut_at, layer_io, weight_layers
+
+from ocd.models import ModelSpec
 from ocd.params import BaseParams, ModelParams
 from ocd.tasks import classification
 

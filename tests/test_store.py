@@ -5,10 +5,11 @@ import pytest
 import torch
 import zarr
 
+from ocd.cut import linear_cut
+from ocd.delta import BASIS_OF_OPTIMIZER, StoreError, rank_one_factor
 from ocd.models import lenet5
-from ocd.overfit import fill_store, linear_cut
-from ocd.store import (BASIS_OF_OPTIMIZER, DERIVED, FORMAT_VERSION, DeltaStore, Layout, StoreError, open_store,
-                       rank_one_factor, summarize, verify)
+from ocd.overfit import fill_store
+from ocd.store import DERIVED, FORMAT_VERSION, DeltaStore, Layout, open_store, summarize, verify
 from ocd.tasks import get_task
 
 TASK = get_task("classification")

