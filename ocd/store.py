@@ -3,7 +3,8 @@
 Layout (N rows per split, chunked along N; one chunk holds one overfit batch)::
 
     deltas.zarr/                 attrs: format_version, layer, weight_shape, base_sha256,
-                                        dataset, overfit params, rho definition, created, ...
+                                        dataset, overfit params, rho definition, ... (no time:
+                                        equal rows give a store of equal bytes, hence one DVC hash)
       train/                     every training sample
         delta            [N, out, in]  W' - W of the selected layer
         rho              [N]           scale of delta (attrs "rho": "fro" norm or "std")
@@ -263,7 +264,6 @@ class DeltaStore:
             **attrs,
             "format_version": FORMAT_VERSION,
             "fingerprint": fingerprint,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "chunk_rows": layout.chunk,
             "rank1_basis": layout.rank1_basis,
             "splits": {"train": "every training sample", "test": TEST_ROLE},

@@ -32,7 +32,7 @@ def inspect(
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     attrs = summary["attrs"]
-    typer.echo(f"{summary['path']}  (format {attrs.get('format_version')}, created {attrs.get('created')})")
+    typer.echo(f"{summary['path']}  (format {attrs.get('format_version')})")
     typer.echo(f"  layer {attrs.get('layer')} {attrs.get('weight_shape')} of {attrs.get('base_model', {}).get('name')}"
                f" (base sha256 {str(attrs.get('base_sha256'))[:12]}), dataset {attrs.get('dataset')}")
     typer.echo(f"  overfit {attrs.get('overfit')}")
