@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from ocd import base
-from ocd.data import load_dataset
+from ocd.data.registry import load_dataset
 from ocd.device import get_device, runtime
-from ocd.models import ModelSpec
+from ocd.models import base
+from ocd.models.registry import ModelSpec
 from ocd.params import load_params
 
 

@@ -220,7 +220,7 @@ def _(w):
 # ---------------------------------------------------------------- 6
 @drill("6", "a data set of identical images")
 def _(w):
-    from ocd.data import write_idx
+    from ocd.data.images import write_idx
 
     x = np.zeros((60, 28, 28), np.uint8)
     y = np.arange(60, dtype=np.uint8) % 10
@@ -237,7 +237,7 @@ def _(w):
 def _(w):
     import torch
 
-    from ocd import base
+    from ocd.models import base
 
     trained = base.load(w.root / "artifacts/base")
     model = trained.model.cpu()

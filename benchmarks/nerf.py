@@ -21,12 +21,11 @@ import time
 def measure(views: int, size: int, naive: bool) -> dict:
     import torch
 
-    from ocd import base
-    from ocd.data import load_dataset
+    from ocd.data.registry import load_dataset
     from ocd.device import configure_threads
-    from ocd.cut import layer_io
-    from ocd.models import ModelSpec
-    from ocd.cut import linear_cut
+    from ocd.models import base
+    from ocd.models.cut import layer_io, linear_cut
+    from ocd.models.registry import ModelSpec
     from ocd.overfit import overfit_batch, overfit_naive
     from ocd.params import BaseParams, DataParams, ModelParams
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ocd import base
-from ocd.cut import linear_cut
-from ocd.data import load_dataset
+from ocd.data.registry import load_dataset
 from ocd.device import get_device
-from ocd.models import lenet5
+from ocd.models import base
+from ocd.models.cut import linear_cut
+from ocd.models.sequential import lenet5
 from ocd.overfit import default_writers, fill_store, overfit_batch, overfit_naive
 from ocd.params import DataParams
 from ocd.store import DeltaStore, Layout

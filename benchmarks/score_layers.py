@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from scipy.stats import gaussian_kde
 
-from ocd import base, layers
-from ocd.data import load_dataset
+from ocd import layers
+from ocd.data.registry import load_dataset
 from ocd.device import get_device, runtime
+from ocd.models import base
 from ocd.params import load_params
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/unet.py [--preset paper] [--side 128] [--batch 32] [--steps 30] [--variants ...]
 
-The step and loop are the train_diffusion stage's own (ocd.diffusion.train_step:
+The step and loop are the train_diffusion stage's own (ocd.hypernet.train.step:
 the denoising loss, backward, gradient clipping, Adam, EMA; on CUDA one
 replayed graph a step with compute.graphs, ocd.device.Steps) on a batch of
 random deltas of side x side, the paper's target (issue 18: the ``paper``
@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from ocd import diffusion
 from ocd.delta import COND
 from ocd.device import Steps, adam, get_device, use_precision
+from ocd.hypernet import diffusion, train
 
 WIDTHS = dict(zip(COND, (256, 120, 10)))  # LeNet5 fc1: its input, activation and the 10 outputs
 
@@ -37,17 +37,18 @@ def sync(device):
 
 
 def variant(model0, device, precision, compile, graphs, x0, parts, steps, warmup):
-    """The stage's own loop (ocd.diffusion.train), with compute.graphs or compute.compile as asked."""
+    """The stage's own loop (ocd.hypernet.diffusion.train), with compute.graphs or compute.compile as asked."""
     use_precision(precision)
     model = copy.deepcopy(model0).to(device).train()
     model.precision = precision
-    ema = diffusion.EMA(model, 0.999)
+    ema = train.EMA(model, 0.999)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         first = float(model.loss(x0, model.embed(parts), model.schedule(), gen).mean())
     if compile:
         model.net.compile()
-    runner = Steps(lambda x, t, eps, *p: diffusion.train_step(model, ema, opt, x, list(p), (t, eps), 1.0),
+    loss_of = diffusion.denoising_loss(model)
+    runner = Steps(lambda *tensors: train.step(model, loss_of, opt, 1.0, ema, *tensors),
                    device, graphs=graphs and not compile)
     opt = adam(model.parameters(), 1e-3, runner.graphs)
 

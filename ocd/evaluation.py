@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocd.calibration import choose_temperature, reliability
-from ocd.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
-from ocd.diffusion import DeltaDiffusion
 from ocd.distributed import Group
+from ocd.hypernet.diffusion import DeltaDiffusion
+from ocd.hypernet.regressor import DeltaRegressor
+from ocd.hypernet.scale import ScaleModel
+from ocd.models.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
 from ocd.overfit import overfit_batch
 from ocd.pipeline import ocd_deltas, sample_deltas
-from ocd.regressor import DeltaRegressor
-from ocd.scale import ScaleModel
 from ocd.tasks import Task
 
 
@@ -87,7 +87,7 @@ class EvalInputs:
     scaler: ScaleModel
     mean_rho: float
     regressor: DeltaRegressor | None = None
-    # calibration rows (ocd.data: carved from train, seen by no model); None: none
+    # calibration rows (ocd.data.core: carved from train, seen by no model); None: none
     x_cal: torch.Tensor | None = None
     y_cal: torch.Tensor | None = None
 

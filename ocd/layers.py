@@ -33,12 +33,12 @@ import torch
 from scipy.signal import fftconvolve
 from torch import nn
 
-from ocd.cut import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.distributed import Group
+from ocd.models.cut import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.tasks import Task
 
 # Layers the overfit stage can handle: a matrix weight applied to each of a
-# sample's input vectors (one, or a set: ocd.models' layer contract). Other
+# sample's input vectors (one, or a set: ocd.models.cut's layer contract). Other
 # weight layers (convolutions) are scored, reported, and not selectable.
 SELECTABLE = (nn.Linear,)
 

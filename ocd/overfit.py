@@ -2,7 +2,7 @@
 only the selected layer's weight, for a whole batch of samples at once.
 
 The vectorised path (:func:`overfit_batch`) cuts the model at the layer
-(ocd.models' layer contract): the layer's input set ``cut.enter(x)`` is fixed
+(ocd.models.cut's layer contract): the layer's input set ``cut.enter(x)`` is fixed
 per sample and computed once; each step evaluates only the rest of the model
 for every sample's own delta, with per-sample gradients from one batched
 backward pass and a hand-written batched optimizer update that matches
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.cut import LayerCut, LayerInput, layer_io
 from ocd.delta import COND, StoreError, rho_of
+from ocd.models.cut import LayerCut, LayerInput, layer_io
 from ocd.store import DeltaStore
 from ocd.tasks import Task
 
@@ -42,17 +42,21 @@ ADAM_EPS = 1e-8
 
 
 def code_digest(model: nn.Module | None = None) -> str:
-    """sha256 of the code that computes the rows (this module, ocd.models,
-    ocd.store, which derives u and rank1_share, and the module that defines
-    ``model``'s class, e.g. ocd.nerf).
+    """sha256 of the code that computes the rows: this module, ocd.store (which
+    derives u and rank1_share), the layer contract (ocd.models.cut), the
+    registry and the sequential families (ocd.models.registry,
+    ocd.models.sequential), and the module that defines ``model``'s class
+    (e.g. ocd.models.nerf).
 
     Part of a store's fingerprint: with DVC's ``persist``, a rerun after a
     code change would otherwise resume, or reuse, rows of the old code.
     """
-    import ocd.models
+    import ocd.models.cut
+    import ocd.models.registry
+    import ocd.models.sequential
     import ocd.store
 
-    modules = [sys.modules[__name__], ocd.models, ocd.store]
+    modules = [sys.modules[__name__], ocd.store, ocd.models.cut, ocd.models.registry, ocd.models.sequential]
     own = None if model is None else sys.modules.get(type(model).__module__)
     if own is not None and own.__name__.startswith("ocd.") and own not in modules:
         modules.append(own)

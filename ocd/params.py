@@ -19,11 +19,10 @@ from typing import Any, Union
 
 import yaml
 
-
 # compute.precision (ocd.device.use_precision)
 PRECISIONS = ("fp32", "tf32", "bf16")
 # The choices of every key that names one. Each is implemented where its names are
-# keys (ocd.unet.PRESETS, ocd.scale.LOSSES, ...); tests/test_params.py checks that
+# keys (ocd.hypernet.unet.PRESETS, ocd.hypernet.scale.LOSSES, ...); tests/test_params.py checks that
 # the two lists agree, since importing those modules here would import torch and
 # make a circle (they read params).
 CHOICES = {
@@ -48,7 +47,7 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
-    """``data:`` which dataset and how it is split (see ``ocd.data``)."""
+    """``data:`` which dataset and how it is split (see ``ocd.data.registry``)."""
 
     name: str = "mnist5k"
     # Seed of the stratified train/test split for sets without an official one.
@@ -69,7 +68,7 @@ class DataParams:
     max_test: int = 0
     # Rendered scenes (nerf_*) only: image side in pixels.
     image_size: int = 64
-    # Text sets (ocd/texts.py) only: labelled sentences per class (the few-shot
+    # Text sets (ocd/data/texts.py) only: labelled sentences per class (the few-shot
     # draw, with data.seed) and tokens per sentence (truncated and padded).
     shots: int = 8
     max_tokens: int = 64
@@ -87,14 +86,14 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    """``model:`` which architecture (see ``ocd.models``)."""
+    """``model:`` which architecture (see ``ocd.models.registry``)."""
 
     name: str = "lenet5"
     # MLP only: widths of the hidden layers and dropout after each.
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
     # tinynerf only: sine/cosine frequencies per axis of the point encoding,
-    # depth samples per ray, and the conditioning's image encoder (ocd/nerf.py:
+    # depth samples per ray, and the conditioning's image encoder (ocd/models/nerf.py:
     # thumbnail | random).
     frequencies: int = 10
     depth_samples: int = 32
@@ -121,7 +120,7 @@ class BaseParams:
     # Learning-rate schedule over all steps: "constant" or "cosine" (decay to 0).
     schedule: str = "cosine"
     seed: int = 0
-    # setfit only (ocd/sentence.py): the body's contrastive phase before the head
+    # setfit only (ocd/models/sentence.py): the body's contrastive phase before the head
     # is trained with the keys above. SetFit's num_iterations (positive and negative
     # pairs per sentence; 0 skips the phase) and its body learning rate.
     pair_iterations: int = 20
@@ -196,7 +195,7 @@ class DiffusionParams:
     T: int = 1000
     # What is generated: matrix (the whole delta, the paper) | rank1 (its output
     # factor u, delta ~ u i_L^T) | flat (the whole delta as one vector, an MLP
-    # denoiser; ocd/diffusion.py). Also the regressor's target.
+    # denoiser; ocd/hypernet/diffusion.py). Also the regressor's target.
     target: str = "rank1"
     # What the network predicts: eps (the paper) | x0.
     prediction: str = "x0"

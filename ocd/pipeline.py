@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ocd import base, diffusion, regressor, scale
-from ocd.cut import forward_with_layer_weights, layer_io, linear_cut, rows_per_pass
 from ocd.delta import StoreError
 from ocd.device import get_device, use_precision
-from ocd.diffusion import DeltaDiffusion
-from ocd.regressor import DeltaRegressor
-from ocd.scale import ScaleModel
+from ocd.hypernet import diffusion, regressor, scale
+from ocd.hypernet.diffusion import DeltaDiffusion
+from ocd.hypernet.regressor import DeltaRegressor
+from ocd.hypernet.scale import ScaleModel
+from ocd.models import base
+from ocd.models.cut import forward_with_layer_weights, layer_io, linear_cut, rows_per_pass
 
 
 @torch.no_grad()

@@ -11,9 +11,9 @@ import sys
 import torch
 from sklearn.model_selection import train_test_split
 
-from ocd import base
-from ocd.data import load_dataset
-from ocd.models import ModelSpec
+from ocd.data.registry import load_dataset
+from ocd.models import base
+from ocd.models.registry import ModelSpec
 from ocd.params import DataParams, ModelParams, parse_params
 
 torch.set_num_threads(1)

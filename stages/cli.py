@@ -9,11 +9,11 @@ import logging
 import typer
 
 from ocd.artifacts import CheckpointError
-from ocd.cut import ModelError
-from ocd.dataset import DataError
+from ocd.data.core import DataError
 from ocd.delta import StoreError
 from ocd.distributed import launched, report_user_error
 from ocd.layers import ScoreError
+from ocd.models.cut import ModelError
 from ocd.params import ParamsError
 from stages.evaluate import evaluate
 from stages.inspect import inspect

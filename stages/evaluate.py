@@ -9,11 +9,12 @@ import numpy as np
 import torch
 import typer
 
-from ocd import base, distributed, evaluation
+from ocd import distributed, evaluation
 from ocd.artifacts import CheckpointError
-from ocd.data import load_dataset
+from ocd.data.registry import load_dataset
 from ocd.delta import COND, StoreError
 from ocd.device import get_device
+from ocd.models import base
 from ocd.params import Params, load_params
 from ocd.pipeline import load_trained
 from ocd.store import open_store

@@ -14,11 +14,12 @@ import numpy as np
 import typer
 import zarr
 
-from ocd import diffusion, scale
 from ocd.delta import COND
 from ocd.device import runtime
+from ocd.hypernet import diffusion, scale
 from ocd.params import Params
 from ocd.store import ChunkReader, open_store, split_chunks
+from stages.common import write_csv, write_json
 
 MODELS_OPTION = typer.Option(Path("artifacts/diffusion"), help="Folder for the checkpoints, metrics and loss curves.")
 STORE_OPTION = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store (its train group).")
@@ -35,7 +36,7 @@ class Fit:
     provenance: dict
     meta: diffusion.ModelMeta  # the target's shapes and scaling (the denoiser's and the regressor's)
     train_mean: float  # the fit rows' mean rho
-    rho_floor: float  # ocd.scale.rho_floor of the fit rows
+    rho_floor: float  # ocd.hypernet.scale.rho_floor of the fit rows
     ram_mb: float  # diffusion.ram_mb
 
     def held(self, names: tuple[str, ...] = ("delta", "u", "rank1_share", "rho", *COND)) -> dict[str, np.ndarray]:
@@ -47,7 +48,7 @@ def open_fit(p: Params, store: Path, main: bool = True) -> Fit:
     """The store's fit rows as every training stage reads them: the same arrays (so the
     same in-RAM or streamed reader, hence the same minibatches) and the same statistics.
 
-    Before any training, a store whose every delta is zero is refused (ocd.scale.rho_floor).
+    Before any training, a store whose every delta is zero is refused (ocd.hypernet.scale.rho_floor).
     """
     dp = p.diffusion
     root = open_store(store)
@@ -81,6 +82,17 @@ def holdout_note(holdout: float, rows: int, fit_rows: int, held_chunks: int) -> 
         note += (f". diffusion.holdout asks {holdout:.0%}, but rows are held out in whole chunks of "
                  "overfit.batch_size rows: a smaller overfit.batch_size splits finer")
     return note
+
+
+def write_fit(out: Path, model: str, metrics: dict, history: list[tuple[int, float]], seconds: float,
+              metrics_name: str | None = None, loss_name: str | None = None) -> dict:
+    """Write a trained model's metrics (``metrics`` with its steps and seconds) to
+    ``{model}_metrics.json`` and its loss curve to ``{model}_loss.csv`` in ``out``
+    (or the names given); returns the metrics."""
+    metrics = {**metrics, "steps": {model: len(history)}, "seconds": {model: round(seconds, 1)}}
+    write_json(out / (metrics_name or f"{model}_metrics.json"), metrics)
+    write_csv(out / (loss_name or f"{model}_loss.csv"), ({"step": s, "loss": v} for s, v in history))
+    return metrics
 
 
 NO_DIAGNOSTICS = "none: diffusion.holdout is 0, every train row fits the models"

@@ -9,11 +9,12 @@ import torch
 import typer
 from tqdm import tqdm
 
-from ocd import base, distributed
-from ocd.cut import linear_cut
-from ocd.data import load_dataset
+from ocd import distributed
+from ocd.data.registry import load_dataset
 from ocd.delta import BASIS_OF_OPTIMIZER, RHO, StoreError
 from ocd.device import get_device, runtime
+from ocd.models import base
+from ocd.models.cut import linear_cut
 from ocd.overfit import code_digest, fill_store, pending_work
 from ocd.params import load_params
 from ocd.store import DeltaStore, Layout, summarize

@@ -9,7 +9,8 @@ import torch
 import typer
 
 from ocd.params import load_params
-from ocd.pipeline import load_trained, predict as ocd_predict
+from ocd.pipeline import load_trained
+from ocd.pipeline import predict as ocd_predict
 from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION
 
@@ -76,7 +77,7 @@ def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.T
 
 def _table_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:
     """Raw feature rows [N, F] from a .npy file (blank values as NaN take the train medians)."""
-    from ocd.dataset import feature_transform
+    from ocd.data.core import feature_transform
 
     width = trained.base.spec.in_shape[0]
     if not inputs.exists():

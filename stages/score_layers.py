@@ -9,9 +9,10 @@ import torch
 import typer
 from tqdm import tqdm
 
-from ocd import base, distributed, layers
-from ocd.data import load_dataset
+from ocd import distributed, layers
+from ocd.data.registry import load_dataset
 from ocd.device import get_device, runtime
+from ocd.models import base
 from ocd.params import load_params
 from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
 

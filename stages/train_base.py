@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ocd import base
-from ocd.data import load_dataset
+from ocd.data.registry import load_dataset
 from ocd.device import configure_threads, runtime
-from ocd.models import ModelSpec
+from ocd.models import base
+from ocd.models.registry import ModelSpec
 from ocd.params import load_params
 from stages.common import PARAMS_OPTION, write_csv, write_json
 

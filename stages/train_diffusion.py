@@ -9,11 +9,12 @@ import numpy as np
 import torch
 import typer
 
-from ocd import diffusion, distributed
+from ocd import distributed
 from ocd.device import get_device, use_precision
-from ocd.params import Params, load_params, training_steps
-from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit
+from ocd.hypernet import diffusion
+from ocd.params import Params, load_params
+from stages.common import PARAMS_OPTION, on_processes
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit, write_fit
 
 
 def train_diffusion(
@@ -48,13 +49,10 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     torch.manual_seed(dp.seed)
     model = diffusion.build(fit.meta, fit.stats)
     model.precision = p.compute.precision
-    steps = training_steps(dp.steps, dp.epochs, fit.reader.rows, dp.batch_size)
     if group.world > 1:
         typer.echo(f"rank {group.rank} of {group.world}: its share of every minibatch")
     start = time.perf_counter()
-    ema, history = diffusion.train(model, fit.reader, steps, dp.batch_size, dp.lr, dp.ema, dp.grad_clip,
-                                   dp.seed, device, progress, compile=p.compute.compile, graphs=p.compute.graphs,
-                                   group=group)
+    ema, history = diffusion.train(model, fit.reader, dp, p.compute, device, progress, group)
     seconds = time.perf_counter() - start
     if not group.main:
         return  # every rank holds the same model: rank 0 writes it
@@ -70,8 +68,6 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
         }
     else:
         diagnostics = {"diagnostics": NO_DIAGNOSTICS}
-    metrics = {**diagnostics, "rows": {"fit": fit.reader.rows, "held_out": fit.train["rho"].shape[0] - fit.reader.rows},
-               "steps": {"diffusion": steps}, "seconds": {"diffusion": round(seconds, 1)}}
-    write_json(out / "metrics.json", metrics)
-    write_csv(out / "loss.csv", ({"step": s, "loss": v} for s, v in history))
+    rows = {"fit": fit.reader.rows, "held_out": fit.train["rho"].shape[0] - fit.reader.rows}
+    metrics = write_fit(out, "diffusion", {**diagnostics, "rows": rows}, history, seconds, "metrics.json", "loss.csv")
     typer.echo("\n".join(f"{key}: {metrics[key]}" for key in ("diffusion", "diagnostics") if key in metrics))

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ocd import base
-from ocd.data import load_dataset
+from ocd.data.registry import load_dataset
 from ocd.device import configure_threads, runtime
-from ocd.models import ModelSpec
+from ocd.models import base
+from ocd.models.registry import ModelSpec
 from ocd.params import load_params
 from stages.common import PARAMS_OPTION
 
@@ -23,7 +23,7 @@ def train_ensemble(
     model, base, evaluate.k, evaluate.deep_ensemble).
 
     With the base model they make the deep ensemble of evaluate.k; the members
-    train together as one stacked model (ocd.base.train_seeds). With
+    train together as one stacked model (ocd.models.base.train_seeds). With
     evaluate.deep_ensemble false the folder holds no member and says so. Kept
     apart from evaluate, so that an experiment on the diffusion or evaluation
     params does not train them again.

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 import typer
 
-from ocd import distributed, regressor
+from ocd import distributed
 from ocd.device import get_device, use_precision
-from ocd.params import Params, load_params, training_steps
-from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit
+from ocd.hypernet import regressor
+from ocd.params import Params, load_params
+from stages.common import PARAMS_OPTION, on_processes
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit, write_fit
 
 
 def train_regressor(
@@ -37,12 +38,10 @@ def _train_regressor(p: Params, store: Path, out: Path, progress: bool, group: d
     device = get_device()
     use_precision(p.compute.precision)
     fit = open_fit(p, store, group.main)
-    steps = training_steps(rp.steps, rp.epochs, fit.reader.rows, rp.batch_size)
     torch.manual_seed(rp.seed)
     model = regressor.DeltaRegressor(fit.meta, fit.stats, rp.hidden)
     start = time.perf_counter()
-    history = regressor.train(model, fit.reader, steps, rp.batch_size, rp.lr, rp.seed, device, progress,
-                              graphs=p.compute.graphs, group=group)
+    history = regressor.train(model, fit.reader, rp, p.compute, device, progress, group)
     seconds = time.perf_counter() - start
     if not group.main:
         return
@@ -51,7 +50,5 @@ def _train_regressor(p: Params, store: Path, out: Path, progress: bool, group: d
                                                            "params": p.section("regressor")})
     diagnostics = ({"regressor": regressor.diagnose(model, fit.held(), device)}
                    if fit.held_chunks else {"diagnostics": NO_DIAGNOSTICS})
-    metrics = {**diagnostics, "steps": {"regressor": steps}, "seconds": {"regressor": round(seconds, 1)}}
-    write_json(out / "regressor_metrics.json", metrics)
-    write_csv(out / "regressor_loss.csv", ({"step": s, "loss": v} for s, v in history))
+    metrics = write_fit(out, "regressor", diagnostics, history, seconds)
     typer.echo(f"regressor: {metrics.get('regressor', NO_DIAGNOSTICS)}")

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 import typer
 
-from ocd import distributed, scale
+from ocd import distributed
 from ocd.device import get_device, use_precision
-from ocd.params import Params, load_params, training_steps
-from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit
+from ocd.hypernet import scale
+from ocd.params import Params, load_params
+from stages.common import PARAMS_OPTION, on_processes
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit, write_fit
 
 
 def train_scale(
@@ -26,7 +27,7 @@ def train_scale(
     The same fit rows as train-diffusion (diffusion.holdout); on the held-out
     rows, scale_metrics.json gives its median relative error beside the
     constant mean-rho predictor's. A rho below a thousandth of the median (a
-    zero delta) is trained as that floor (ocd/scale.py).
+    zero delta) is trained as that floor (ocd/hypernet/scale.py).
     """
     p = load_params(params)
     on_processes(p, lambda group: _train_scale(p, store, out, progress, group))
@@ -37,12 +38,10 @@ def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distr
     device = get_device()
     use_precision(p.compute.precision)
     fit = open_fit(p, store, group.main)
-    steps = training_steps(sp.steps, sp.epochs, fit.reader.rows, sp.batch_size)
     torch.manual_seed(sp.seed)
     model = scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean)
     start = time.perf_counter()
-    history = scale.train(model, fit.reader, steps, sp.batch_size, sp.lr, sp.seed, device, progress,
-                          loss=sp.loss, graphs=p.compute.graphs, group=group, floor=fit.rho_floor)
+    history = scale.train(model, fit.reader, sp, p.compute, device, progress, group, floor=fit.rho_floor)
     seconds = time.perf_counter() - start
     if not group.main:
         return
@@ -51,7 +50,5 @@ def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distr
                {"provenance": fit.provenance, "params": p.section("scale"), "rho_floor": fit.rho_floor})
     diagnostics = ({"scale": scale.diagnose(model, fit.held(), fit.train_mean, device, fit.rho_floor)}
                    if fit.held_chunks else {"diagnostics": NO_DIAGNOSTICS})
-    metrics = {**diagnostics, "steps": {"scale": steps}, "seconds": {"scale": round(seconds, 1)}}
-    write_json(out / "scale_metrics.json", metrics)
-    write_csv(out / "scale_loss.csv", ({"step": s, "loss": v} for s, v in history))
+    metrics = write_fit(out, "scale", diagnostics, history, seconds)
     typer.echo(f"scale: {metrics.get('scale', NO_DIAGNOSTICS)}")

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocd import artifacts, base, diffusion, regressor, scale
+from ocd import artifacts
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint, write_json
-from ocd.models import ModelSpec
+from ocd.hypernet import diffusion, regressor, scale
+from ocd.models import base
+from ocd.models.registry import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,18 +15,20 @@ import copy
 import numpy as np
 import pytest
 import torch
+from synthetic import SHAPE, synthetic_store
 
-from ocd import diffusion, regressor, scale
-from ocd.cut import linear_cut
 from ocd.delta import COND
 from ocd.device import Steps, adam
 from ocd.evaluation import EvalInputs, evaluate
+from ocd.hypernet import diffusion, regressor, scale
 from ocd.layers import perturbation_losses
-from ocd.models import ModelSpec, lenet5
+from ocd.models.cut import linear_cut
+from ocd.models.registry import ModelSpec
+from ocd.models.sequential import lenet5
 from ocd.overfit import overfit_batch
+from ocd.params import ComputeParams, DiffusionParams, RegressorParams, ScaleParams
 from ocd.store import ChunkReader
 from ocd.tasks import get_task
-from synthetic import SHAPE, synthetic_store
 
 TASK = get_task("classification")
 CUDA_RTOL = 2e-3
@@ -98,9 +100,10 @@ def test_compute_graphs_trains_the_denoiser_and_scale_model_as_without(tmp_path,
     def trained(graphs):
         torch.manual_seed(0)
         model, scaler = diffusion.build(meta, stats), scale.ScaleModel(stats, [16], 1.0)
-        _, history = diffusion.train(model, reader, steps=12, batch_size=16, lr=3e-3, ema_decay=0.9,
-                                     grad_clip=1.0, seed=0, device=device, progress=False, graphs=graphs)
-        history += scale.train(scaler, reader, 12, 16, 1e-2, 0, device, progress=False, loss="logmse", graphs=graphs)
+        _, history = diffusion.train(model, reader, DiffusionParams(steps=12, epochs=0, batch_size=16, lr=3e-3, ema=0.9),
+                                     ComputeParams(graphs=graphs), device=device, progress=False)
+        history += scale.train(scaler, reader, ScaleParams(loss="logmse", steps=12, epochs=0, batch_size=16, lr=1e-2),
+                               ComputeParams(graphs=graphs), device, progress=False)
         return [v for _, v in history]
 
     assert_matches(trained(graphs=True), trained(graphs=False), device, what="losses")
@@ -128,8 +131,8 @@ def test_diffusion_training_and_sampling_on_each_device(tmp_path, device, target
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target=target, basis="sign")
     torch.manual_seed(0)
     model = diffusion.build(meta, stats)
-    ema, history = diffusion.train(model, reader, steps=30, batch_size=16, lr=3e-3, ema_decay=0.9,
-                                   grad_clip=1.0, seed=0, device=device, progress=False)
+    ema, history = diffusion.train(model, reader, DiffusionParams(steps=30, epochs=0, batch_size=16, lr=3e-3, ema=0.9),
+                                   ComputeParams(), device=device, progress=False)
     assert all(np.isfinite(v) for _, v in history)
     assert next(ema.parameters()).device.type == device.type
     # the same weights sample the same deltas on either device (noise drawn on the CPU)
@@ -151,9 +154,11 @@ def test_scale_and_regressor_on_each_device(tmp_path, device):
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1", basis="sign")
     torch.manual_seed(0)
     scaler = scale.ScaleModel(stats, [16], scale.mean_rho(reader))
-    hist = scale.train(scaler, reader, 50, 16, 1e-2, 0, device, progress=False, loss="logmse")
+    hist = scale.train(scaler, reader, ScaleParams(loss="logmse", steps=50, epochs=0, batch_size=16, lr=1e-2),
+                       ComputeParams(), device, progress=False)
     reg = regressor.DeltaRegressor(meta, stats, [16])
-    reg_hist = regressor.train(reg, reader, 50, 16, 1e-2, 0, device, progress=False)
+    reg_hist = regressor.train(reg, reader, RegressorParams(steps=50, epochs=0, batch_size=16, lr=1e-2), ComputeParams(),
+                               device, progress=False)
     assert all(np.isfinite(v) for _, v in hist + reg_hist)
     assert hist[-1][1] < hist[0][1] and reg_hist[-1][1] < reg_hist[0][1]
     data = reader.read(reader.chunks)

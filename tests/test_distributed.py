@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from test_pipeline import ROOT, TINY, make_project
 
 from ocd.distributed import Group, launched
-from test_pipeline import ROOT, TINY, make_project
 
 
 def test_every_item_is_dealt_to_exactly_one_rank():
@@ -185,7 +185,7 @@ def test_losses_computed_in_shares_of_passes_equal_the_losses_computed_at_once()
     import torch
 
     from ocd.layers import perturbation_losses
-    from ocd.models import mlp
+    from ocd.models.sequential import mlp
     from ocd.tasks import classification
 
     torch.manual_seed(0)

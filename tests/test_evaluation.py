@@ -3,7 +3,7 @@ import copy
 import torch
 
 from ocd.evaluation import nearest
-from ocd.models import lenet5
+from ocd.models.sequential import lenet5
 from ocd.pipeline import apply_deltas
 from ocd.tasks import get_task
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ocd.cut import ModelError
 from ocd.layers import ScoreError, kde_entropy, perturbation_losses, score_layers, select
-from ocd.models import lenet5
+from ocd.models.cut import ModelError
+from ocd.models.sequential import lenet5
 from ocd.tasks import get_task
 
 TASK = get_task("classification")
@@ -147,8 +147,9 @@ def test_a_tie_stops_instead_of_choosing():
 
 
 def test_the_stage_checks_layers_force_before_scoring(tmp_path, monkeypatch):
-    from ocd import base, layers
-    from ocd.models import ModelSpec
+    from ocd import layers
+    from ocd.models import base
+    from ocd.models.registry import ModelSpec
     from stages.score_layers import score_layers as stage
 
     spec = ModelSpec("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.0})

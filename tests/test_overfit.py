@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ocd.cut import LayerInput, linear_cut, ModelError
-
-from ocd.models import ModelSpec, lenet5
+from ocd.models.cut import LayerInput, ModelError, linear_cut
+from ocd.models.registry import ModelSpec
+from ocd.models.sequential import lenet5
 from ocd.overfit import Overfit, overfit_batch, overfit_naive
 from ocd.store import rank_one_share
 from ocd.tasks import get_task
@@ -66,8 +66,8 @@ def test_a_convolution_is_refused_by_name():
 
 
 def test_a_first_chunk_of_zero_deltas_stops_the_stage_and_names_the_cause():
-    from ocd.overfit import check_moved
     from ocd.delta import StoreError
+    from ocd.overfit import check_moved
 
     zero = Overfit(torch.zeros(4, 3, 2), torch.full((4,), 0.7), torch.full((4,), 0.7))
     with pytest.raises(StoreError, match=r"all 4 deltas of train chunk 0 on layer fc1 are zero; the loss does not "

@@ -105,7 +105,9 @@ def test_the_project_preset_is_the_defaults():
 
 
 def test_every_choice_list_is_the_one_its_module_implements():
-    from ocd import delta, diffusion, fit, layers, nerf, overfit, scale, schedule, unet, vecnet
+    from ocd import delta, layers, overfit
+    from ocd.hypernet import diffusion, scale, schedule, unet, vecnet
+    from ocd.models import fit, nerf
     from ocd.params import CHOICES
 
     implemented = {

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_pipeline import TINY, _merge, make_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,16 +91,22 @@ def test_every_readme_command_runs_as_written_without_the_venv_on_path(tmp_path)
 
 
 def test_the_layout_section_names_every_library_module():
-    block = re.search(r"^ocd/\s+the library: (.*?)\ntests/", README.read_text(), re.S | re.M).group(1)
-    listed = {name.strip() for name in block.replace("\n", " ").split(",")}
-    modules = {p.stem for p in (ROOT / "ocd").glob("*.py") if p.stem != "__init__"}
-    assert listed == modules, f"README lacks {sorted(modules - listed)}, names {sorted(listed - modules)}"
+    """Each ``ocd/`` line of README's layout (with its continuation lines) lists the
+    modules of that folder, after the colon, and no other."""
+    layout = re.search(r"^## Layout\n+```\n(.*?)```", README.read_text(), re.S | re.M).group(1)
+    entries = re.findall(r"^(ocd/(?:\w+/)?)\s[^:]*: (.*?)(?=^\S)", layout, re.S | re.M)
+    folders = {ROOT / "ocd"} | {p.parent for p in (ROOT / "ocd").glob("*/__init__.py")}
+    assert {ROOT / folder for folder, _ in entries} == folders, entries
+    for folder, block in entries:
+        listed = {name.strip() for name in block.replace("\n", " ").split(",")}
+        modules = {p.stem for p in (ROOT / folder).glob("*.py") if p.stem != "__init__"}
+        assert listed == modules, f"README's {folder} lacks {sorted(modules - listed)}, names {sorted(listed - modules)}"
 
 
 def test_every_list_of_names_is_the_registry():
     """params.yaml's comments and README's tables name exactly the registered datasets and models."""
-    from ocd.data import DATASETS
-    from ocd.models import MODELS
+    from ocd.data.registry import DATASETS
+    from ocd.models.registry import MODELS
 
     params = (ROOT / "params.yaml").read_text()
     for key, registry in (("name: mnist5k", DATASETS), ("name: lenet5", MODELS)):

@@ -5,9 +5,9 @@ import pytest
 import torch
 import zarr
 
-from ocd.cut import linear_cut
 from ocd.delta import BASIS_OF_OPTIMIZER, StoreError, rank_one_factor
-from ocd.models import lenet5
+from ocd.models.cut import linear_cut
+from ocd.models.sequential import lenet5
 from ocd.overfit import fill_store
 from ocd.store import DERIVED, FORMAT_VERSION, DeltaStore, Layout, open_store, summarize, verify
 from ocd.tasks import get_task

@@ -1,7 +1,7 @@
 """The Dataset every loader returns, and the steps loaders share: stratified
 splits, caps, the calibration rows, the scaling of images and the
-preprocessing of tables (ocd/data.py holds the loaders and their registry;
-ocd/scenes.py and ocd/texts.py are loaders of their own).
+preprocessing of tables (ocd/data/registry.py holds the loaders and their registry;
+ocd/data/scenes.py and ocd/data/texts.py are loaders of their own).
 
 Image scaling (:func:`finish_images`): pixels are divided by their maximum
 (255, or 16 for digits), then standardised with one mean and one standard
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 class DataError(ValueError):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ocd.dataset import DataError, Dataset
+from ocd.data.core import DataError, Dataset
 from ocd.params import DataParams
 
 RADIUS, NEAR, FAR = 3.5, 2.0, 6.0
@@ -248,7 +248,7 @@ def load_scene(name: str, params: DataParams) -> Dataset:
     size = params.image_size
     x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in generate(name, params.seed, size, n_train, n_test))
     camera = {"height": size, "width": size, "focal": focal_length(size), "near": NEAR, "far": FAR}
-    info = {"source": f"ocd.scenes.{name}: analytic primitives, exact ray casting, "
+    info = {"source": f"ocd.data.scenes.{name}: analytic primitives, exact ray casting, "
                       f"{SUPERSAMPLE}x{SUPERSAMPLE} rays per pixel",
             "split": f"{n_train} train / {n_test} test poses on the upper hemisphere, seed {params.seed}",
             "camera": camera, "n_train": n_train, "n_test": n_test, "n_cal": 0}

@@ -1,4 +1,4 @@
-"""The SetFit family (ocd/sentence.py): its cuts, its embedding, its training, its inputs."""
+"""The SetFit family (ocd/models/sentence.py): its cuts, its embedding, its training, its inputs."""
 
 import dataclasses
 import importlib.util
@@ -6,9 +6,8 @@ import importlib.util
 import pytest
 import torch
 
-from ocd.cut import ModelError, cut_at, layer_io, weight_layers
-
-from ocd.models import ModelSpec
+from ocd.models.cut import ModelError, cut_at, layer_io, weight_layers
+from ocd.models.registry import ModelSpec
 from ocd.params import BaseParams, ModelParams
 from ocd.tasks import classification
 
@@ -22,7 +21,7 @@ SENTENCES = ["A gripping, beautifully acted film.", "Dull, long and pointless.",
 
 @pytest.fixture(scope="module")
 def model_and_x():
-    from ocd.texts import tokenize
+    from ocd.data.texts import tokenize
 
     x = tokenize(SENTENCES, 16)
     spec = ModelSpec.from_params(ModelParams(name="setfit"), tuple(x.shape[1:]), 2, {"text": True, "max_tokens": 16})
@@ -55,7 +54,7 @@ def test_the_conditioning_pools_the_real_tokens_only(model_and_x):
 def test_the_embedding_is_the_sentence_transformers_one(model_and_x):
     from sentence_transformers import SentenceTransformer
 
-    from ocd.texts import body_path, tokenize
+    from ocd.data.texts import body_path, tokenize
 
     _, model, _ = model_and_x
     st = SentenceTransformer(str(body_path()), device="cpu")
@@ -65,7 +64,7 @@ def test_the_embedding_is_the_sentence_transformers_one(model_and_x):
 
 
 def test_setfit_training_moves_body_and_head_and_repeats_with_its_seed(model_and_x):
-    from ocd.base import train
+    from ocd.models.base import train
 
     spec, _, x = model_and_x
     y = torch.tensor([1, 0, 1, 0])

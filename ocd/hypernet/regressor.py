@@ -1,7 +1,7 @@
 """The non-diffusion baseline: a regressor from I(x) straight to the delta.
 
 It answers "is diffusion needed at all?". Same conditioning, same target
-representation (``matrix`` or ``rank1``, see :mod:`ocd.diffusion`) and the same
+representation (``matrix`` or ``rank1``, see :mod:`ocd.hypernet.diffusion`) and the same
 scale model as the diffusion model; trained with MSE on the unit-scale target.
 MSE makes it predict the conditional mean, whose norm shrinks where samples
 disagree, so its output is used as a direction only: rescaled to unit scale
@@ -19,9 +19,20 @@ import torch
 from torch import nn
 
 from ocd.artifacts import CheckpointError, save_checkpoint
-from ocd.diffusion import (ConditionedMLP, ModelMeta, batch_tensors, cosine_summary, fit_adam, normalised,
-                           read_checkpoint, stats_config, to_matrix, true_omega)
 from ocd.distributed import Group
+from ocd.hypernet.diffusion import (
+    ConditionedMLP,
+    ModelMeta,
+    batch_tensors,
+    cosine_summary,
+    normalised,
+    read_checkpoint,
+    stats_config,
+    to_matrix,
+    true_omega,
+)
+from ocd.hypernet.train import fit
+from ocd.params import ComputeParams, RegressorParams, training_steps
 
 if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
     from ocd.store import ChunkReader
@@ -43,21 +54,23 @@ class DeltaRegressor(nn.Module):
         return normalised(to_matrix(self(parts), parts[0], self.meta), self.meta)
 
 
-def train(model: DeltaRegressor, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
-          device, progress: bool = True, graphs: bool = False, group: Group = Group()) -> list[tuple[int, float]]:
-    """Adam on the mean squared error per entry of the unit-scale target."""
-    torch.manual_seed(seed)
+def train(model: DeltaRegressor, reader: ChunkReader, rp: RegressorParams, compute: ComputeParams, device,
+          progress: bool = True, group: Group = Group()) -> list[tuple[int, float]]:
+    """Adam on the mean squared error per entry of the unit-scale target, for
+    ``training_steps`` of ``rp`` (ocd.hypernet.train.fit); returns [(step, loss)]."""
+    torch.manual_seed(rp.seed)
     model.to(device)
 
-    def tensors(batch):
+    def tensors_of(batch, span):
         target, parts, _ = batch_tensors(batch, model.meta, device)
         return [target, *parts]
 
     def loss_of(target, *parts):
         return ((model(list(parts)) - target) ** 2).mean()
 
-    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 2), tensors, loss_of,
-                    "train regressor", device, progress, graphs, group)
+    return fit(model, reader, training_steps(rp.steps, rp.epochs, reader.rows, rp.batch_size), rp.batch_size,
+               rp.lr, np.random.default_rng(rp.seed + 2), tensors_of, loss_of, "train regressor", device, progress,
+               compute.graphs, group)
 
 
 @torch.no_grad()

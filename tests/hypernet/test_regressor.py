@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
-
-from ocd import diffusion, regressor
-from ocd.delta import COND, rho_of
-from ocd.store import ChunkReader
 from synthetic import SHAPE, synthetic_store
+
+from ocd.delta import COND, rho_of
+from ocd.hypernet import diffusion, regressor
+from ocd.params import ComputeParams, RegressorParams
+from ocd.store import ChunkReader
 
 
 @pytest.mark.parametrize("target", ["matrix", "rank1"])
@@ -16,8 +17,8 @@ def test_the_regressor_learns_the_direction_and_leaves_the_size_to_the_scale_mod
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target=target)
     torch.manual_seed(0)
     model = regressor.DeltaRegressor(meta, stats, [32])
-    history = regressor.train(model, reader, steps=300, batch_size=16, lr=3e-3, seed=0, device="cpu",
-                              progress=False)
+    history = regressor.train(model, reader, RegressorParams(steps=300, epochs=0, batch_size=16, lr=3e-3),
+                              ComputeParams(), device="cpu", progress=False)
     assert np.mean([v for _, v in history[-30:]]) < 0.1 * np.mean([v for _, v in history[:30]])
     diag = regressor.diagnose(model, reader.read(reader.chunks), "cpu")
     assert diag["cosine_mean"] > 0.9, diag

@@ -10,7 +10,7 @@ A sample is one camera view: its input ``x`` is the camera-to-world pose
 ``[4, 4]`` (OpenGL axes, as Blender's transforms), its output the rendered
 image flattened to ``[H * W * 3]``. Cut at a layer (:meth:`TinyNeRF.cut`),
 the layer sees a *set* of inputs per view, one per point (P = H W S: 131,072
-for 64 x 64 pixels and 32 depths), the layer contract of ocd.models:
+for 64 x 64 pixels and 32 depths), the layer contract of ocd.models.cut:
 
 - ``enter``: rays of the view, points, encoding and the layers before the cut;
   the context is the view's depths ``[S]``, which rendering needs;
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.cut import LayerCut, LayerInput, ModelError
-from ocd.fit import fit_minibatches
+from ocd.models.cut import LayerCut, LayerInput, ModelError
+from ocd.models.fit import fit_minibatches
 
 # The conditioning's encoding of the rendered image. The authors used an
 # ImageNet VGG-11, whose weights cannot be downloaded here; a network with
@@ -199,7 +199,7 @@ def options(params, info: dict) -> dict:
     """tinynerf's build options: the camera from the dataset (a rendered scene), the rest from ``model:``."""
     camera = info.get("camera")
     if not camera:
-        from ocd.scenes import SCENES  # the scenes' names, from where they are defined
+        from ocd.data.scenes import SCENES  # the scenes' names, from where they are defined
 
         raise ModelError("model tinynerf renders camera views; the dataset is not a rendered scene "
                          f"(data.name {', '.join(SCENES)})")

@@ -5,10 +5,10 @@ Pieces, each separately testable:
 - :class:`Conditioner`: I(x) -> embedding, ``E_i(i_L) + E_a(a_L) + E_o(f(x))``
   (one linear layer each, on standardised inputs), computed once per sample;
 - :class:`TimeEmbedding`: PE(t), the sinusoidal encoding and a small MLP;
-- the denoiser: :class:`ocd.unet.UNet` over the matrix, or
-  :class:`ocd.vecnet.VecNet` over a vector (the rank-one factor, or the
+- the denoiser: :class:`ocd.hypernet.unet.UNet` over the matrix, or
+  :class:`ocd.hypernet.vecnet.VecNet` over a vector (the rank-one factor, or the
   flattened matrix), given ``e = PE(t) + conditioning``;
-- the schedule :class:`ocd.schedule.Schedule` (noising and DDIM sampling).
+- the schedule :class:`ocd.hypernet.schedule.Schedule` (noising and DDIM sampling).
 
 Every delta is generated at unit scale, ``omega = delta / rho * unit``, with
 ``unit = sqrt(out * in)`` when rho is the Frobenius norm (so omega's entries
@@ -30,9 +30,7 @@ rebuilt as ``rho * omega / unit``. What the network generates (the *target*):
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -40,15 +38,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from ocd import vecnet
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.delta import COND, StoreError, rank1_right, rho_of
-from ocd.device import Steps, adam, autocast
+from ocd.device import autocast
 from ocd.distributed import Group
-from ocd.schedule import Schedule, sinusoidal
-from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
+from ocd.hypernet import vecnet
+from ocd.hypernet.schedule import Schedule, sinusoidal
+from ocd.hypernet.train import EMA, fit
+from ocd.hypernet.unet import PRESETS, UNet, crop, pad, padded_shape
+from ocd.params import ComputeParams, DiffusionParams, training_steps
 
 if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
     from ocd.store import ChunkReader
@@ -123,76 +122,6 @@ class ConditionedMLP(nn.Module):
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return self.mlp(torch.cat([norm(p) for p, norm in zip(parts, self.norms)], dim=1))
-
-
-class Objective(nn.Module):
-    """A training loss as the forward of a module that holds the trained model, so
-    that DistributedDataParallel (:meth:`ocd.distributed.Group.data_parallel`)
-    can average the model's gradients over the ranks in the backward pass.
-
-    A rank holds ``share`` of the ``batch`` rows of a global minibatch; its
-    mean loss is weighted by ``share * world / batch``, so that DDP's average
-    over the ranks is the mean over the global minibatch whatever the shares
-    (the weight is exactly 1 in one process)."""
-
-    def __init__(self, model: nn.Module, loss_of, share: int, batch: int, world: int):
-        super().__init__()
-        self.model, self.loss_of = model, loss_of
-        self.weight = share * world / batch
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        loss = self.loss_of(*tensors)
-        return loss if self.weight == 1 else loss * self.weight
-
-
-def _runner(fn, device, graphs: bool, group: Group) -> Steps:
-    if graphs and group.world > 1:
-        warnings.warn("compute.graphs: a step that all-reduces gradients across ranks is run as written")
-    return Steps(fn, device, graphs and group.world == 1)
-
-
-def fit_adam(model: nn.Module, reader: ChunkReader, steps: int, batch_size: int, lr: float,
-             rng: np.random.Generator, tensors_of_batch, loss_of, desc: str, device,
-             progress: bool = True, graphs: bool = False, group: Group = Group()) -> list[tuple[int, float]]:
-    """Plain Adam over shuffled store minibatches (the scale model and the regressor):
-    ``tensors_of_batch(batch) -> tensors`` on the device, ``loss_of(*tensors) -> scalar``,
-    the mean over the batch's rows (``graphs``: on CUDA one replayed graph a step,
-    ocd.device.Steps). On several ranks (``group``) each rank takes its share of every
-    global minibatch of ``batch_size`` rows and DDP averages the gradients.
-    Returns [(step, the global minibatch's loss)]."""
-    model.train()
-    batch = min(batch_size, reader.rows)
-    lo, hi = group.span(batch)
-    objective = group.data_parallel(Objective(model, loss_of, hi - lo, batch, group.world))
-
-    def step(*tensors):
-        opt.zero_grad(set_to_none=True)
-        loss = objective(*tensors)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    runner = _runner(step, device, graphs, group)
-    opt = adam(model.parameters(), lr, runner.graphs)
-    batches = reader.batches(batch, rng, group)
-    losses = [runner(*tensors_of_batch(next(batches)))
-              for _ in tqdm(range(steps), desc=desc, disable=not (progress and group.main), mininterval=1.0)]
-    model.eval()
-    return _history(losses, group, desc)
-
-
-def _history(losses: list[torch.Tensor], group: Group, desc: str) -> list[tuple[int, float]]:
-    """[(step, the global minibatch's loss)]: the mean over the ranks of their weighted shares.
-
-    Raises FloatingPointError when a loss is not finite: after it, Adam has made
-    the weights NaN, and a model saved so would turn every later row into NaN."""
-    history = list(enumerate(group.mean(torch.stack(losses)).cpu().tolist(), start=1)) if losses else []
-    bad = next(((s, v) for s, v in history if not np.isfinite(v)), None)
-    if bad is not None:
-        raise FloatingPointError(f"{desc}: the training loss is {bad[1]} at step {bad[0]} of {len(history)}, so the "
-                                 "model's weights are no longer finite; nothing was written. Look for non-finite or "
-                                 "zero values among the store's rows (`ocd inspect`) or lower the learning rate")
-    return history
 
 
 class TimeEmbedding(nn.Module):
@@ -380,85 +309,38 @@ def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rh
     return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho, basis)
 
 
-class EMA:
-    """Exponential moving average of a model's parameters (the sampled model)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p, 1 - self.decay)
-        for e, b in zip(self.model.buffers(), model.buffers()):
-            e.copy_(b)
-
-
 def denoising_loss(model: DeltaDiffusion):
     """``(x0, t, eps, *parts) -> the mean denoising loss`` of ``model`` on a minibatch."""
     return lambda x0, t, eps, *parts: model.loss(x0, model.embed(list(parts)), model.schedule(), noise=(t, eps)).mean()
 
 
-def train_step(model: DeltaDiffusion, ema: EMA, opt: torch.optim.Optimizer, x0: torch.Tensor,
-               parts: list[torch.Tensor], noise: tuple[torch.Tensor, torch.Tensor], grad_clip: float,
-               objective: nn.Module | None = None) -> torch.Tensor:
-    """One Adam step on a minibatch's denoising loss, then the EMA; returns the loss (on the device).
-    Everything stays on the device, so that CUDA can replay it as a graph (ocd.device.Steps).
-    ``objective``: the loss as an :class:`Objective` (on several ranks, DDP-wrapped)."""
-    opt.zero_grad(set_to_none=True)
-    loss = (objective or denoising_loss(model))(x0, *noise, *parts)
-    loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    ema.update(model)
-    return loss.detach()
+def train(model: DeltaDiffusion, reader: ChunkReader, dp: DiffusionParams, compute: ComputeParams, device,
+          progress: bool = True, group: Group = Group()) -> tuple[DeltaDiffusion, list[tuple[int, float]]]:
+    """Adam on the denoising loss for ``training_steps`` of ``dp`` (ocd.hypernet.train.fit,
+    with ``dp.grad_clip`` and an EMA of decay ``dp.ema``); returns (the EMA model, [(step, loss)]).
 
-
-def train(model: DeltaDiffusion, reader: ChunkReader, steps: int, batch_size: int, lr: float,
-          ema_decay: float, grad_clip: float, seed: int, device, progress: bool = True,
-          compile: bool = False, graphs: bool = False, group: Group = Group()):
-    """Adam on the denoising loss; returns (EMA model, [(step, loss)]).
-
-    The losses stay on the device until the end (a GPU runs ahead of the
-    Python loop; the progress bar reads them every 100 steps). ``graphs``: on
-    CUDA each step is one replayed CUDA graph (ocd.device.Steps), unless
-    ``compile``: the training network through ``torch.compile`` (the EMA copy,
-    which samples, is not compiled).
-
-    On several ranks (``group``, every rank with the same seed), each rank
-    takes its share of every global minibatch of ``batch_size`` rows
-    (ChunkReader.batches) and of the minibatch's noise, and
-    DistributedDataParallel averages the gradients, so that every rank
-    takes the same step.
+    ``compute.graphs``: on CUDA each step is one replayed CUDA graph, unless
+    ``compute.compile``: the training network through ``torch.compile`` (the
+    EMA copy, which samples, is not compiled). On several ranks (``group``,
+    every rank with the same seed) each rank also draws its share of the
+    minibatch's noise.
     """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(dp.seed)
+    rng = np.random.default_rng(dp.seed)
+    gen = torch.Generator().manual_seed(dp.seed)
     model.to(device).train()
-    ema = EMA(model, ema_decay)  # a deep copy: it samples at the model's precision
-    if compile:
+    ema = EMA(model, dp.ema)  # a deep copy: it samples at the model's precision
+    if compute.compile:
         model.net.compile()
-    batch = min(batch_size, reader.rows)
-    lo, hi = group.span(batch)
-    objective = group.data_parallel(Objective(model, denoising_loss(model), hi - lo, batch, group.world))
-    runner = _runner(lambda x0, t, eps, *parts: train_step(model, ema, opt, x0, list(parts), (t, eps), grad_clip,
-                                                           objective),
-                     device, graphs and not compile, group)
-    opt = adam(model.parameters(), lr, runner.graphs)
-    batches = reader.batches(batch, rng, group)
-    losses = []
-    bar = tqdm(range(1, steps + 1), desc="train diffusion", disable=not (progress and group.main), mininterval=1.0)
-    for step in bar:
-        x0, parts, _ = batch_tensors(next(batches), model.meta, device)
-        losses.append(runner(x0, *model.draw(x0, gen, (batch, lo, hi)), *parts))
-        if progress and step % 100 == 0:
-            bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}", refresh=False)
-    model.eval()
-    return ema.model, _history(losses, group, "train diffusion")
+
+    def tensors_of(rows: dict, span) -> list[torch.Tensor]:
+        x0, parts, _ = batch_tensors(rows, model.meta, device)
+        return [x0, *model.draw(x0, gen, span), *parts]
+
+    history = fit(model, reader, training_steps(dp.steps, dp.epochs, reader.rows, dp.batch_size), dp.batch_size,
+                  dp.lr, rng, tensors_of, denoising_loss(model), "train diffusion", device, progress,
+                  compute.graphs and not compute.compile, group, grad_clip=dp.grad_clip, ema=ema)
+    return ema.model, history
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ocd.unet import PRESETS, UNet, crop, pad, padded_shape
+from ocd.hypernet.unet import PRESETS, UNet, crop, pad, padded_shape
 
 
 @pytest.mark.parametrize("shape", [(10, 84), (7, 5), (84, 120), (3, 3)])

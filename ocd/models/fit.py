@@ -1,4 +1,4 @@
-"""The minibatch loop every base-model family trains with (ocd.base.train, and the
+"""The minibatch loop every base-model family trains with (ocd.models.base.train, and the
 families that train their own way: TinyNeRF on rays, SetFit's head)."""
 
 from __future__ import annotations

@@ -6,15 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from ocd import base
-from ocd.cut import (ModelError, cut_at, forward_with_layer_weights, layer_io, linear_cut, pool_points,
-                     weight_layers)
+from ocd.data.scenes import load_scene
 from ocd.layers import perturbation_losses, score_layers
-from ocd.models import ModelSpec
-from ocd.nerf import TinyNeRF, camera_rays, composite
+from ocd.models import base
+from ocd.models.cut import (
+    ModelError,
+    cut_at,
+    forward_with_layer_weights,
+    layer_io,
+    linear_cut,
+    pool_points,
+    weight_layers,
+)
+from ocd.models.nerf import TinyNeRF, camera_rays, composite
+from ocd.models.registry import ModelSpec
 from ocd.overfit import overfit_batch, overfit_naive
 from ocd.params import BaseParams, DataParams, ModelParams
-from ocd.scenes import load_scene
 from ocd.tasks import get_task
 
 SIZE, DEPTHS = 8, 6

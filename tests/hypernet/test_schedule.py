@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ocd.schedule import Schedule, sinusoidal
+from ocd.hypernet.schedule import Schedule, sinusoidal
 
 
 @pytest.mark.parametrize("kind, lo, hi", [("paper", 1e-4, 1e-2), ("reference", 1e-6, 1e-2)])

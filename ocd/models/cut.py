@@ -4,7 +4,7 @@ Every model names its weight layers as children (``conv1``, ``fc1``,
 ``layer1``, ...) and can be cut at any of them, so the layer's input is
 computed once per sample, and the layer can run with a different weight for
 every sample of a batch (:func:`forward_with_layer_weights`). Model families
-(ocd/models.py, ocd/nerf.py, ocd/sentence.py) build on this module; it knows
+(ocd/models/registry.py, ocd/models/nerf.py, ocd/models/sentence.py) build on this module; it knows
 none of them.
 """
 
@@ -36,7 +36,7 @@ class ModelError(ValueError):
 #
 # An ``nn.Sequential`` is cut by position (:func:`sequential_cut`, P = 1). A
 # model family whose forward pass is not a chain of children defines
-# ``cut(name) -> LayerCut`` itself (ocd/nerf.py); :func:`cut_at` asks the model
+# ``cut(name) -> LayerCut`` itself (ocd/models/nerf.py); :func:`cut_at` asks the model
 # first. Nothing else in the library knows which family it runs.
 
 

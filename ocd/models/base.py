@@ -1,7 +1,7 @@
 """The base model f(x; theta): train, evaluate, save and load.
 
 A saved base model is a folder with ``model.pt`` (the state dict) and
-``model.json`` (the :class:`ocd.models.ModelSpec`, the sha256 of the weights,
+``model.json`` (the :class:`ocd.models.registry.ModelSpec`, the sha256 of the weights,
 the dataset and the params it was trained with). Later stages rebuild the
 model from that folder alone and record the sha256, so a store or a diffusion
 model made from one base model is never mixed with another.
@@ -23,10 +23,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from ocd.artifacts import CheckpointError, save_tensors, write_json
-from ocd.cut import ModelError, rows_per_pass
 from ocd.device import get_device
-from ocd.fit import fit_minibatches
-from ocd.models import ModelSpec
+from ocd.models.cut import ModelError, rows_per_pass
+from ocd.models.fit import fit_minibatches
+from ocd.models.registry import ModelSpec
 from ocd.params import BaseParams
 from ocd.tasks import Task
 
@@ -93,7 +93,7 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
     n, k = len(y), len(seeds)
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
-             if params.schedule == "cosine" else None)  # base.schedule: ocd.fit.SCHEDULES
+             if params.schedule == "cosine" else None)  # base.schedule: ocd.models.fit.SCHEDULES
     orders = [torch.Generator().manual_seed(seed) for seed in seeds]
     bar = tqdm(total=params.epochs * steps, desc=f"train {k} ensemble members", disable=not progress,
                mininterval=1.0, unit="step")

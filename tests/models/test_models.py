@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from ocd.cut import ModelError, cut_at, forward_with_layer_weights, weight_layers
-
-from ocd.models import ModelSpec, lenet5
+from ocd.models.cut import ModelError, cut_at, forward_with_layer_weights, weight_layers
+from ocd.models.registry import ModelSpec
+from ocd.models.sequential import lenet5
 from ocd.params import ModelParams
 
 

