@@ -1,7 +1,7 @@
 # Two set-up-and-go targets (see README): `make repro` and `make test`.
 # Both create the project virtualenv .venv on first use and install the
-# project into it, with the text extra (.[nlp]: the SetFit experiment); later
-# calls reuse it.
+# project into it, with the text and audio extras (.[nlp]: the SetFit
+# experiment; .[audio]: the speech separation); later calls reuse it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test,nlp]'
+	$(BIN)/pip install --quiet -e '.[test,nlp,audio]'
 	touch $(STAMP)
 
 install: $(STAMP)

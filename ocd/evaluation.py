@@ -324,30 +324,50 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     plots = {"rho": {"true": ref.cpu().numpy(), "predicted": got["ocd/norm"].cpu().numpy()}}
     if task.with_temperature is not None:
         plots["reliability"] = {name: reliability(out, y) for name, out in reliability_of.items()}
-    if task.as_images is not None:  # a few test views, evenly spaced: the truth and three rows' renderings
-        pick = torch.linspace(0, n_test - 1, min(VIEWS_SHOWN, n_test)).round().long().to(y.device)
-        plots["views"] = {name: task.as_images(out[pick]).cpu()
-                          for name, out in (("truth", y), ("base", base_out), ("oracle", got["oracle/out"]),
-                                            ("ocd", got["ocd/out"]))}
+    # a few test samples, evenly spaced: the truth and three rows' outputs (arranged as the truth, if the task says how)
+    pick = torch.linspace(0, n_test - 1, min(VIEWS_SHOWN, n_test)).round().long().to(y.device)
+    arrange = task.aligned or (lambda out, truth: out)
+    shown = {name: arrange(out[pick], y[pick]) for name, out in
+             (("truth", y), ("base", base_out), ("oracle", got["oracle/out"]), ("ocd", got["ocd/out"]))}
+    if task.as_images is not None:
+        inputs = {} if task.inputs_as_images is None else {"mixture": task.inputs_as_images(inp.x_test[pick])}
+        plots["views"] = {name: v.cpu() for name, v in {**inputs, **{n: task.as_images(o) for n, o in
+                                                                      shown.items()}}.items()}
+    if task.as_signals is not None:  # and as sound
+        plots["signals"] = {"mixture": inp.x_test[pick].cpu(),
+                            **{n: task.as_signals(o).cpu() for n, o in shown.items()}}
+        plots["sample_rate"] = task.sample_rate
     return rows, plots, skipped
 
 
 VIEWS_SHOWN = 4
 
 
-def views_figure(views: dict[str, torch.Tensor], zoom: int = 3, gap: int = 4) -> np.ndarray:
-    """One picture [rows, cols, 3] (uint8): a row per view, a column per name of ``views``
-    (each ``[V, H, W, 3]`` in [0, 1]), every image ``zoom`` times larger, ``gap`` pixels between."""
+def views_figure(views: dict[str, torch.Tensor], zoom: int | None = None, gap: int = 4,
+                 header: int = 14) -> np.ndarray:
+    """One picture [rows, cols, 3] (uint8): a row per sample, a column per name of ``views``
+    (each ``[V, H, W, 3]`` in [0, 1]), every image ``zoom`` times larger (default: 3 for
+    images up to 64 pixels wide, else 1), ``gap`` pixels between, and each column's name
+    written above it on a band of ``header`` pixels."""
+    from PIL import Image, ImageDraw
+
     columns = list(views.values())
     n, h, w = columns[0].shape[:3]
+    zoom = zoom or (3 if w <= 64 else 1)
     h, w = h * zoom, w * zoom
-    canvas = np.full((n * h + (n + 1) * gap, len(columns) * w + (len(columns) + 1) * gap, 3), 255, np.uint8)
+    canvas = np.full((header + n * h + (n + 1) * gap, len(columns) * w + (len(columns) + 1) * gap, 3), 255, np.uint8)
     for c, images in enumerate(columns):
         big = images.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2).numpy()
         for r in range(n):
-            top, left = gap + r * (h + gap), gap + c * (w + gap)
+            top, left = header + gap + r * (h + gap), gap + c * (w + gap)
             canvas[top:top + h, left:left + w] = np.round(big[r] * 255).astype(np.uint8)
-    return canvas
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for c, name in enumerate(views):
+        left = gap + c * (w + gap)
+        width = draw.textlength(name)
+        draw.text((left + max(0.0, (w - width) / 2), 2), name, fill=(0, 0, 0))
+    return np.asarray(picture)
 
 
 def _nn_spaces(inp: EvalInputs):

@@ -72,6 +72,11 @@ class DataParams:
     # draw, with data.seed) and tokens per sentence (truncated and padded).
     shots: int = 8
     max_tokens: int = 64
+    # Speech mixtures (speech_mix, ocd/data/speech.py) only: voices per mixture,
+    # seconds per mixture (at 8 kHz), and mixtures in all (test, train and calibration).
+    speakers: int = 2
+    seconds: float = 1.0
+    mixtures: int = 800
 
     def __post_init__(self):
         _open_unit(self, "data", "test_fraction", "val_fraction")
@@ -79,7 +84,10 @@ class DataParams:
             raise ParamsError(f"data.cal_fraction must lie in [0, 1), got {self.cal_fraction}")
         _non_negative(self, "data", "max_train", "max_test")
         _seed(self, "data")
-        _positive(self, "data", "image_size", "shots")
+        _positive(self, "data", "image_size", "shots", "seconds", "mixtures")
+        if self.speakers < 2:
+            raise ParamsError(f"data.speakers must be at least 2 (a mixture of one voice needs no separating), "
+                              f"got {self.speakers}")
         if self.max_tokens < 2:
             raise ParamsError(f"data.max_tokens must be at least 2 (the [CLS] and [SEP] tokens), got {self.max_tokens}")
 
@@ -98,9 +106,17 @@ class ModelParams:
     frequencies: int = 10
     depth_samples: int = 32
     encoder: str = "thumbnail"
+    # mulcat only (ocd/models/mulcat.py): channels (and LSTM units), pairs of
+    # MulCat blocks (along and across chunks), the encoder's window in samples
+    # (hop: half of it), and frames per chunk.
+    width: int = 32
+    blocks: int = 1
+    window: int = 32
+    chunk: int = 40
 
     def __post_init__(self):
         _widths(self, "model", "hidden")
+        _positive(self, "model", "width", "blocks", "window", "chunk")
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"model.dropout must lie in [0, 1), got {self.dropout}")
         _non_negative(self, "model", "frequencies")
@@ -125,6 +141,9 @@ class BaseParams:
     # pairs per sentence; 0 skips the phase) and its body learning rate.
     pair_iterations: int = 20
     body_lr: float = 2e-5
+    # mulcat only: dynamic mixing, every minibatch's mixtures made anew from its
+    # sources (each speaker's sources shuffled across the minibatch, new gains).
+    dynamic_mixing: bool = False
 
     def __post_init__(self):
         _positive(self, "base", "epochs", "lr", "batch_size", "body_lr")

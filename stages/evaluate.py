@@ -108,12 +108,21 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         write_csv(out / "reliability.csv", [{"bin_centre": "", "note": f"{task.name}: no confidence to bin"}])
     pictures = out / "pictures"
     pictures.mkdir(exist_ok=True)
+    for stale in [*pictures.glob("*.png"), *pictures.glob("*.wav")]:  # an earlier run's
+        stale.unlink()
     if "views" in plots:
         names = ", ".join(plots["views"])
         write_bytes(pictures / "views.png", _png(evaluation.views_figure(plots["views"])))
-        write_text(pictures / "README.md", f"views.png: a row per test view, columns {names}\n")
+        note = f"views.png: a row per test sample, columns {names} (named on the picture)\n"
+        if "signals" in plots:
+            for name, signals in plots["signals"].items():
+                for i, sample in enumerate(signals):
+                    for c, channel in enumerate(sample):
+                        write_bytes(pictures / f"{i}_{name}_{c}.wav", _wav(channel.numpy(), plots["sample_rate"]))
+            note += ("I_NAME_C.wav: test sample I (a row of views.png), its mixture or the speakers' signals "
+                     "of the truth and of each row, C the channel\n")
+        write_text(pictures / "README.md", note)
     else:
-        (pictures / "views.png").unlink(missing_ok=True)  # an earlier run's
         write_text(pictures / "README.md", f"No pictures: {task.name} outputs are not images.\n")
     norms = plots["rho"]
     write_csv(out / "delta_norm.csv",
@@ -143,6 +152,15 @@ def _png(pixels: np.ndarray) -> bytes:
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _wav(signal: np.ndarray, rate: int) -> bytes:
+    """A mono 16-bit WAV file of ``signal`` (clipped to [-1, 1])."""
+    from scipy.io import wavfile
+
+    buffer = io.BytesIO()
+    wavfile.write(buffer, rate, np.round(np.clip(signal, -1, 1) * 32767).astype(np.int16))
     return buffer.getvalue()
 
 

@@ -21,7 +21,8 @@ class InputError(ValueError):
 
 def predict(
     inputs: Path = typer.Argument(..., help="A .npy file of raw inputs [N, ...], a folder of PNG images, "
-                                  "or for a text model (setfit) a text file, one sentence per line."),
+                                  "for a text model (setfit) a text file, one sentence per line, or for the "
+                                  "separator (mulcat) a mono .wav mixture."),
     params: Path = PARAMS_OPTION,
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
     models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt and regressor.pt."),
@@ -31,7 +32,9 @@ def predict(
     Inputs are raw values as the dataset ships them (MNIST pixels 0..255;
     a PNG's 0..255 are mapped to the dataset's pixel range), scaled here the
     way the base model's training data was; a text model reads sentences,
-    one per line, tokenised as its training data. OCD uses evaluate.k noises.
+    one per line, tokenised as its training data; the separator reads a WAV
+    file and writes the separated signals beside it (NAME_separated/). OCD
+    uses evaluate.k noises.
     """
     p = load_params(params)
     trained = load_trained(base_dir, models, p.compute.precision)
@@ -50,6 +53,15 @@ def predict(
     base_out, members = ocd_predict(trained, x, k=p.evaluate.k, steps=p.evaluate.sample_steps,
                                     eta=p.evaluate.eta, seed=p.evaluate.seed)
     ocd_out = task.ensemble(members)
+    writer = getattr(trained.base.model, "write_predictions", None)
+    if callable(writer):  # a model family whose predictions are files (the separator: WAVs)
+        bad = [n for n, b, o in zip(names, base_out, ocd_out)
+               if not (torch.isfinite(b).all() and torch.isfinite(o).all())]
+        if bad:
+            raise InputError(f"{inputs}: {len(bad)} of {len(names)} windows gave non-finite outputs ({bad[0]}, ...)")
+        for line in writer(base_out, ocd_out):
+            typer.echo(line)
+        return
     failed = 0
     for name, b, o in zip(names, base_out, ocd_out):
         if not (torch.isfinite(b).all() and torch.isfinite(o).all()):

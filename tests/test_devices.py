@@ -100,7 +100,8 @@ def test_compute_graphs_trains_the_denoiser_and_scale_model_as_without(tmp_path,
     def trained(graphs):
         torch.manual_seed(0)
         model, scaler = diffusion.build(meta, stats), scale.ScaleModel(stats, [16], 1.0)
-        _, history = diffusion.train(model, reader, DiffusionParams(steps=12, epochs=0, batch_size=16, lr=3e-3, ema=0.9),
+        _, history = diffusion.train(model, reader,
+                                     DiffusionParams(steps=12, epochs=0, batch_size=16, lr=3e-3, ema=0.9),
                                      ComputeParams(graphs=graphs), device=device, progress=False)
         history += scale.train(scaler, reader, ScaleParams(loss="logmse", steps=12, epochs=0, batch_size=16, lr=1e-2),
                                ComputeParams(graphs=graphs), device, progress=False)
@@ -157,8 +158,8 @@ def test_scale_and_regressor_on_each_device(tmp_path, device):
     hist = scale.train(scaler, reader, ScaleParams(loss="logmse", steps=50, epochs=0, batch_size=16, lr=1e-2),
                        ComputeParams(), device, progress=False)
     reg = regressor.DeltaRegressor(meta, stats, [16])
-    reg_hist = regressor.train(reg, reader, RegressorParams(steps=50, epochs=0, batch_size=16, lr=1e-2), ComputeParams(),
-                               device, progress=False)
+    reg_hist = regressor.train(reg, reader, RegressorParams(steps=50, epochs=0, batch_size=16, lr=1e-2),
+                               ComputeParams(), device, progress=False)
     assert all(np.isfinite(v) for _, v in hist + reg_hist)
     assert hist[-1][1] < hist[0][1] and reg_hist[-1][1] < reg_hist[0][1]
     data = reader.read(reader.chunks)

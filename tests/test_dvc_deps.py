@@ -107,7 +107,8 @@ def test_the_library_has_no_import_circle():
         todo, seen = list(graph[start]), set()
         while todo:
             m = todo.pop()
-            assert m != start, f"{start.relative_to(ROOT)} imports itself through {sorted(str(p.relative_to(ROOT)) for p in seen)}"
+            path = sorted(str(p.relative_to(ROOT)) for p in seen)
+            assert m != start, f"{start.relative_to(ROOT)} imports itself through {path}"
             if m not in seen:
                 seen.add(m)
                 todo.extend(graph[m])
@@ -125,7 +126,8 @@ def test_the_models_import_without_the_store():
     import subprocess
     import sys
 
-    code = "import sys, ocd.hypernet.diffusion, ocd.hypernet.scale, ocd.hypernet.regressor, ocd.pipeline; print('zarr' in sys.modules)"
+    code = ("import sys, ocd.hypernet.diffusion, ocd.hypernet.scale, ocd.hypernet.regressor, ocd.pipeline; "
+            "print('zarr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

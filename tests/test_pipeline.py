@@ -340,7 +340,7 @@ def test_the_tinynerf_pipeline_end_to_end(tmp_path):
     from PIL import Image
 
     with Image.open(project / "artifacts/eval/pictures/views.png") as img:  # 4 views x (truth, base, oracle, OCD)
-        assert img.size == (4 * 16 * 3 + 5 * 4, 4 * 16 * 3 + 5 * 4)
+        assert img.size == (4 * 16 * 3 + 5 * 4, 14 + 4 * 16 * 3 + 5 * 4)  # and a band that names the columns
 
 
 TEXT = {
@@ -384,3 +384,56 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     empty = project.run("ocd", "predict", str(tmp_path / "empty.txt"), check=False)
     assert empty.returncode == 2 and "holds no sentences" in empty.stderr
+
+
+SPEECH = {
+    "data": {"name": "speech_mix", "mixtures": 40, "seconds": 0.5},
+    "model": {"name": "mulcat", "width": 8, "chunk": 10},
+    "base": {"epochs": 2, "lr": 0.005, "batch_size": 8},
+    "layers": {"draws": 8, "samples": 4, "force": "proj1_inter"},
+    "overfit": {"batch_size": 8},
+    "diffusion": {"target": "flat", "steps": 20, "batch_size": 8},
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(any(__import__("importlib").util.find_spec(m) is None for m in ("espeakng_loader", "scattertext")),
+                    reason="the audio extra is not installed (pip install -e '.[audio]'; `make test` does)")
+def test_the_speech_separation_pipeline_end_to_end(tmp_path):
+    """Synthetic speech mixtures and the MulCat separator, chosen by params alone: the last
+    block's projection sees a set of chunk positions per mixture; the picture names its columns,
+    the test mixtures are written as sound, and `ocd predict` separates a WAV file."""
+    from PIL import Image
+    from scipy.io import wavfile
+
+    project = make_project(tmp_path, _merge(copy.deepcopy(TINY), SPEECH))
+    project.dvc("repro")
+    scores = json.loads((project / "artifacts/layers/scores.json").read_text())
+    assert scores["selected"] == "proj1_inter" and set(scores["ranking"]) == {"bottleneck", "proj1_intra",
+                                                                               "proj1_inter", "mask"}
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store["train/delta"].shape == (29, 8, 24) and store["train/label"].shape == (29, 2 * 4000)
+    assert store["train/cond/output"].shape == (29, 2 * 64)
+    results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    assert {"temperature", "tent"} <= set(results["skipped"])
+    rows = {name for name in results if name != "skipped"}
+    assert rows == {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
+                    "nn_cond", "oracle", "deep_ensemble_2"}
+    for name in rows:
+        assert math.isfinite(results[name]["si_sdri"]), name
+    assert results["oracle"]["neg_si_sdr"] < results["base"]["neg_si_sdr"]  # each overfit fits its own sources
+    pictures = project / "artifacts/eval/pictures"
+    with Image.open(pictures / "views.png") as img:  # 4 mixtures x (mixture, truth, base, oracle, OCD)
+        assert img.size[0] == 5 * 126 + 6 * 4
+    rate, mixture = wavfile.read(pictures / "0_mixture_0.wav")
+    assert rate == 8000 and mixture.shape == (4000,) and len(list(pictures.glob("*.wav"))) == 4 * (1 + 4 * 2)
+    # a 16 kHz recording, longer than the model's window: resampled, separated window by window
+    longer = np.concatenate([mixture, mixture, mixture[:1000]]).astype(np.int16)
+    wavfile.write(tmp_path / "talk.wav", 16000, np.repeat(longer, 2))
+    lines = project.run("ocd", "predict", str(tmp_path / "talk.wav")).stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("talk.wav\tbase:") and lines[1].startswith("talk.wav\tocd:")
+    rate, separated = wavfile.read(tmp_path / "talk_separated/ocd_1.wav")
+    assert rate == 8000 and separated.shape == (len(longer),)
+    wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([longer, longer], 1))
+    stereo = project.run("ocd", "predict", str(tmp_path / "stereo.wav"), check=False)
+    assert stereo.returncode == 2 and "has 2 channels" in stereo.stderr and len(stereo.stderr.splitlines()) == 1

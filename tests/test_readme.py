@@ -24,6 +24,11 @@ TEXT_SMALL = (" -S data.shots=2 -S data.max_test=6 -S data.max_tokens=16 -S base
               " -S base.epochs=1 -S layers.draws=8 -S layers.samples=4 -S overfit.batch_size=4")
 
 
+# The speech-separation command on a few short mixtures and a narrow separator.
+SPEECH_SMALL = (" -S data.mixtures=30 -S data.seconds=0.5 -S model.width=8 -S model.chunk=10 -S base.epochs=1"
+                " -S layers.draws=8 -S layers.samples=2 -S overfit.batch_size=8")
+
+
 def readme_blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
 
@@ -71,6 +76,8 @@ def test_every_readme_command_runs_as_written_without_the_venv_on_path(tmp_path)
             command += NERF_SMALL  # later -S values win: 64x64 views take minutes a stage
         if "preset setfit" in command:
             command += TEXT_SMALL  # 2,000 test sentences take minutes a stage
+        if "preset speech" in command:
+            command += SPEECH_SMALL  # 800 mixtures of 1 s take minutes a stage
         if "dvc exp run" in command:
             # each experiment command works on a fresh clone: `dvc exp run -S` leaves its
             # values in params.yaml (README says so), which a later command must not inherit
@@ -100,7 +107,8 @@ def test_the_layout_section_names_every_library_module():
     for folder, block in entries:
         listed = {name.strip() for name in block.replace("\n", " ").split(",")}
         modules = {p.stem for p in (ROOT / folder).glob("*.py") if p.stem != "__init__"}
-        assert listed == modules, f"README's {folder} lacks {sorted(modules - listed)}, names {sorted(listed - modules)}"
+        assert listed == modules, (f"README's {folder} lacks {sorted(modules - listed)}, "
+                                   f"names {sorted(listed - modules)}")
 
 
 def test_every_list_of_names_is_the_registry():

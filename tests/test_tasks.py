@@ -24,3 +24,36 @@ def test_regression_rmse_in_original_units_and_mean_ensemble():
 def test_unknown_task_lists_the_valid_ones():
     with pytest.raises(ValueError, match="classification, regression"):
         get_task("ranking")
+
+
+def test_separation_is_permutation_invariant_and_measures_the_improvement():
+    torch.manual_seed(0)
+    t = 2000
+    sources = torch.randn(5, 3, t)
+    y = sources.reshape(5, -1)
+    task = get_task("separation", speakers=3, length=t)
+    swapped = sources[:, [2, 0, 1]].reshape(5, -1)
+    assert torch.allclose(task.per_sample_loss(swapped, y), task.per_sample_loss(y, y))
+    assert task.metrics(y, y)["si_sdr"] > 60
+    mixture = sources.sum(1, keepdim=True).expand(-1, 3, -1).reshape(5, -1)
+    assert abs(task.metrics(mixture, y)["si_sdri"]) < 1e-9  # the mixture itself improves nothing
+    noisy = y + 0.3 * torch.randn_like(y)
+    m = task.metrics(noisy, y)
+    assert m["si_sdri"] > 5 and m["si_sdr"] == pytest.approx(-m["neg_si_sdr"])
+    # an ensemble matches its members to the first before averaging: a swapped copy is the same member
+    assert torch.allclose(task.ensemble(torch.stack([noisy, noisy.reshape(5, 3, t)[:, [1, 2, 0]].reshape(5, -1)])),
+                          noisy, atol=1e-6)
+
+
+def test_the_hungarian_match_agrees_with_the_exhaustive_one():
+    from ocd.tasks import best_permutation
+
+    torch.manual_seed(1)
+    pairs = torch.randn(20, 5, 5)
+    perm = best_permutation(pairs)
+    totals = pairs.gather(1, perm[:, None, :]).squeeze(1).sum(1)
+    import itertools
+
+    best = torch.stack([torch.stack([pairs[b, list(p), range(5)].sum() for p in itertools.permutations(range(5))]).max()
+                        for b in range(20)])
+    assert torch.allclose(totals, best)

@@ -15,6 +15,8 @@ test and calibration rows; every set works offline:
   scenes rendered offline into camera views (ocd/data/scenes.py), for TinyNeRF.
 - ``rotten_tomatoes`` (few-shot text): review snippets with a sentiment
   label, tokenised for the SetFit family (ocd/data/texts.py; the optional text extra).
+- ``speech_mix`` (separation): mixtures of voices synthesised offline by eSpeak NG
+  (ocd/data/speech.py; the optional audio extra), for the MulCat separator.
 - ``california`` (regression): California Housing from the CSV committed under
   data/california_housing (SOURCE.md maps its columns to scikit-learn's eight
   features); ``diabetes`` (regression) and ``breast_cancer`` (classification):
@@ -31,7 +33,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from ocd.data import images, scenes, tabular, texts
+from ocd.data import images, scenes, speech, tabular, texts
 from ocd.data.core import DataError, Dataset
 from ocd.params import DataParams
 
@@ -47,6 +49,7 @@ DATASETS: dict[str, Loader] = {
     "mnist_idx": images.load_mnist_idx,
     "breast_cancer": tabular.load_breast_cancer,
     "rotten_tomatoes": texts.load_rotten_tomatoes,
+    "speech_mix": speech.load_speech_mix,
     **{name: functools.partial(scenes.load_scene, name) for name in scenes.SCENES},
 }
 

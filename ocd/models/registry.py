@@ -2,7 +2,8 @@
 
 A model family is a builder ``build(in_shape, n_outputs, **options)`` and the
 options it reads from params: ``lenet5`` and ``mlp`` (ocd/models/sequential.py),
-``tinynerf`` (ocd/models/nerf.py) and ``setfit`` (ocd/models/sentence.py). Each
+``tinynerf`` (ocd/models/nerf.py), ``setfit`` (ocd/models/sentence.py) and
+``mulcat`` (ocd/models/mulcat.py). Each
 is cut at a layer under the contract of ocd/models/cut.py; this registry
 imports the families, and no family imports it.
 """
@@ -14,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from ocd.models import nerf, sentence, sequential
+from ocd.models import mulcat, nerf, sentence, sequential
 from ocd.models.cut import ModelError
 from ocd.params import ModelParams
 
@@ -70,4 +71,5 @@ MODELS: dict[str, Architecture] = {
     "mlp": Architecture(sequential.mlp, lambda p, info: {"hidden": list(p.hidden), "dropout": p.dropout}),
     "tinynerf": Architecture(nerf.tinynerf, nerf.options),
     "setfit": Architecture(sentence.setfit, sentence.options),
+    "mulcat": Architecture(mulcat.mulcat, mulcat.options),
 }

@@ -55,7 +55,8 @@ def _fit(tmp_path, prediction, steps, target="matrix"):
                                schedule="paper", T=100, target=target)
     torch.manual_seed(0)
     model = diffusion.build(meta, stats)
-    ema, history = diffusion.train(model, reader, DiffusionParams(steps=steps, epochs=0, batch_size=16, lr=3e-3, ema=0.9),
+    ema, history = diffusion.train(model, reader,
+                                   DiffusionParams(steps=steps, epochs=0, batch_size=16, lr=3e-3, ema=0.9),
                                    ComputeParams(), device="cpu", progress=False)
     return reader, stats, ema, history
 
