@@ -89,6 +89,16 @@ def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def write_wav(path: str | Path, signal, rate: int) -> None:
+    """A mono 16-bit WAV file of ``signal`` (numbers in [-1, 1]; clipped there), written atomically."""
+    import numpy as np
+    from scipy.io import wavfile
+
+    buffer = io.BytesIO()
+    wavfile.write(buffer, rate, np.round(np.clip(np.asarray(signal, np.float64), -1, 1) * 32767).astype(np.int16))
+    write_bytes(path, buffer.getvalue())
+
+
 def checkpoint_bytes(obj) -> bytes:
     """``torch.save(obj)`` as bytes that depend on ``obj`` alone.
 

@@ -330,11 +330,11 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     shown = {name: arrange(out[pick], y[pick]) for name, out in
              (("truth", y), ("base", base_out), ("oracle", got["oracle/out"]), ("ocd", got["ocd/out"]))}
     if task.as_images is not None:
-        inputs = {} if task.inputs_as_images is None else {"mixture": task.inputs_as_images(inp.x_test[pick])}
-        plots["views"] = {name: v.cpu() for name, v in {**inputs, **{n: task.as_images(o) for n, o in
-                                                                      shown.items()}}.items()}
+        views = {} if task.inputs_as_images is None else {task.input_name: task.inputs_as_images(inp.x_test[pick])}
+        views.update((n, task.as_images(o)) for n, o in shown.items())
+        plots["views"] = {n: v.cpu() for n, v in views.items()}
     if task.as_signals is not None:  # and as sound
-        plots["signals"] = {"mixture": inp.x_test[pick].cpu(),
+        plots["signals"] = {task.input_name: inp.x_test[pick].cpu(),
                             **{n: task.as_signals(o).cpu() for n, o in shown.items()}}
         plots["sample_rate"] = task.sample_rate
     return rows, plots, skipped

@@ -44,6 +44,8 @@ class Task:
     as_images: Callable[[torch.Tensor], torch.Tensor] | None = None
     # Inputs as pictures of the same size (separation: the mixture's spectrogram); None: the inputs are not shown.
     inputs_as_images: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # What an input is called in pictures and file names.
+    input_name: str = "input"
     # Outputs as signals [N, channels, T] at ``sample_rate`` Hz (separation); None: outputs are not sound.
     as_signals: Callable[[torch.Tensor], torch.Tensor] | None = None
     sample_rate: int = 0
@@ -246,7 +248,8 @@ def separation(speakers: int, length: int, sample_rate: int = 8000) -> Task:
         return est.gather(1, perm[:, :, None].expand(-1, -1, length)).reshape(outputs.shape)
 
     return Task("separation", per_sample, metrics, ensemble, None, describe, as_images=lambda o: pictures(signals(o)),
-                inputs_as_images=inputs, as_signals=signals, sample_rate=sample_rate, aligned=aligned)
+                inputs_as_images=inputs, input_name="mixture", as_signals=signals, sample_rate=sample_rate,
+                aligned=aligned)
 
 
 TASKS = {"classification": classification, "regression": regression, "rendering": rendering,

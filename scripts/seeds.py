@@ -106,7 +106,7 @@ def table(folder: Path) -> str:
         return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0)
 
     rows = sorted({name for r in runs for name in r["eval"]} - {"skipped"}, key=lambda n: (rank(n), n))
-    loss_first = ["ce", "rmse", "mse", "acc"]
+    loss_first = ["ce", "rmse", "mse", "si_sdri", "acc"]  # the first is the paired change's metric
     extras = ("cosine", "scale_error", "ms_per_sample")
     # the base metrics every seed has (a seed recorded before the calibration rows has no ECE)
     metrics = sorted((k for k in runs[0]["eval"]["base"] if k not in extras and all(k in r["eval"]["base"] for r in runs)),

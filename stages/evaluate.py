@@ -10,7 +10,7 @@ import torch
 import typer
 
 from ocd import distributed, evaluation
-from ocd.artifacts import CheckpointError
+from ocd.artifacts import CheckpointError, write_wav
 from ocd.data.registry import load_dataset
 from ocd.delta import COND, StoreError
 from ocd.device import get_device
@@ -118,8 +118,8 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
             for name, signals in plots["signals"].items():
                 for i, sample in enumerate(signals):
                     for c, channel in enumerate(sample):
-                        write_bytes(pictures / f"{i}_{name}_{c}.wav", _wav(channel.numpy(), plots["sample_rate"]))
-            note += ("I_NAME_C.wav: test sample I (a row of views.png), its mixture or the speakers' signals "
+                        write_wav(pictures / f"{i}_{name}_{c}.wav", channel.numpy(), plots["sample_rate"])
+            note += ("I_NAME_C.wav: test sample I (a row of views.png), its input or the signals "
                      "of the truth and of each row, C the channel\n")
         write_text(pictures / "README.md", note)
     else:
@@ -152,15 +152,6 @@ def _png(pixels: np.ndarray) -> bytes:
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _wav(signal: np.ndarray, rate: int) -> bytes:
-    """A mono 16-bit WAV file of ``signal`` (clipped to [-1, 1])."""
-    from scipy.io import wavfile
-
-    buffer = io.BytesIO()
-    wavfile.write(buffer, rate, np.round(np.clip(signal, -1, 1) * 32767).astype(np.int16))
     return buffer.getvalue()
 
 

@@ -8,14 +8,14 @@ signals, flattened to ``[speakers * T]``. The network:
 
 - ``encoder``: a 1-D convolution of ``window`` samples and hop ``window / 2``
   to ``width`` channels, with a ReLU: the mixture's frames ``w [width, F]``;
-- ``bottleneck``: a Linear layer on every frame;
+- ``bottleneck``: a Linear layer on every frame, after a LayerNorm of its channels;
 - the frames cut into chunks of ``chunk`` frames with a hop of half a chunk
   ``[C, K, width]``; then ``blocks`` pairs of MulCat blocks, one along each
   chunk (``intra``) and one across the chunks (``inter``). A MulCat block runs
   two bidirectional LSTMs of ``width`` units on its input, multiplies their
   outputs (one gates the other), concatenates the input, and projects back to
-  ``width`` with a Linear layer (``proj{i}_{intra|inter}``), with a residual
-  connection around the block;
+  ``width`` with a Linear layer (``proj{i}_{intra|inter}``), then a LayerNorm,
+  with a residual connection around the block (as DPRNN);
 - the chunks overlap-added back to frames; ``mask``: a Linear layer with a
   ReLU, one mask per speaker over the encoder's channels; ``decoder``: a
   transposed convolution from each masked ``w`` back to a signal.
@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocd.artifacts import write_wav
 from ocd.models.cut import LayerCut, LayerInput, ModelError
 from ocd.models.fit import fit_minibatches
 from ocd.tasks import spectrogram
@@ -91,8 +92,10 @@ class MulCatSeparator(nn.Module):
         if self.frames < 1:
             raise ModelError(f"mulcat: {self.samples} samples are shorter than one window of {window}")
         self.encoder = nn.Conv1d(1, width, window, stride=self.hop, bias=False)
+        self.norm_in = nn.LayerNorm(width)  # each frame's channels, before the bottleneck (as DPRNN)
         self.bottleneck = nn.Linear(width, width)
         self.mulcats = nn.ModuleList(MulCat(width) for _ in range(2 * blocks))
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(2 * blocks))  # after each projection
         for name in self.projections():
             self.add_module(name, nn.Linear(3 * width, width))
         self.mask = nn.Linear(width, speakers * width)
@@ -132,6 +135,13 @@ class MulCatSeparator(nn.Module):
         g = self.mulcats[j](c.transpose(1, 2).reshape(b * k, n, d))  # across the chunks
         return g.reshape(b, k, n, 3 * d).transpose(1, 2)
 
+    def _block(self, c: torch.Tensor, j: int, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Sub-block j with its residual connection: ``c + norm(projection(input))`` (``z``:
+        the projection's output, if already known)."""
+        if z is None:
+            z = getattr(self, self.projections()[j])(self._block_input(c, j))
+        return c + self.norms[j](z)
+
     def _decode(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Frames [B, F, D] and the encoder's frames w [B, D, F] -> signals [B, speakers * T]."""
         return self._decode_masks(torch.relu(self.mask(v)), w)
@@ -158,9 +168,9 @@ class MulCatSeparator(nn.Module):
 
     def _frames_to_signals(self, w: torch.Tensor) -> torch.Tensor:
         """The encoder's frames w [B, D, F] -> signals [B, speakers * T]."""
-        c = self._to_chunks(self.bottleneck(w.transpose(1, 2)))
+        c = self._to_chunks(self.bottleneck(self.norm_in(w.transpose(1, 2))))
         for j, name in enumerate(self.projections()):
-            c = c + getattr(self, name)(self._block_input(c, j))
+            c = self._block(c, j)
         return self._decode(self._to_frames(c), w)
 
     # ---- the layer contract
@@ -178,7 +188,7 @@ class MulCatSeparator(nn.Module):
 
         def blocks_from(c, start):
             for j, proj in enumerate(self.projections()[start:], start=start):
-                c = c + getattr(self, proj)(self._block_input(c, j))
+                c = self._block(c, j)
             return c
 
         if name == "encoder":  # one input per mixture: the signal itself
@@ -189,7 +199,7 @@ class MulCatSeparator(nn.Module):
         if name == "bottleneck":
             def enter(x):
                 w = self._encode(x)
-                return LayerInput(w.transpose(1, 2), w.flatten(1))
+                return LayerInput(self.norm_in(w.transpose(1, 2)), w.flatten(1))
 
             def leave(z, ctx):
                 w, _ = unpack(ctx)
@@ -199,7 +209,7 @@ class MulCatSeparator(nn.Module):
 
         def frames_of(x):
             w = self._encode(x)
-            return self._to_frames(blocks_from(self._to_chunks(self.bottleneck(w.transpose(1, 2))), 0)), w
+            return self._to_frames(blocks_from(self._to_chunks(self.bottleneck(self.norm_in(w.transpose(1, 2)))), 0)), w
 
         if name == "mask":
             def enter(x):
@@ -223,15 +233,15 @@ class MulCatSeparator(nn.Module):
 
         def enter(x):
             w = self._encode(x)
-            c = self._to_chunks(self.bottleneck(w.transpose(1, 2)))
+            c = self._to_chunks(self.bottleneck(self.norm_in(w.transpose(1, 2))))
             for j, proj in enumerate(self.projections()[:at]):
-                c = c + getattr(self, proj)(self._block_input(c, j))
+                c = self._block(c, j)
             h = self._block_input(c, at)
             return LayerInput(h.flatten(1, 2), self._pack(w, c))  # P = C K positions
 
         def leave(z, ctx):
             w, c = unpack(ctx)
-            c = c.reshape(-1, *b_shape) + z.reshape(-1, *b_shape)
+            c = self._block(c.reshape(-1, *b_shape), at, z.reshape(-1, *b_shape))
             return self._decode(self._to_frames(blocks_from(c, at + 1)), w)
 
         return LayerCut(name, layer, enter, leave, encode_output=self.encode_output)
@@ -346,13 +356,6 @@ def read_wav(path: Path, rate: int) -> np.ndarray:
         g = math.gcd(int(file_rate), rate)
         signal = resample_poly(signal, rate // g, int(file_rate) // g)
     return signal.astype(np.float32)
-
-
-def write_wav(path: Path, signal: np.ndarray, rate: int) -> None:
-    """A mono 16-bit WAV file (clipped to [-1, 1])."""
-    from scipy.io import wavfile
-
-    wavfile.write(path, rate, np.round(np.clip(signal, -1, 1) * 32767).astype(np.int16))
 
 
 def dynamic_mix(sources: torch.Tensor, speakers: int, gen: torch.Generator,
