@@ -73,8 +73,9 @@ class MulCat(nn.Module):
 
 
 class MulCatSeparator(nn.Module):
-    def __init__(self, in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int = 32,
-                 blocks: int = 1, window: int = 16, chunk: int = 50, sample_rate: int = 8000, level: float = 0.0):
+    def __init__(self, in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int,
+                 window: int, chunk: int, sample_rate: int = 8000, level: float = 0.0):
+        # no defaults for the network's shape: they are params.yaml's (model.width, ...), in one place
         super().__init__()
         self.sample_rate, self.level = sample_rate, level  # ocd predict: the training mixtures' rate and RMS
         if len(in_shape) != 2 or in_shape[0] != 1:

@@ -42,7 +42,7 @@ def test_every_weight_layer_cuts_the_forward_pass_exactly(name):
 
 def test_shapes_and_the_dataset_are_checked():
     with pytest.raises(ModelError, match=r"shape \(1, T\)"):
-        mulcat.MulCatSeparator((28, 28), 10, 2)
+        mulcat.MulCatSeparator((28, 28), 10, 2, width=8, blocks=1, window=16, chunk=10)
     with pytest.raises(ModelError, match="use it with data.name=speech_mix"):
         ModelSpec.from_params(ModelParams(name="mulcat"), (1, 28, 28), 10, {"pixel_max": 255})
     spec = ModelSpec.from_params(ModelParams(name="mulcat", width=8, chunk=10), (1, T), 3 * T, {"speakers": 3})
