@@ -1,7 +1,8 @@
 """Params presets: a named set of params.yaml values applied at once (``presets/NAME.yaml``).
 
 ``paper`` sets every choice of the paper as written; ``project`` sets the same
-keys to this project's defaults. A preset is checked by parsing params.yaml
+keys to this project's defaults. A preset may start from another
+(``extends: NAME``) and set only what differs. A preset is checked by parsing params.yaml
 with it applied (so a typo in either is named before anything runs) and
 turned into ``-S section.key=value`` flags for ``dvc exp run``, which leaves
 params.yaml and its comments alone. The ``paper`` U-Net needs a GPU: without
@@ -30,9 +31,17 @@ def load(name: str) -> dict:
     if name not in names():  # a name, never a path: `ocd preset ../../x` reads nothing outside presets/
         raise ParamsError(f"unknown preset {name!r}; valid presets: {', '.join(names())}")
     raw = yaml.safe_load(path.read_text())
+    parent = raw.pop("extends", None) if isinstance(raw, dict) else None
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise ParamsError(f"{path}: a preset maps params sections to their keys")
-    return raw
+        raise ParamsError(f"{path}: a preset maps params sections to their keys (and may name one it extends)")
+    if parent is None:
+        return raw
+    if parent == name or not isinstance(parent, str):
+        raise ParamsError(f"{path}: 'extends' names another preset, not {parent!r}")
+    merged = load(parent)  # its keys, then this preset's over them
+    for section, values in raw.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
 
 
 def resolve(preset: dict, cuda: bool) -> tuple[dict, list[str]]:

@@ -49,3 +49,30 @@ def test_a_preset_is_a_name_never_a_path(tmp_path):
     relative = os.path.relpath(outside.with_suffix(""), presets.PRESETS_DIR)
     with pytest.raises(ParamsError, match="unknown preset"):
         presets.load(relative)
+
+
+def test_a_preset_extends_another_and_the_speech_paper_sizes_build_with_the_forced_layer():
+    import torch
+
+    from ocd.models.cut import linear_cut
+    from ocd.models.registry import ModelSpec
+
+    speech, big = presets.load("speech"), presets.load("speech-paper")
+    assert big["data"]["name"] == "speech_mix" and big["data"]["speakers"] == 5  # speech's key, its own value
+    assert big["diffusion"] == {**speech["diffusion"], "preset": "paper"}
+    params = presets.apply("params.yaml", presets.resolve(big, cuda=False)[0])
+    length = round(params.data.seconds * 8000)
+    spec = ModelSpec.from_params(params.model, (1, length), params.data.speakers * length,
+                                 {"speakers": params.data.speakers})
+    model = spec.build()
+    layer = linear_cut(model, params.layers.force).layer  # the last MulCat block's projection
+    assert (layer.in_features, layer.out_features) == (3 * 128, 128)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, length)).shape == (1, 5 * length)
+
+
+def test_a_preset_that_extends_itself_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "PRESETS_DIR", tmp_path)
+    (tmp_path / "loop.yaml").write_text("extends: loop\nbase: {epochs: 1}\n")
+    with pytest.raises(ParamsError, match="'extends' names another preset"):
+        presets.load("loop")
