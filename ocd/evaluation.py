@@ -11,11 +11,21 @@ rows differ only in where ``delta(x)`` comes from:
 - ``regressor``: no diffusion, an MLP's predicted direction sized by the scale model;
 - ``nn_input`` / ``nn_cond``: the stored delta of the nearest training sample,
   nearest in input space / in standardised conditioning space;
+- ``knn``: retrieval as a method: the k nearest training samples' stored
+  deltas, weighted by similarity; the space, k and the weighting chosen on the
+  calibration rows (:func:`choose`);
+- ``ocd_lambda`` / ``regressor_lambda`` / ``knn_lambda``: that row's delta times
+  one scalar step size fitted on the calibration rows (0, the base model, is
+  among the candidates, so on those rows no such row loses to the base);
 - ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
 - ``oracle``: the test sample's own overfit delta (it used the label: an upper bound);
 - ``deep_ensemble``: k base models trained with different seeds, no delta;
 - ``temperature`` / ``ocd_temperature``: the base model's / OCD's outputs
   divided by one temperature fitted on the calibration rows (never test).
+
+The calibration rows are the data's own (no model trains on them); a task
+without them (TinyNeRF) lends the train rows the diffusion model held out
+(``diffusion.holdout``), each retrieving from the train rows but itself.
 
 Every row of a classification run also reports its ECE and its mean test loss
 split into the part from the samples the base model gets right and the rest
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +81,71 @@ def nearest(query: torch.Tensor, pool: torch.Tensor, batch: int = 512) -> torch.
     return torch.cat([torch.cdist(query[i:i + batch], pool).argmin(dim=1) for i in range(0, len(query), batch)])
 
 
+def neighbours(query: torch.Tensor, pool: torch.Tensor, k: int, own: torch.Tensor | None = None,
+               batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances and indices [N, k] of the ``k`` nearest pool rows (Euclidean), nearest first.
+    ``own[i]``: pool row i may not retrieve (itself, when the queries are pool rows), or -1."""
+    query, pool = query.flatten(1).float(), pool.flatten(1).float()
+    k = min(k, len(pool) - (own is not None))
+    dists, idx = [], []
+    for i in range(0, len(query), batch):
+        d = torch.cdist(query[i:i + batch], pool)
+        if own is not None:
+            mine = own[i:i + batch].to(d.device)
+            hit = mine >= 0
+            d[hit.nonzero()[:, 0], mine[hit]] = float("inf")
+        top = d.topk(k, dim=1, largest=False)
+        dists.append(top.values)
+        idx.append(top.indices)
+    return torch.cat(dists), torch.cat(idx)
+
+
+KNN_WEIGHTINGS = ("uniform", "inverse")  # equal weights | 1 / distance
+
+
+def knn_mix(train_delta, dist: torch.Tensor, idx: torch.Tensor, k: int, weighting: str) -> torch.Tensor:
+    """The weighted mean of the ``k`` nearest rows' stored deltas [N, out, in], from
+    :func:`neighbours`' first ``k`` columns, summed one neighbour at a time (no [N, k, out, in])."""
+    dist, idx = dist[:, :k], idx[:, :k]
+    if weighting == "uniform":
+        w = torch.full_like(dist, 1.0 / k)
+    elif weighting == "inverse":
+        w = 1.0 / dist.clamp_min(1e-8)
+        w = w / w.sum(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(KNN_WEIGHTINGS)}")
+    out = None
+    for j in range(k):
+        term = w[:, j, None, None] * train_delta[idx[:, j].cpu()].to(w.device).float()
+        out = term if out is None else out.add_(term)
+    return out
+
+
+# What :func:`choose` tries on the calibration rows: the retrieval's k (each with both
+# weightings above but k = 1) in both spaces, and the step sizes of the delta rows.
+KNN_K = (1, 2, 4, 8, 16, 32)
+LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+@dataclass
+class Choice:
+    """What the calibration rows chose (:func:`choose`), and what they were."""
+
+    knn: tuple[str, int, str]  # space (input | cond), k, weighting
+    lambdas: dict[str, float]  # delta row -> its step size
+    rows: int
+    source: str  # "calibration rows" | "held-out train rows"
+    # their mean loss per candidate, for the record: "knn/SPACE/K/WEIGHTING", "ROW/LAMBDA"
+    losses: dict[str, float]
+    # the base model's and one OCD sample's outputs on them (the temperatures' fit)
+    outputs: dict[str, torch.Tensor]
+
+    def record(self) -> dict:
+        space, k, weighting = self.knn
+        return {"rows": self.rows, "source": self.source, "knn": {"space": space, "k": k, "weighting": weighting},
+                "lambda": self.lambdas, "loss": self.losses}
+
+
 @dataclass
 class EvalInputs:
     model: nn.Module
@@ -90,6 +166,9 @@ class EvalInputs:
     # calibration rows (ocd.data.core: carved from train, seen by no model); None: none
     x_cal: torch.Tensor | None = None
     y_cal: torch.Tensor | None = None
+    # where they are held-out train rows instead (a task without calibration rows): each
+    # one's row of the train pool, which it may not retrieve; no temperature is fitted on them
+    cal_own: torch.Tensor | None = None
 
     def to(self, device) -> "EvalInputs":
         """Every tensor and model on ``device`` (models move in place)."""
@@ -102,12 +181,13 @@ class EvalInputs:
 
 
 def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
-           tent_steps: list[int], tent_lr: float, clock) -> dict[str, torch.Tensor]:
+           tent_steps: list[int], tent_lr: float, clock, choice: Choice | None) -> dict[str, torch.Tensor]:
     """Every row's per-sample results for test rows ``lo:hi`` (one pass of the model): for
     each row name, ``name/out`` (outputs), and where it applies a delta ``name/cos`` (cosine
     to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
-    ``time/...``: seconds spent on the base, OCD and regressor rows. ``spaces``: the
-    nearest-neighbour spaces, made once for every block (:func:`_nn_spaces`)."""
+    ``time/...``: seconds spent on the base, OCD, regressor and knn rows. ``spaces``: the
+    nearest-neighbour spaces, made once for every block (:func:`_nn_spaces`); ``choice``: the
+    knn row's retrieval and the step sizes (None: no calibration rows, no such rows)."""
     task = inp.task
     x, y = inp.x_test[lo:hi], inp.y_test[lo:hi]
     oracle = torch.as_tensor(inp.oracle_delta[lo:hi]).to(y.device).float()
@@ -147,11 +227,20 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
         put("regressor", apply(reg_delta), reg_delta)
         got["time/regressor"] = torch.tensor([clock() - start])
 
-    standardise, cond_pool, features, input_pool = spaces
-    nn_spaces = {"nn_input": (features(x), input_pool), "nn_cond": (standardise(parts), cond_pool)}
-    for name, (query, pool) in nn_spaces.items():
+    queries = _queries(spaces, x, parts)
+    for space, (query, pool) in queries.items():
         d = inp.train_delta[nearest(query, pool)].float()
-        put(name, apply(d), d)
+        put(f"nn_{space}", apply(d), d)
+    if choice is not None:
+        space, kk, weighting = choice.knn
+        start = clock()
+        knn_delta = knn_mix(inp.train_delta, *neighbours(*queries[space], kk), kk, weighting)
+        put("knn", apply(knn_delta), knn_delta)
+        got["time/knn"] = torch.tensor([clock() - start])
+        stepped = {"ocd": deltas[0], "knn": knn_delta, **({"regressor": reg_delta} if inp.regressor is not None else {})}
+        for name, d in stepped.items():
+            d = choice.lambdas[name] * d
+            put(f"{name}_lambda", apply(d), d)
 
     if task.unsupervised_loss is not None:
         tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
@@ -179,12 +268,55 @@ def _apply_at(cut, layer_input, deltas: torch.Tensor) -> torch.Tensor:
     return cut.leave(layer_with_weights(cut.layer, cut.layer.weight + deltas, layer_input.h), layer_input.ctx)
 
 
-def _calibration_block(inp: EvalInputs, cut, lo: int, hi: int, steps: int, eta: float,
-                       seed: int) -> dict[str, torch.Tensor]:
-    """The base model's and one OCD sample's outputs on calibration rows ``lo:hi`` (one model pass)."""
-    io = layer_io(cut, inp.x_cal[lo:hi])
-    _, deltas = ocd_deltas(inp.diff, inp.scaler, io.cond, 1, steps, eta, seed, first_row=lo)
-    return {"base": io.output, "ocd": _apply_at(cut, io.inp, deltas[0])}
+def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed: int) -> Choice | None:
+    """The knn row's space, k and weighting, and every delta row's step size, each the
+    candidate of least mean loss on the calibration rows (ties: the first, so the smaller
+    step); None without calibration rows. Every rank works through all of them, in the
+    blocks one process takes, so all choose alike. OCD's sample there is seeded ``seed``."""
+    if inp.x_cal is None or not len(inp.x_cal):
+        return None
+    task, n = inp.task, len(inp.y_cal)
+    blocks = _blocks(n, size, Group())
+    totals: dict[str, float] = defaultdict(float)
+    outputs: dict[str, list[torch.Tensor]] = {"base": [], "ocd": []}
+
+    def add(key: str, out: torch.Tensor, y: torch.Tensor) -> None:
+        totals[key] += float(task.per_sample_loss(out, y).sum())
+
+    def retrieved(io, lo: int, hi: int):
+        own = None if inp.cal_own is None else inp.cal_own[lo:hi]
+        return {space: neighbours(query, pool, max(KNN_K), own)
+                for space, (query, pool) in _queries(spaces, inp.x_cal[lo:hi], io.cond).items()}
+
+    for lo, hi in blocks:
+        y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
+        for space, found in retrieved(io, lo, hi).items():
+            for kk in KNN_K:
+                for weighting in KNN_WEIGHTINGS[:1 if kk == 1 else None]:
+                    add(f"knn/{space}/{kk}/{weighting}",
+                        _apply_at(cut, io.inp, knn_mix(inp.train_delta, *found, kk, weighting)), y)
+        _, deltas = ocd_deltas(inp.diff, inp.scaler, io.cond, 1, steps, eta, seed, first_row=lo)
+        outputs["base"].append(io.output)
+        outputs["ocd"].append(_apply_at(cut, io.inp, deltas[0]))
+        stepped = {"ocd": deltas[0]}
+        if inp.regressor is not None:
+            stepped["regressor"] = inp.scaler(io.cond)[:, None, None] * inp.regressor.omega(io.cond) / inp.diff.meta.unit
+        for name, d in stepped.items():
+            for lam in LAMBDAS:
+                add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), y)
+    best = min((key for key in totals if key.startswith("knn/")), key=totals.__getitem__)
+    _, space, kk, weighting = best.split("/")
+    kk = int(kk)
+    for lo, hi in blocks:  # the chosen retrieval's step size
+        y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
+        d = knn_mix(inp.train_delta, *retrieved(io, lo, hi)[space], kk, weighting)
+        for lam in LAMBDAS:
+            add(f"knn/{lam:g}", _apply_at(cut, io.inp, lam * d), y)
+    lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
+               for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
+    source = "calibration rows" if inp.cal_own is None else "held-out train rows"
+    return Choice((space, kk, weighting), lambdas, n, source, {key: v / n for key, v in totals.items()},
+                  {name: torch.cat(v) for name, v in outputs.items()})
 
 
 # Numbers of a block's deltas held at once (float32: 1 GiB): a block holds the k
@@ -236,23 +368,21 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         return time.perf_counter()
 
     spaces = _nn_spaces(inp)
+    choice = choose(inp, cut, spaces, size, steps, eta, seed + 1)
     mine = _blocks(n_test, size, group)
     if mine:  # the timed work once, untimed, on the first block: every row is then timed warm
         _warm_up(inp, cut, *mine[0], k, steps, eta, seed)
-    local = _stack([_block(inp, cut, spaces, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock)
+    local = _stack([_block(inp, cut, spaces, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock, choice)
                     for lo, hi in mine])
     my_rows = sum(hi - lo for lo, hi in mine)
     timed = {key: float(local.pop(key).sum()) for key in [key for key in local if key.startswith("time/")]}
     skipped = {}
-    cal_rows = 0 if inp.x_cal is None else len(inp.x_cal)
     if task.with_temperature is None:
         skipped["temperature"] = f"{task.name} outputs take no temperature"
-    elif not cal_rows:
+    elif choice is None or inp.cal_own is not None:
         skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
-    else:
-        cal = _stack([_calibration_block(inp, cut, lo, hi, steps, eta, seed + 1)
-                      for lo, hi in _blocks(cal_rows, size, group)])
-        local.update({f"cal/{key}": v for key, v in cal.items()})
+    if choice is None:
+        skipped["knn"] = "no calibration rows and no held-out train rows (data.cal_fraction, diffusion.holdout)"
     got = group.gather_rows(local)
     if not group.main:
         return None
@@ -283,7 +413,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     if "temperature" not in skipped:
         # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
         for name, source in (("temperature", "base"), ("ocd_temperature", "ocd")):
-            t, how = choose_temperature(task.per_sample_loss, got[f"cal/{source}"], inp.y_cal,
+            t, how = choose_temperature(task.per_sample_loss, choice.outputs[source], inp.y_cal,
                                         task.with_temperature)
             scaled = task.with_temperature(got[f"{source}/out"], t)
             rows.append(row(name, scaled, note=f"{source} / T, {how}"))
@@ -296,6 +426,14 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         rows.append(row("regressor", note=f"no diffusion: MLP direction ({inp.regressor.meta.target}) x rho_hat"))
         rows[-1].ms_per_sample = ms("base") + ms("regressor")
     rows += [row("nn_input"), row("nn_cond")]
+    if choice is not None:
+        space, kk, weighting = choice.knn
+        on = f"on {choice.rows} {choice.source}"
+        rows.append(row("knn", note=f"{kk} nearest in {space} space, {weighting} weights: chosen {on}"))
+        rows[-1].ms_per_sample = ms("base") + ms("knn")
+        for name, lam in choice.lambdas.items():
+            rows.append(row(f"{name}_lambda", note=f"{lam:g} x the {name} row's delta: fitted {on}"))
+            rows[-1].ms_per_sample = next(r.ms_per_sample for r in rows if r.name == name)
     if task.unsupervised_loss is None:
         skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
     elif not tent_steps:
@@ -322,6 +460,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             r.metrics["loss_base_wrong"] = float(r.per_sample_loss[~right].sum() / n_test)
 
     plots = {"rho": {"true": ref.cpu().numpy(), "predicted": got["ocd/norm"].cpu().numpy()}}
+    if choice is not None:
+        plots["chosen"] = choice.record()
     if task.with_temperature is not None:
         plots["reliability"] = {name: reliability(out, y) for name, out in reliability_of.items()}
     # a few test samples, evenly spaced: the truth and three rows' outputs (arranged as the truth, if the task says how)
@@ -368,6 +508,12 @@ def views_figure(views: dict[str, torch.Tensor], zoom: int | None = None, gap: i
         width = draw.textlength(name)
         draw.text((left + max(0.0, (w - width) / 2), 2), name, fill=(0, 0, 0))
     return np.asarray(picture)
+
+
+def _queries(spaces, x: torch.Tensor, parts: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Space name -> (the rows' query, the train pool) for inputs ``x`` and their conditioning ``parts``."""
+    standardise, cond_pool, features, input_pool = spaces
+    return {"input": (features(x), input_pool), "cond": (standardise(parts), cond_pool)}
 
 
 def _nn_spaces(inp: EvalInputs):

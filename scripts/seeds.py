@@ -4,6 +4,7 @@
     .venv/bin/python scripts/seeds.py table docs/runs/mnist5k
 
     .venv/bin/python scripts/seeds.py compare docs/runs/mnist5k-rank1 docs/runs/mnist5k-matrix
+    .venv/bin/python scripts/seeds.py pick docs/runs/pick-mnist5k-epochs1 docs/runs/pick-california ...
     .venv/bin/python scripts/seeds.py record --tag mnist5k --seed 3   # after a plain `dvc repro` of seed 3
 
 `run` calls `dvc exp run` once per seed, from the committed params.yaml, with base.seed, diffusion.seed,
@@ -105,7 +106,7 @@ def table(folder: Path) -> str:
         tail = name.rsplit("_", 1)[-1]
         return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0)
 
-    rows = sorted({name for r in runs for name in r["eval"]} - {"skipped"}, key=lambda n: (rank(n), n))
+    rows = sorted({name for r in runs for name in r["eval"]} - {"skipped", "chosen"}, key=lambda n: (rank(n), n))
     loss_first = ["ce", "rmse", "mse", "si_sdri", "acc"]  # the first is the paired change's metric
     extras = ("cosine", "scale_error", "ms_per_sample")
     # the base metrics every seed has (a seed recorded before the calibration rows has no ECE)
@@ -236,6 +237,50 @@ def study(folders: list[Path], png: Path | None) -> str:
     return "\n".join(lines)
 
 
+PICK_ROWS = ("temperature", "ocd", "regressor", "nn_input", "knn", "ocd_lambda", "regressor_lambda", "knn_lambda")
+
+
+def _beyond_noise(values: list[float]) -> bool:
+    """The paired mean is more than two standard errors from 0 (with 3 seeds: a rough screen, said so)."""
+    return len(values) > 1 and abs(statistics.mean(values)) > 2 * statistics.stdev(values) / len(values) ** 0.5
+
+
+def pick(folders: list[Path]) -> str:
+    """Which row should a user pick? Per setting (a folder of seeds): each row's paired change of
+    the test loss against the base model and against the temperature-scaled base model (* where
+    beyond noise: |mean| above two standard errors), the step sizes and retrieval the calibration
+    rows chose, the test cosine to the oracle's delta, and the cost per test sample."""
+    head = ["| setting | loss | base | " + " | ".join(f"Δ {r}" for r in PICK_ROWS) + " |",
+            "|---" * (len(PICK_ROWS) + 3) + "|"]
+    vs_t = ["| setting | " + " | ".join(f"Δ {r} vs temperature" for r in PICK_ROWS[1:]) + " |",
+            "|---" * len(PICK_ROWS) + "|"]
+    diag = ["| setting | λ ocd | λ regressor | λ knn | knn (space, k, weighting) per seed | cosine to oracle: "
+            "ocd / regressor / nn_input / knn | ms per test sample: base / ocd / regressor / knn |", "|---" * 7 + "|"]
+    for folder in folders:
+        runs = _runs(folder)
+        loss = next(m for m in ("ce", "mse", "neg_si_sdr") if m in runs[0]["eval"]["base"])
+
+        def paired(row, against="base"):
+            values = [r["eval"][row][loss] - r["eval"][against][loss] for r in runs
+                      if row in r["eval"] and against in r["eval"]]
+            return (fmt(values) + ("*" if _beyond_noise(values) else "")) if values else "—"
+
+        def ev(row, key, digits):
+            return fmt([v for r in runs if (v := _get(r["eval"], (row, key))) is not None], digits) or "—"
+
+        name = f"{folder.name} ({len(runs)} seed{'s' * (len(runs) > 1)})"
+        head.append(f"| {name} | {loss} | {ev('base', loss, 4)} | " + " | ".join(paired(row) for row in PICK_ROWS) + " |")
+        vs_t.append(f"| {name} | " + " | ".join(paired(row, "temperature") for row in PICK_ROWS[1:]) + " |")
+        lambdas = [fmt([v for r in runs if (v := _get(r["eval"], ("chosen", "lambda", row))) is not None], 2) or "—"
+                   for row in ("ocd", "regressor", "knn")]
+        knn = "; ".join(f"{c['space']}, {c['k']}, {c['weighting']}" for r in runs
+                        if (c := _get(r["eval"], ("chosen", "knn"))) is not None) or "—"
+        cosines = " / ".join(ev(row, "cosine", 3) for row in ("ocd", "regressor", "nn_input", "knn"))
+        cost = " / ".join(ev(row, "ms_per_sample", 3) for row in ("base", "ocd", "regressor", "knn"))
+        diag.append(f"| {name} | " + " | ".join(lambdas) + f" | {knn} | {cosines} | {cost} |")
+    return "\n".join(head + [""] + vs_t + [""] + diag)
+
+
 def _get(record: dict, keys: tuple[str, ...]):
     for k in keys:
         if not isinstance(record, dict) or k not in record:
@@ -264,6 +309,8 @@ def main() -> None:
     st = sub.add_parser("study")
     st.add_argument("folders", type=Path, nargs="+")
     st.add_argument("--png", type=Path, default=None)
+    pk = sub.add_parser("pick", help="which row to pick: paired changes vs base and temperature, choices, costs")
+    pk.add_argument("folders", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.tag, args.seeds, args.overrides, args.draws)
@@ -273,6 +320,8 @@ def main() -> None:
         print(compare(args.folders))
     elif args.cmd == "study":
         print(study(args.folders, args.png))
+    elif args.cmd == "pick":
+        print(pick(args.folders))
     else:
         print(table(args.folder))
 

@@ -17,7 +17,7 @@ from ocd.device import get_device
 from ocd.models import base
 from ocd.params import Params, load_params
 from ocd.pipeline import load_trained
-from ocd.store import open_store
+from ocd.store import open_store, split_chunks
 from stages.common import PARAMS_OPTION, on_processes, write_bytes, write_csv, write_json, write_text
 
 
@@ -70,6 +70,11 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         return torch.as_tensor(np.asarray(arr[:], dtype=np.float32))
 
     train_index = torch.as_tensor(train["index"][:])
+    x_cal, y_cal, cal_own = data.x_cal, data.y_cal, None
+    if x_cal is None:  # no calibration rows: the train rows the diffusion model held out stand in
+        cal_own = held_out_rows(train, p.diffusion.holdout)
+        if cal_own is not None:
+            x_cal, y_cal = data.x_train[train_index[cal_own]], data.y_train[train_index[cal_own]]
 
     inputs = evaluation.EvalInputs(
         model=base_model.model.eval(), layer=root.attrs["layer"], task=task,
@@ -78,7 +83,8 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         # each block takes its rows to float32
         train_delta=torch.as_tensor(train["delta"][:]), train_parts=[tensor(train[n]) for n in COND],
         oracle_delta=test["delta"], diff=trained.diff, scaler=trained.scaler,  # read block by block
-        mean_rho=trained.mean_rho, regressor=trained.regressor, x_cal=data.x_cal, y_cal=data.y_cal).to(get_device())
+        mean_rho=trained.mean_rho, regressor=trained.regressor, x_cal=x_cal, y_cal=y_cal,
+        cal_own=cal_own).to(get_device())
     if group.world > 1:
         typer.echo(f"rank {group.rank} of {group.world}: its blocks of the test rows")
     with torch.no_grad():
@@ -90,7 +96,8 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
 
     out.mkdir(parents=True, exist_ok=True)
     table = {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")} for r in rows}
-    write_json(out / "metrics.json", {**table, **({"skipped": skipped} if skipped else {})})
+    write_json(out / "metrics.json", {**table, **({"skipped": skipped} if skipped else {}),
+                                      **({"chosen": plots["chosen"]} if "chosen" in plots else {})})
     write_csv(out / "results.csv", (r.flat() for r in rows))
     notes = "".join(f"\nSkipped: {name}: {why}.\n" for name, why in skipped.items())
     write_text(out / "results.md", _markdown(rows) + notes)
@@ -128,6 +135,16 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
     write_csv(out / "delta_norm.csv",
               ({"oracle": float(t), "ocd": float(q)} for t, q in zip(norms["true"], norms["predicted"])))
     typer.echo(_markdown(rows) + notes)
+
+
+def held_out_rows(split, holdout: float) -> torch.Tensor | None:
+    """The rows of a finished store split that the fitting stages held out (``split_chunks``:
+    whole trailing chunks), or None where none were."""
+    n_chunks, rows = split["done"].shape[0], split["rho"].shape[0]
+    if holdout <= 0 or n_chunks < 2:
+        return None
+    _, held = split_chunks(n_chunks, holdout)
+    return torch.arange(held[0] * split["rho"].chunks[0], rows)
 
 
 def _deep_ensemble(folder: Path, base_model: base.BaseModel, ep) -> list[torch.nn.Module]:

@@ -1,10 +1,17 @@
 import copy
 
+import pytest
 import torch
+from synthetic import SHAPE, synthetic_store
 
-from ocd.evaluation import nearest
+from ocd.delta import COND
+from ocd.evaluation import LAMBDAS, EvalInputs, _nn_spaces, choose, knn_mix, nearest, neighbours
+from ocd.hypernet import diffusion, regressor, scale
+from ocd.models.cut import linear_cut
+from ocd.models.registry import ModelSpec
 from ocd.models.sequential import lenet5
 from ocd.pipeline import apply_deltas
+from ocd.store import ChunkReader
 from ocd.tasks import get_task
 
 
@@ -34,3 +41,70 @@ def test_ensemble_of_identical_members_is_the_member_and_mixes_distributions():
     a, b = torch.tensor([[10.0, 0.0]]), torch.tensor([[0.0, 10.0]])
     torch.testing.assert_close(task.ensemble(torch.stack([a, b])).softmax(-1), torch.tensor([[0.5, 0.5]]),
                                atol=1e-4, rtol=0)
+
+
+def test_neighbours_come_nearest_first_and_never_a_row_itself():
+    pool = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    dist, idx = neighbours(pool[[1, 2]], pool, 2, own=torch.tensor([1, -1]), batch=1)
+    assert idx.tolist() == [[0, 2], [2, 1]]  # row 1 may not retrieve itself; the second query may
+    assert dist.tolist() == [[1.0, 2.0], [0.0, 2.0]]
+
+
+def test_knn_mix_weights_the_neighbours_deltas():
+    deltas = torch.arange(3.0)[:, None, None] * torch.ones(3, 2, 2)  # row j's delta is j everywhere
+    dist, idx = torch.tensor([[1.0, 3.0, 9.0]]), torch.tensor([[0, 1, 2]])
+    assert knn_mix(deltas, dist, idx, 1, "uniform").unique().tolist() == [0.0]
+    assert knn_mix(deltas, dist, idx, 3, "uniform").unique().tolist() == [1.0]
+    # 1/d weights 1, 1/3, normalised 3/4, 1/4: 0 * 3/4 + 1 * 1/4
+    assert knn_mix(deltas, dist, idx, 2, "inverse").unique().tolist() == [0.25]
+    with pytest.raises(ValueError, match="uniform, inverse"):
+        knn_mix(deltas, dist, idx, 2, "softmax")
+
+
+def _inputs(tmp_path, delta_scale: float = 1.0) -> EvalInputs:
+    """A tiny MLP whose fc2 has the synthetic store's shape, untrained hypernetworks."""
+    root = synthetic_store(tmp_path / "s.zarr", rank_one="sign")
+    stats = diffusion.cond_stats(ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4))))
+    torch.manual_seed(0)
+    model = ModelSpec("mlp", (6,), 2, {"hidden": [6, 4], "dropout": 0.0}).build().eval()
+    meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1", basis="sign")
+    tensor = lambda name, split="train": torch.as_tensor(root[split][name][:])  # noqa: E731
+    return EvalInputs(
+        model=model, layer="fc2", task=get_task("classification"), x_test=torch.randn(8, 6),
+        y_test=torch.randint(0, 2, (8,)), x_train=torch.randn(64, 6), train_delta=delta_scale * tensor("delta"),
+        train_parts=[tensor(n) for n in COND], oracle_delta=tensor("delta", "test"), diff=diffusion.build(meta, stats),
+        scaler=scale.ScaleModel(stats, [8], 1.0), mean_rho=1.0, regressor=regressor.DeltaRegressor(meta, stats, [8]),
+        x_cal=torch.randn(16, 6), y_cal=torch.randint(0, 2, (16,)))
+
+
+@pytest.mark.parametrize("delta_scale", [1.0, 1e3])
+def test_the_calibration_rows_choose_the_retrieval_and_step_sizes_that_lose_least_there(tmp_path, delta_scale):
+    inp = _inputs(tmp_path, delta_scale)
+    cut = linear_cut(inp.model, inp.layer)
+    with torch.no_grad():
+        choice = choose(inp, cut, _nn_spaces(inp), 5, 3, 0.0, 1)  # blocks of 5 rows: 5, 5, 5, 1
+        base = float(inp.task.per_sample_loss(inp.model(inp.x_cal), inp.y_cal).mean())
+    assert choice.rows == 16 and choice.source == "calibration rows"
+    assert set(choice.lambdas) == {"ocd", "regressor", "knn"}
+    for name, lam in choice.lambdas.items():
+        assert choice.losses[f"{name}/0"] == pytest.approx(base, rel=1e-5)  # a step of 0 is the base model
+        assert choice.losses[f"{name}/{lam:g}"] == min(choice.losses[f"{name}/{step:g}"] for step in LAMBDAS)
+    space, k, weighting = choice.knn
+    knn = {key: v for key, v in choice.losses.items() if key.startswith("knn/") and key.count("/") == 3}
+    assert len(knn) == 2 * 11 and choice.losses[f"knn/{space}/{k}/{weighting}"] == min(knn.values())
+    torch.testing.assert_close(choice.outputs["base"], inp.model(inp.x_cal))
+    if delta_scale > 1:  # deltas a thousand times too large only hurt: every step size is 0
+        assert set(choice.lambdas.values()) == {0.0}
+
+
+def test_held_out_train_rows_stand_in_for_calibration_rows_and_never_retrieve_themselves(tmp_path):
+    inp = _inputs(tmp_path)
+    own = torch.arange(48, 64)
+    inp.x_cal, inp.cal_own = inp.x_train[own], own
+    cut = linear_cut(inp.model, inp.layer)
+    with torch.no_grad():
+        choice = choose(inp, cut, _nn_spaces(inp), 16, 3, 0.0, 1)
+        _, idx = neighbours(inp.x_cal, inp.x_train, 1, own)
+    assert choice.source == "held-out train rows"
+    assert not (idx[:, 0] == own).any()  # in input space, a row's nearest is otherwise itself
+    assert (nearest(inp.x_cal, inp.x_train) == own).all()

@@ -35,6 +35,14 @@ TINY = {
 
 ROWS = {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
         "regressor", "tent_1", "tent_2", "oracle", "deep_ensemble_2", "temperature", "ocd_temperature"}
+# chosen on the calibration rows (or the held-out train rows): retrieval and every delta row's step size
+CHOSEN = {"knn", "ocd_lambda", "regressor_lambda", "knn_lambda"}
+ROWS |= CHOSEN
+
+
+def table_rows(results: dict) -> set[str]:
+    """The row names of an evaluate metrics.json (beside what was skipped and what was chosen)."""
+    return set(results) - {"skipped", "chosen"}
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -244,7 +252,7 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert "tent" in results["skipped"] and not any(name.startswith("tent_") for name in results)
     assert "temperature" in results["skipped"]
-    rows = {name for name in results if name != "skipped"}
+    rows = table_rows(results)
     assert rows == {r for r in ROWS if not r.startswith("tent_") and not r.endswith("temperature")}
     for name in rows:
         assert math.isfinite(results[name]["rmse"]) and "acc" not in results[name], name
@@ -331,9 +339,10 @@ def test_the_tinynerf_pipeline_end_to_end(tmp_path):
     assert float(np.mean(store["train/rank1_share"][:])) < 0.5  # a sum over the view's points: not rank one
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert {"temperature", "tent"} <= set(results["skipped"])
-    rows = {name for name in results if name != "skipped"}
+    rows = table_rows(results)
     assert rows == {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
-                    "nn_cond", "oracle"}
+                    "nn_cond", "oracle"} | CHOSEN
+    assert results["chosen"]["source"] == "held-out train rows"  # the scenes have no calibration rows
     for name in rows:
         assert math.isfinite(results[name]["psnr"]) and math.isfinite(results[name]["mse"]), name
     assert results["oracle"]["mse"] < results["base"]["mse"]
@@ -370,7 +379,7 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
     diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
     assert diff["rows"] == {"fit": 4, "held_out": 0} and "diffusion" not in diff  # no held-out diagnostics
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
-    rows = {name for name in results if name != "skipped"}
+    rows = table_rows(results)
     assert rows == ROWS
     for name in rows:
         assert math.isfinite(results[name]["ce"]) and 0 <= results[name]["acc"] <= 1, name
@@ -416,9 +425,9 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     assert store["train/cond/output"].shape == (29, 2 * 64)
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert {"temperature", "tent"} <= set(results["skipped"])
-    rows = {name for name in results if name != "skipped"}
+    rows = table_rows(results)
     assert rows == {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
-                    "nn_cond", "oracle", "deep_ensemble_2"}
+                    "nn_cond", "oracle", "deep_ensemble_2"} | CHOSEN
     for name in rows:
         assert math.isfinite(results[name]["si_sdri"]), name
     assert results["oracle"]["neg_si_sdr"] < results["base"]["neg_si_sdr"]  # each overfit fits its own sources

@@ -99,3 +99,23 @@ def test_a_record_joins_the_three_model_stages_metrics_as_one_stage_wrote_them(t
     assert got["steps"] == {"diffusion": 10, "scale": 20, "regressor": 30}
     assert got["seconds"] == {"diffusion": 1.0, "scale": 2.0, "regressor": 3.0}
     assert got["scale"] == {"median_rel_error": 0.02} and got["regressor"] == {"cosine_mean": 0.95}
+
+
+def test_pick_pairs_every_row_against_the_base_and_the_temperature_and_marks_what_is_beyond_noise(tmp_path):
+    seeds = _seeds()
+    folder = tmp_path / "pick-a"
+    folder.mkdir()
+    for i, (base, knn) in enumerate([(0.10, 0.08), (0.20, 0.19), (0.30, 0.27)]):  # knn: -0.02 ± 0.01
+        rows = {"base": base, "temperature": base + 0.001 * (i - 1), "ocd": base + 0.01 * (i - 1), "knn": knn}
+        record = {"eval": {name: {"ce": ce, "cosine": 0.5, "ms_per_sample": 0.1} for name, ce in rows.items()}}
+        record["eval"]["chosen"] = {"lambda": {"ocd": 0.5, "knn": 1.0}, "knn": {"space": "input", "k": 4,
+                                                                              "weighting": "inverse"}}
+        (folder / f"seed{i}.json").write_text(json.dumps(record))
+    vs_base, vs_t, diag = seeds.pick([folder]).split("\n\n")
+    cells = vs_base.splitlines()[2].split(" | ")
+    assert cells[1:3] == ["ce", "0.2000 ± 0.1000"]
+    assert cells[3 + seeds.PICK_ROWS.index("ocd")] == "0.0000 ± 0.0100"  # no star: noise
+    assert cells[3 + seeds.PICK_ROWS.index("knn")] == "-0.0200 ± 0.0100*"  # 0.02 > 2 x 0.01 / sqrt(3)
+    assert cells[3 + seeds.PICK_ROWS.index("regressor")] == "—"  # a row the runs lack
+    assert "| -0.0200 ± 0.0105* |" in vs_t.splitlines()[2]  # knn against the temperature, seed by seed
+    assert "| 0.50 ± 0.00 | — | 1.00 ± 0.00 | input, 4, inverse; input, 4, inverse; input, 4, inverse |" in diag
