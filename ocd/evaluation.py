@@ -124,7 +124,7 @@ def knn_mix(train_delta, dist: torch.Tensor, idx: torch.Tensor, k: int, weightin
 # What :func:`choose` tries on the calibration rows: the retrieval's k (each with both
 # weightings above but k = 1) in both spaces, and the step sizes of the delta rows.
 KNN_K = (1, 2, 4, 8, 16, 32)
-LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @dataclass
@@ -432,7 +432,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         rows.append(row("knn", note=f"{kk} nearest in {space} space, {weighting} weights: chosen {on}"))
         rows[-1].ms_per_sample = ms("base") + ms("knn")
         for name, lam in choice.lambdas.items():
-            rows.append(row(f"{name}_lambda", note=f"{lam:g} x the {name} row's delta: fitted {on}"))
+            top = " (the candidates' largest)" if lam == LAMBDAS[-1] else ""
+            rows.append(row(f"{name}_lambda", note=f"{lam:g}{top} x the {name} row's delta: fitted {on}"))
             rows[-1].ms_per_sample = next(r.ms_per_sample for r in rows if r.name == name)
     if task.unsupervised_loss is None:
         skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
