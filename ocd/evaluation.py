@@ -15,7 +15,7 @@ rows differ only in where ``delta(x)`` comes from:
   deltas, weighted by similarity; the space, k and the weighting chosen on the
   calibration rows (:func:`choose`);
 - ``ocd_lambda`` / ``regressor_lambda`` / ``knn_lambda``: that row's delta times
-  one scalar step size fitted on the calibration rows (0, the base model, is
+  one scalar step size (0 to 8) fitted on the calibration rows (0, the base model, is
   among the candidates, so on those rows no such row loses to the base);
 - ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
 - ``oracle``: the test sample's own overfit delta (it used the label: an upper bound);
