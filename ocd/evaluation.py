@@ -48,7 +48,16 @@ from torch import nn
 
 from ocd.calibration import choose_temperature, reliability
 from ocd.distributed import Group
-from ocd.hypernet.diffusion import DeltaDiffusion
+from ocd.hypernet.diffusion import DeltaDiffusion, retriever_of
+from ocd.hypernet.neighbours import (
+    WEIGHTINGS,
+    Retriever,
+    knn_mix,
+    nearest,
+    neighbours,
+    standardiser,
+    with_neighbours,
+)
 from ocd.hypernet.regressor import DeltaRegressor
 from ocd.hypernet.scale import ScaleModel
 from ocd.models.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
@@ -73,52 +82,6 @@ class Row:
     def flat(self) -> dict:
         return {"row": self.name, **self.metrics, "cosine": self.cosine, "scale_error": self.scale_error,
                 "ms_per_sample": self.ms_per_sample, "note": self.note}
-
-
-def nearest(query: torch.Tensor, pool: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Index of the nearest pool row (Euclidean) for every query row."""
-    query, pool = query.flatten(1).float(), pool.flatten(1).float()
-    return torch.cat([torch.cdist(query[i:i + batch], pool).argmin(dim=1) for i in range(0, len(query), batch)])
-
-
-def neighbours(query: torch.Tensor, pool: torch.Tensor, k: int, own: torch.Tensor | None = None,
-               batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances and indices [N, k] of the ``k`` nearest pool rows (Euclidean), nearest first.
-    ``own[i]``: pool row i may not retrieve (itself, when the queries are pool rows), or -1."""
-    query, pool = query.flatten(1).float(), pool.flatten(1).float()
-    k = min(k, len(pool) - (own is not None))
-    dists, idx = [], []
-    for i in range(0, len(query), batch):
-        d = torch.cdist(query[i:i + batch], pool)
-        if own is not None:
-            mine = own[i:i + batch].to(d.device)
-            hit = mine >= 0
-            d[hit.nonzero()[:, 0], mine[hit]] = float("inf")
-        top = d.topk(k, dim=1, largest=False)
-        dists.append(top.values)
-        idx.append(top.indices)
-    return torch.cat(dists), torch.cat(idx)
-
-
-KNN_WEIGHTINGS = ("uniform", "inverse")  # equal weights | 1 / distance
-
-
-def knn_mix(train_delta, dist: torch.Tensor, idx: torch.Tensor, k: int, weighting: str) -> torch.Tensor:
-    """The weighted mean of the ``k`` nearest rows' stored deltas [N, out, in], from
-    :func:`neighbours`' first ``k`` columns, summed one neighbour at a time (no [N, k, out, in])."""
-    dist, idx = dist[:, :k], idx[:, :k]
-    if weighting == "uniform":
-        w = torch.full_like(dist, 1.0 / k)
-    elif weighting == "inverse":
-        w = 1.0 / dist.clamp_min(1e-8)
-        w = w / w.sum(dim=1, keepdim=True)
-    else:
-        raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(KNN_WEIGHTINGS)}")
-    out = None
-    for j in range(k):
-        term = w[:, j, None, None] * train_delta[idx[:, j].cpu()].to(w.device).float()
-        out = term if out is None else out.add_(term)
-    return out
 
 
 # What :func:`choose` tries on the calibration rows: the retrieval's k (each with both
@@ -169,6 +132,8 @@ class EvalInputs:
     # where they are held-out train rows instead (a task without calibration rows): each
     # one's row of the train pool, which it may not retrieve; no temperature is fitted on them
     cal_own: torch.Tensor | None = None
+    # diffusion.neighbours > 0: what the generators retrieve from the train rows (made by evaluate)
+    retriever: Retriever | None = None
 
     def to(self, device) -> "EvalInputs":
         """Every tensor and model on ``device`` (models move in place)."""
@@ -210,7 +175,8 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
         return _apply_at(cut, io.inp, deltas)
 
     start = clock()
-    omegas, rho_hat = sample_deltas(inp.diff, inp.scaler, parts, k, steps, eta, seed, first_row=lo)
+    given = with_neighbours(parts, inp.retriever)  # what the generators read
+    omegas, rho_hat = sample_deltas(inp.diff, inp.scaler, given, k, steps, eta, seed, first_row=lo)
     no_scale = inp.mean_rho * omegas[0] / unit
     # sized by rho_hat in place, as ocd_deltas sizes them: the same numbers, one [k, N, out, in] fewer
     deltas = omegas.mul_(rho_hat[None, :, None, None]).div_(unit)
@@ -223,7 +189,7 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
     put("ocd_no_scale", apply(no_scale), no_scale)
     if inp.regressor is not None:
         start = clock()
-        reg_delta = inp.scaler(parts)[:, None, None] * inp.regressor.omega(parts) / unit
+        reg_delta = inp.scaler(given)[:, None, None] * inp.regressor.omega(given) / unit
         put("regressor", apply(reg_delta), reg_delta)
         got["time/regressor"] = torch.tensor([clock() - start])
 
@@ -256,10 +222,11 @@ def _warm_up(inp: EvalInputs, cut, lo: int, hi: int, k: int, steps: int, eta: fl
     dropped: the first call of each pays for lazy set-up (allocations, kernel choice) that
     would otherwise be charged to whichever row is timed first."""
     io = layer_io(cut, inp.x_test[lo:hi])
-    _, deltas = ocd_deltas(inp.diff, inp.scaler, io.cond, k, steps, eta, seed, first_row=lo)
+    given = with_neighbours(io.cond, inp.retriever)
+    _, deltas = ocd_deltas(inp.diff, inp.scaler, given, k, steps, eta, seed, first_row=lo)
     _apply_at(cut, io.inp, deltas[0])
     if inp.regressor is not None:
-        _apply_at(cut, io.inp, inp.scaler(io.cond)[:, None, None] * inp.regressor.omega(io.cond) / inp.diff.meta.unit)
+        _apply_at(cut, io.inp, inp.scaler(given)[:, None, None] * inp.regressor.omega(given) / inp.diff.meta.unit)
 
 
 def _apply_at(cut, layer_input, deltas: torch.Tensor) -> torch.Tensor:
@@ -292,15 +259,16 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
         y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
         for space, found in retrieved(io, lo, hi).items():
             for kk in KNN_K:
-                for weighting in KNN_WEIGHTINGS[:1 if kk == 1 else None]:
+                for weighting in WEIGHTINGS[:1 if kk == 1 else None]:
                     add(f"knn/{space}/{kk}/{weighting}",
                         _apply_at(cut, io.inp, knn_mix(inp.train_delta, *found, kk, weighting)), y)
-        _, deltas = ocd_deltas(inp.diff, inp.scaler, io.cond, 1, steps, eta, seed, first_row=lo)
+        given = with_neighbours(io.cond, inp.retriever, None if inp.cal_own is None else inp.cal_own[lo:hi])
+        _, deltas = ocd_deltas(inp.diff, inp.scaler, given, 1, steps, eta, seed, first_row=lo)
         outputs["base"].append(io.output)
         outputs["ocd"].append(_apply_at(cut, io.inp, deltas[0]))
         stepped = {"ocd": deltas[0]}
         if inp.regressor is not None:
-            stepped["regressor"] = inp.scaler(io.cond)[:, None, None] * inp.regressor.omega(io.cond) / inp.diff.meta.unit
+            stepped["regressor"] = inp.scaler(given)[:, None, None] * inp.regressor.omega(given) / inp.diff.meta.unit
         for name, d in stepped.items():
             for lam in LAMBDAS:
                 add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), y)
@@ -367,6 +335,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             torch.cuda.synchronize(inp.y_test.device)  # kernels run asynchronously: time them to the end
         return time.perf_counter()
 
+    if inp.diff.meta.neighbours and inp.retriever is None:
+        inp = dataclasses.replace(inp, retriever=retriever_of(inp.diff.meta, inp.train_parts, inp.train_delta))
     spaces = _nn_spaces(inp)
     choice = choose(inp, cut, spaces, size, steps, eta, seed + 1)
     mine = _blocks(n_test, size, group)
@@ -521,12 +491,6 @@ def _nn_spaces(inp: EvalInputs):
     """(standardise, the standardised train conditioning, input features, the train rows' features).
     A model family whose raw inputs are no space for distances (token ids) says where to look
     with ``input_features``."""
-    standardise = _standardiser(inp.train_parts)
+    standardise = standardiser(inp.train_parts)
     features = getattr(inp.model, "input_features", lambda t: t)
     return standardise, standardise(inp.train_parts), features, features(inp.x_train)
-
-
-def _standardiser(reference: list[torch.Tensor]):
-    """``parts -> [N, sum of widths]``: each part standardised by ``reference``'s mean and SD per column."""
-    stats = [(r.mean(0), r.std(0).clamp_min(1e-6)) for r in reference]
-    return lambda parts: torch.cat([(p - mean) / std for p, (mean, std) in zip(parts, stats)], dim=1)

@@ -239,9 +239,13 @@ class DiffusionParams:
     diag_samples: int = 64
     # Train rows are kept in RAM when they fit in this many MiB, else streamed by chunk.
     ram_mb: int = 2048
+    # > 0: the denoiser and the regressor also see the mean target of this many train
+    # rows nearest in the conditioning space (a row never its own; ocd/hypernet/neighbours.py).
+    neighbours: int = 0
 
     def __post_init__(self):
         _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
+        _non_negative(self, "diffusion", "neighbours")
         _choice(self, "diffusion", "preset", CHOICES["diffusion.preset"])
         _choice(self, "diffusion", "schedule", CHOICES["diffusion.schedule"])
         _choice(self, "diffusion", "target", CHOICES["diffusion.target"])

@@ -15,6 +15,7 @@ from ocd.delta import StoreError
 from ocd.device import get_device, use_precision
 from ocd.hypernet import diffusion, regressor, scale
 from ocd.hypernet.diffusion import DeltaDiffusion
+from ocd.hypernet.neighbours import Retriever, with_neighbours
 from ocd.hypernet.regressor import DeltaRegressor
 from ocd.hypernet.scale import ScaleModel
 from ocd.models import base
@@ -88,6 +89,8 @@ class Trained:
     scaler: ScaleModel
     mean_rho: float
     regressor: DeltaRegressor
+    # diffusion.neighbours > 0: the train rows the generators retrieve from (set by who has the store)
+    retriever: Retriever | None = None
 
 
 def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = "fp32") -> Trained:
@@ -122,6 +125,10 @@ def predict(t: Trained, x: torch.Tensor, k: int = 1, steps: int = 10, eta: float
     model = t.base.model.to(device).eval()
     x = x.to(device)
     parts, out = conditioning(linear_cut(model, t.layer), x, rows_per_pass(model))
+    if t.diff.meta.neighbours and t.retriever is None:
+        raise StoreError("these models were trained with diffusion.neighbours > 0: they retrieve from the "
+                         "store's train rows, so predicting needs the store (ocd predict --store)")
+    parts = with_neighbours(parts, t.retriever.to(device) if t.retriever is not None else None)
     _, deltas = ocd_deltas(t.diff.to(device), t.scaler.to(device), parts, k, steps, eta, seed)
     members = torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas])
     return out.cpu(), members.cpu()

@@ -7,16 +7,19 @@ each can rerun alone when only its own params change.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 import zarr
 
-from ocd.delta import COND
+from ocd.delta import COND, StoreError
 from ocd.device import runtime
 from ocd.hypernet import diffusion, scale
+from ocd.hypernet.neighbours import NEIGHBOURS, Retriever
 from ocd.params import Params
 from ocd.store import ChunkReader, open_store, split_chunks
 from stages.common import write_csv, write_json
@@ -39,14 +42,39 @@ class Fit:
     rho_floor: float  # ocd.hypernet.scale.rho_floor of the fit rows
     ram_mb: float  # diffusion.ram_mb
 
+    # diffusion.neighbours > 0: the fit rows' retriever (each held-out row retrieves from them)
+    retriever: Retriever | None = None
+
     def held(self, names: tuple[str, ...] = ("delta", "u", "rank1_share", "rho", *COND)) -> dict[str, np.ndarray]:
-        """The held-out rows (diagnostics only), every array in ``names``."""
-        return ChunkReader(self.train, names, self.held_chunks, ram_mb=self.ram_mb).read(self.held_chunks)
+        """The held-out rows (diagnostics only), every array in ``names`` (and what they retrieve)."""
+        rows = ChunkReader(self.train, names, self.held_chunks, ram_mb=self.ram_mb).read(self.held_chunks)
+        if self.retriever is not None:
+            rows[NEIGHBOURS] = self.retriever([torch.as_tensor(rows[n]) for n in COND]).numpy()
+        return rows
 
 
-def open_fit(p: Params, store: Path, main: bool = True) -> Fit:
+class ReaderWithColumns(ChunkReader):
+    """The fit rows in RAM, with columns computed beside the store's arrays (``cond/neighbours``)."""
+
+    def require_ram(self) -> None:
+        if not self.in_ram:
+            raise StoreError(f"diffusion.neighbours needs the {self.rows} fit rows in RAM: raise "
+                             "diffusion.ram_mb, or set diffusion.neighbours 0")
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        self.require_ram()
+        if len(values) != self.rows:
+            raise ValueError(f"a column of {len(values)} rows beside {self.rows} fit rows")
+        self._ram[name] = values
+        self.names = (*self.names, name)
+
+
+def open_fit(p: Params, store: Path, main: bool = True, neighbours: bool = True) -> Fit:
     """The store's fit rows as every training stage reads them: the same arrays (so the
     same in-RAM or streamed reader, hence the same minibatches) and the same statistics.
+    With diffusion.neighbours > 0 (and ``neighbours``: the scale model reads I(x) alone)
+    each fit row also carries the mean target of its nearest other fit rows
+    (ocd.hypernet.neighbours), and its statistics join the conditioning's.
 
     Before any training, a store whose every delta is zero is refused (ocd.hypernet.scale.rho_floor).
     """
@@ -57,7 +85,8 @@ def open_fit(p: Params, store: Path, main: bool = True) -> Fit:
     if dp.target == "rank1":
         diffusion.require_rank1(weight_shape, train["cond/layer_input"].shape[1])
     fit_chunks, held_chunks = split_chunks(train["done"].shape[0], dp.holdout)
-    reader = ChunkReader(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
+    k = dp.neighbours if neighbours else 0
+    reader = ReaderWithColumns(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
     if main:
         typer.echo(holdout_note(dp.holdout, train["rho"].shape[0], reader.rows, len(held_chunks)))
     stats = diffusion.cond_stats(reader)
@@ -67,8 +96,17 @@ def open_fit(p: Params, store: Path, main: bool = True) -> Fit:
                   "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"],
                   "runtime": runtime(), "compute": {k: v for k, v in p.section("compute").items() if k != "nproc"}}
     meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction, provenance["rho"],
-                               dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"])
-    return Fit(train, reader, held_chunks, stats, provenance, meta, train_mean, floor, dp.ram_mb)
+                               dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"], k)
+    retriever = None
+    if k:
+        reader.require_ram()  # before reading them all
+        rows = reader.read(reader.chunks)
+        targets, parts, _ = diffusion.batch_tensors({n: rows[n] for n in diffusion.reader_names(dp.target)},
+                                                    dataclasses.replace(meta, neighbours=0), "cpu")
+        retriever = Retriever(parts, targets, k)
+        reader.add(NEIGHBOURS, retriever(parts, own=torch.arange(len(targets))).numpy())
+        stats.update(diffusion.cond_stats(reader, (NEIGHBOURS,)))
+    return Fit(train, reader, held_chunks, stats, provenance, meta, train_mean, floor, dp.ram_mb, retriever)
 
 
 def holdout_note(holdout: float, rows: int, fit_rows: int, held_chunks: int) -> str:

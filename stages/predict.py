@@ -8,9 +8,13 @@ import numpy as np
 import torch
 import typer
 
+from ocd.delta import COND, StoreError
+from ocd.hypernet import diffusion
+from ocd.hypernet.neighbours import Retriever
 from ocd.params import load_params
 from ocd.pipeline import load_trained
 from ocd.pipeline import predict as ocd_predict
+from ocd.store import open_store
 from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION
 
@@ -26,6 +30,8 @@ def predict(
     params: Path = PARAMS_OPTION,
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
     models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt and regressor.pt."),
+    store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store: read only when the "
+                               "models were trained with diffusion.neighbours > 0 (they retrieve from its train rows)."),
 ) -> None:
     """Print the base model's and OCD's prediction for every input.
 
@@ -38,6 +44,8 @@ def predict(
     """
     p = load_params(params)
     trained = load_trained(base_dir, models, p.compute.precision)
+    if trained.diff.meta.neighbours:
+        trained.retriever = _train_rows(store, trained)
     if "task" not in trained.base.meta:
         raise InputError(f"{base_dir}/model.json predates task records; rerun the train_base stage")
     info = trained.base.meta["data_info"]
@@ -71,6 +79,17 @@ def predict(
         typer.echo(f"{name}\tbase: {task.describe(b)}\tOCD: {task.describe(o)}")
     if failed:
         raise InputError(f"{inputs}: {failed} of {len(names)} inputs gave non-finite outputs")
+
+
+def _train_rows(store: Path, trained) -> Retriever:
+    """The store's train rows, which a generator trained with diffusion.neighbours retrieves from."""
+    root = open_store(store)  # names a missing or damaged store in one line
+    if root.attrs["base_sha256"] != trained.base.sha256 or root.attrs["layer"] != trained.layer:
+        raise StoreError(f"{store} was written for another base model or layer than the trained models; "
+                         "rerun the pipeline (`dvc repro`)")
+    train = root["train"]
+    parts = [torch.as_tensor(np.asarray(train[n][:], dtype=np.float32)) for n in COND]
+    return diffusion.retriever_of(trained.diff.meta, parts, train["delta"])
 
 
 def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:

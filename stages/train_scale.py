@@ -37,7 +37,7 @@ def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distr
     sp = p.scale
     device = get_device()
     use_precision(p.compute.precision)
-    fit = open_fit(p, store, group.main)
+    fit = open_fit(p, store, group.main, neighbours=False)
     torch.manual_seed(sp.seed)
     model = scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean)
     start = time.perf_counter()

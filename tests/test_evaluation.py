@@ -5,8 +5,9 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
-from ocd.evaluation import LAMBDAS, EvalInputs, _nn_spaces, choose, knn_mix, nearest, neighbours
+from ocd.evaluation import LAMBDAS, EvalInputs, _nn_spaces, choose
 from ocd.hypernet import diffusion, regressor, scale
+from ocd.hypernet.neighbours import nearest, neighbours
 from ocd.models.cut import linear_cut
 from ocd.models.registry import ModelSpec
 from ocd.models.sequential import lenet5
@@ -28,12 +29,6 @@ def test_apply_deltas_equals_a_loop_over_model_copies():
         torch.testing.assert_close(got[i], m(x[i:i + 1])[0], rtol=1e-5, atol=1e-5)
 
 
-def test_nearest_finds_the_closest_row():
-    pool = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    query = torch.tensor([[9.0, 1.0], [0.5, -0.5], [1.0, 8.0]])
-    assert nearest(query, pool, batch=2).tolist() == [1, 0, 2]
-
-
 def test_ensemble_of_identical_members_is_the_member_and_mixes_distributions():
     task = get_task("classification")
     out = torch.randn(4, 3)
@@ -41,24 +36,6 @@ def test_ensemble_of_identical_members_is_the_member_and_mixes_distributions():
     a, b = torch.tensor([[10.0, 0.0]]), torch.tensor([[0.0, 10.0]])
     torch.testing.assert_close(task.ensemble(torch.stack([a, b])).softmax(-1), torch.tensor([[0.5, 0.5]]),
                                atol=1e-4, rtol=0)
-
-
-def test_neighbours_come_nearest_first_and_never_a_row_itself():
-    pool = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
-    dist, idx = neighbours(pool[[1, 2]], pool, 2, own=torch.tensor([1, -1]), batch=1)
-    assert idx.tolist() == [[0, 2], [2, 1]]  # row 1 may not retrieve itself; the second query may
-    assert dist.tolist() == [[1.0, 2.0], [0.0, 2.0]]
-
-
-def test_knn_mix_weights_the_neighbours_deltas():
-    deltas = torch.arange(3.0)[:, None, None] * torch.ones(3, 2, 2)  # row j's delta is j everywhere
-    dist, idx = torch.tensor([[1.0, 3.0, 9.0]]), torch.tensor([[0, 1, 2]])
-    assert knn_mix(deltas, dist, idx, 1, "uniform").unique().tolist() == [0.0]
-    assert knn_mix(deltas, dist, idx, 3, "uniform").unique().tolist() == [1.0]
-    # 1/d weights 1, 1/3, normalised 3/4, 1/4: 0 * 3/4 + 1 * 1/4
-    assert knn_mix(deltas, dist, idx, 2, "inverse").unique().tolist() == [0.25]
-    with pytest.raises(ValueError, match="uniform, inverse"):
-        knn_mix(deltas, dist, idx, 2, "softmax")
 
 
 def _inputs(tmp_path, delta_scale: float = 1.0) -> EvalInputs:

@@ -15,6 +15,8 @@ import pytest
 import yaml
 import zarr
 
+from ocd.artifacts import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "ocd", "stages", "data"]
 
@@ -237,9 +239,10 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
 @pytest.mark.e2e
 def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     """The same stages on a regression set, chosen by params alone (diabetes: small and bundled);
-    with the rank1 diffusion target (the default)."""
+    with the rank1 diffusion target (the default), the generators conditioned on 2 retrieved train rows."""
     tabular = _merge(copy.deepcopy(TINY), {"data": {"name": "diabetes"}, "model": {"hidden": [16, 16]},
-                                           "overfit": {"batch_size": 64}, "diffusion": {"target": "rank1"}})
+                                           "overfit": {"batch_size": 64},
+                                           "diffusion": {"target": "rank1", "neighbours": 2}})
     project = make_project(tmp_path, tabular)
     project.dvc("repro")
     base_metrics = json.loads((project / "artifacts/base/metrics.json").read_text())
@@ -249,6 +252,8 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     assert store["train/cond/output"].shape[1] == 1 and store["train/label"].dtype == np.float32
     diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
     assert 0 < diff["rank1_ceiling_cosine"] <= 1 and math.isfinite(diff["diffusion"]["cosine_mean"])
+    for name in ("diffusion.pt", "regressor.pt"):
+        assert load_checkpoint(project / "artifacts/diffusion" / name)[1]["meta"]["neighbours"] == 2, name
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert "tent" in results["skipped"] and not any(name.startswith("tent_") for name in results)
     assert "temperature" in results["skipped"]

@@ -44,6 +44,7 @@ from ocd.delta import COND, StoreError, rank1_right, rho_of
 from ocd.device import autocast
 from ocd.distributed import Group
 from ocd.hypernet import vecnet
+from ocd.hypernet.neighbours import NEIGHBOURS, Retriever
 from ocd.hypernet.schedule import Schedule, sinusoidal
 from ocd.hypernet.train import EMA, fit
 from ocd.hypernet.unet import PRESETS, UNet, crop, pad, padded_shape
@@ -59,20 +60,20 @@ def unit_factor(rho: str, shape: tuple[int, int]) -> float:
     return math.sqrt(shape[0] * shape[1]) if rho == "fro" else 1.0
 
 
-def cond_stats(reader: ChunkReader) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mean and std of each conditioning array over the reader's rows (one pass)."""
-    sums = {n: 0.0 for n in COND}
-    squares = {n: 0.0 for n in COND}
+def cond_stats(reader: ChunkReader, names: tuple[str, ...] = COND) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean and std of each conditioning array in ``names`` over the reader's rows (one pass)."""
+    sums = {n: 0.0 for n in names}
+    squares = {n: 0.0 for n in names}
     count = 0
     for c in reader.chunks:
         block = reader.read([c])
-        count += len(block[COND[0]])
-        for n in COND:
+        count += len(block[names[0]])
+        for n in names:
             v = block[n].astype(np.float64)
             sums[n] = sums[n] + v.sum(0)
             squares[n] = squares[n] + (v**2).sum(0)
     out = {}
-    for n in COND:
+    for n in names:
         mean = sums[n] / count
         std = np.sqrt(np.maximum(squares[n] / count - mean**2, 0.0))
         out[n] = (mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
@@ -92,12 +93,13 @@ class Standardise(nn.Module):
 
 
 class Conditioner(nn.Module):
-    """e_cond = E_i(i_L) + E_a(a_L) + E_o(f(x)): one linear layer per part."""
+    """e_cond = E_i(i_L) + E_a(a_L) + E_o(f(x)) (+ E_n(retrieved), :func:`cond_names`): one
+    linear layer per part."""
 
-    def __init__(self, stats: dict, emb_dim: int):
+    def __init__(self, stats: dict, emb_dim: int, names: tuple[str, ...] = COND):
         super().__init__()
-        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in COND])
-        self.encoders = nn.ModuleList([nn.Linear(len(stats[n][0]), emb_dim) for n in COND])
+        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in names])
+        self.encoders = nn.ModuleList([nn.Linear(len(stats[n][0]), emb_dim) for n in names])
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return sum(enc(norm(p)) for p, norm, enc in zip(parts, self.norms, self.encoders))
@@ -105,12 +107,14 @@ class Conditioner(nn.Module):
 
 class ConditionedMLP(nn.Module):
     """An MLP on the standardised, concatenated conditioning I(x) (the scale
-    model and the regressor). The last layer starts at zero."""
+    model and the regressor), the parts ``names``; given more parts (the
+    retrieved one, last), it reads the first ``len(names)``. The last layer
+    starts at zero."""
 
-    def __init__(self, stats: dict, hidden: list[int], out_dim: int):
+    def __init__(self, stats: dict, hidden: list[int], out_dim: int, names: tuple[str, ...] = COND):
         super().__init__()
-        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in COND])
-        width = sum(len(stats[n][0]) for n in COND)
+        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in names])
+        width = sum(len(stats[n][0]) for n in names)
         layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(width, h), nn.SiLU()]
@@ -121,7 +125,7 @@ class ConditionedMLP(nn.Module):
         self.mlp = nn.Sequential(*layers, last)
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return self.mlp(torch.cat([norm(p) for p, norm in zip(parts, self.norms)], dim=1))
+        return self.mlp(torch.cat([norm(p) for p, norm in zip(parts[:len(self.norms)], self.norms)], dim=1))
 
 
 class TimeEmbedding(nn.Module):
@@ -148,6 +152,7 @@ class ModelMeta:
     target: str = "matrix"  # matrix | rank1 | flat
     rho: str = "fro"  # the store's scale definition
     basis: str = "input"  # rank1: the right factor r(i_L), the store's rank1_basis
+    neighbours: int = 0  # > 0: also conditioned on the mean target of that many retrieved train rows
 
     @property
     def rep_shape(self) -> tuple[int, ...]:
@@ -155,6 +160,12 @@ class ModelMeta:
         if self.target == "matrix":
             return self.shape
         return (self.shape[0],) if self.target == "rank1" else (self.shape[0] * self.shape[1],)
+
+
+def cond_names(meta: ModelMeta) -> tuple[str, ...]:
+    """The conditioning parts the denoiser and the regressor read: I(x)'s, and the retrieved one
+    (ocd.hypernet.neighbours) where ``meta.neighbours`` > 0."""
+    return (*COND, NEIGHBOURS) if meta.neighbours else COND
 
 
 def reader_names(target: str) -> tuple[str, ...]:
@@ -165,7 +176,7 @@ def reader_names(target: str) -> tuple[str, ...]:
 def batch_tensors(batch: dict, meta: ModelMeta, device) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """(the unit-scale target, conditioning parts, rho) of a store minibatch."""
     rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device).clamp_min(1e-12)
-    parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in COND]
+    parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in cond_names(meta)]
     if meta.target != "rank1":
         delta = torch.as_tensor(batch["delta"], dtype=torch.float32, device=device)
         omega = delta / rho[:, None, None] * meta.unit
@@ -180,6 +191,27 @@ def true_omega(batch: dict, meta: ModelMeta, device) -> torch.Tensor:
     """The stored deltas at unit scale, [B, out, in] (for diagnostics)."""
     rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device).clamp_min(1e-12)
     return torch.as_tensor(batch["delta"], dtype=torch.float32, device=device) / rho[:, None, None] * meta.unit
+
+
+def target_of(delta: torch.Tensor, layer_input: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+    """Deltas [B, out, in] -> the unit-scale targets the generator makes [B, *rep_shape]
+    (:func:`to_matrix` undone; for rank1 the output factor nearest omega, as ``u`` is stored)."""
+    omega = normalised(delta.float(), meta)
+    if meta.target != "rank1":
+        return omega.reshape(len(omega), *meta.rep_shape)
+    r = rank1_right(layer_input, meta.basis)
+    r_hat = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (omega @ r_hat[:, :, None])[:, :, 0] / math.sqrt(meta.shape[1])
+
+
+def retriever_of(meta: ModelMeta, parts: list[torch.Tensor], deltas, batch: int = 1024) -> Retriever:
+    """What a generator trained with ``meta.neighbours`` > 0 retrieves from at inference: the
+    train rows' conditioning ``parts`` and their targets, made from their stored ``deltas``
+    (a tensor or a store array, read ``batch`` rows at a time)."""
+    device = parts[0].device
+    targets = torch.cat([target_of(torch.as_tensor(deltas[i:i + batch]).to(device), parts[0][i:i + batch], meta)
+                         for i in range(0, len(parts[0]), batch)])
+    return Retriever(parts, targets, meta.neighbours)
 
 
 def to_matrix(rep: torch.Tensor, layer_input: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
@@ -218,7 +250,7 @@ class DeltaDiffusion(nn.Module):
             self.net = vecnet.VecNet(meta.rep_shape[0], config)
             mask = torch.ones(1, meta.rep_shape[0])
         self.register_buffer("mask", mask)  # 1 where x0 is unknown, 0 on the padding
-        self.cond = Conditioner(stats, config.emb_dim)
+        self.cond = Conditioner(stats, config.emb_dim, cond_names(meta))
         self.time = TimeEmbedding(config.channels, config.emb_dim)
         self._schedule = Schedule(meta.T, meta.schedule)
         self.precision = "fp32"  # how the denoiser runs (compute.precision), not saved with the weights
@@ -297,7 +329,7 @@ def _check_attention(preset: str, shape, padded) -> None:
 
 
 def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rho: str,
-              schedule: str, T: int, target: str = "matrix", basis: str = "input") -> ModelMeta:
+              schedule: str, T: int, target: str = "matrix", basis: str = "input", neighbours: int = 0) -> ModelMeta:
     if preset not in PRESETS:
         raise ValueError(f"unknown diffusion preset {preset!r}; valid: {', '.join(PRESETS)}")
     if target not in TARGETS:
@@ -306,7 +338,8 @@ def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rh
     padded = padded_shape(shape, PRESETS[preset].factor, square, pad_to) if target == "matrix" else shape
     if target == "matrix":
         _check_attention(preset, shape, padded)
-    return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho, basis)
+    return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho, basis,
+                     neighbours)
 
 
 def denoising_loss(model: DeltaDiffusion):

@@ -24,6 +24,7 @@ from ocd.hypernet.diffusion import (
     ConditionedMLP,
     ModelMeta,
     batch_tensors,
+    cond_names,
     cosine_summary,
     normalised,
     read_checkpoint,
@@ -42,7 +43,7 @@ class DeltaRegressor(nn.Module):
     def __init__(self, meta: ModelMeta, stats: dict, hidden: list[int]):
         super().__init__()
         self.meta, self.hidden = meta, list(hidden)
-        self.net = ConditionedMLP(stats, hidden, math.prod(meta.rep_shape))
+        self.net = ConditionedMLP(stats, hidden, math.prod(meta.rep_shape), cond_names(meta))
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """The predicted unit-scale target [B, *rep_shape] (not normalised)."""
