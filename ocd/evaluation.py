@@ -203,7 +203,9 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
         knn_delta = knn_mix(inp.train_delta, *neighbours(*queries[space], kk), kk, weighting)
         put("knn", apply(knn_delta), knn_delta)
         got["time/knn"] = torch.tensor([clock() - start])
-        stepped = {"ocd": deltas[0], "knn": knn_delta, **({"regressor": reg_delta} if inp.regressor is not None else {})}
+        stepped = {"ocd": deltas[0], "knn": knn_delta}
+        if inp.regressor is not None:
+            stepped["regressor"] = reg_delta
         for name, d in stepped.items():
             d = choice.lambdas[name] * d
             put(f"{name}_lambda", apply(d), d)

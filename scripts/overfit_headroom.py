@@ -47,8 +47,8 @@ def main() -> None:
         before = torch.cat([model(x[i:i + args.batch]) for i in range(0, len(x), args.batch)])
     head = f"{len(y)} calibration rows of {p.data.name}, layer {args.layer}, {args.optimizer}"
     print(head)
-    print("| steps | lr | loss before | loss after | " + " | ".join(f"{k} before | {k} after"
-                                                                 for k in task.metrics(before, y)) + " | mean |delta| |")
+    metrics = " | ".join(f"{k} before | {k} after" for k in task.metrics(before, y))
+    print(f"| steps | lr | loss before | loss after | {metrics} | mean |delta| |")
     for steps in args.steps:
         for lr in args.lr:
             outs, norms = [], []

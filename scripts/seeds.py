@@ -98,8 +98,8 @@ def _runs(folder: Path, need: tuple[str, ...] = ()) -> list[dict]:
 
 def table(folder: Path) -> str:
     runs = _runs(folder)
-    order = ["base", "temperature", "ocd", "ocd_temperature", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale", "regressor", "nn_input",
-             "nn_cond", "tent", "deep_ensemble", "oracle"]
+    order = ["base", "temperature", "ocd", "ocd_temperature", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale",
+             "regressor", "nn_input", "nn_cond", "knn", "tent", "deep_ensemble", "oracle"]
     def rank(name: str) -> tuple[int, int]:
         """Position of the longest matching prefix in ``order``, then the row's number (tent_1 < tent_10)."""
         hits = [(len(p), i) for i, p in enumerate(order) if name == p or name.startswith(p + "_")]
@@ -269,7 +269,8 @@ def pick(folders: list[Path]) -> str:
             return fmt([v for r in runs if (v := _get(r["eval"], (row, key))) is not None], digits) or "—"
 
         name = f"{folder.name} ({len(runs)} seed{'s' * (len(runs) > 1)})"
-        head.append(f"| {name} | {loss} | {ev('base', loss, 4)} | " + " | ".join(paired(row) for row in PICK_ROWS) + " |")
+        head.append(f"| {name} | {loss} | {ev('base', loss, 4)} | "
+                    + " | ".join(paired(row) for row in PICK_ROWS) + " |")
         vs_t.append(f"| {name} | " + " | ".join(paired(row, "temperature") for row in PICK_ROWS[1:]) + " |")
         lambdas = [fmt([v for r in runs if (v := _get(r["eval"], ("chosen", "lambda", row))) is not None], 2) or "—"
                    for row in ("ocd", "regressor", "knn")]

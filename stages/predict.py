@@ -30,8 +30,9 @@ def predict(
     params: Path = PARAMS_OPTION,
     base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
     models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt and regressor.pt."),
-    store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store: read only when the "
-                               "models were trained with diffusion.neighbours > 0 (they retrieve from its train rows)."),
+    store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store: read only when "
+                               "the models were trained with diffusion.neighbours > 0 (they retrieve from its "
+                               "train rows)."),
 ) -> None:
     """Print the base model's and OCD's prediction for every input.
 
