@@ -241,8 +241,11 @@ PICK_ROWS = ("temperature", "ocd", "regressor", "nn_input", "knn", "ocd_lambda",
 
 
 def _beyond_noise(values: list[float]) -> bool:
-    """The paired mean is more than two standard errors from 0 (with 3 seeds: a rough screen, said so)."""
-    return len(values) > 1 and abs(statistics.mean(values)) > 2 * statistics.stdev(values) / len(values) ** 0.5
+    """The paired mean is more than two standard errors from 0 (with 3 seeds: a rough screen, said so);
+    a change of exactly 0 in every seed (a step size of 0) is none."""
+    if len(values) < 2 or not any(values):
+        return False
+    return abs(statistics.mean(values)) > 2 * statistics.stdev(values) / len(values) ** 0.5
 
 
 def pick(folders: list[Path]) -> str:
