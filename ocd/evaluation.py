@@ -260,7 +260,7 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     for lo, hi in blocks:
         y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
         for space, found in retrieved(io, lo, hi).items():
-            for kk in KNN_K:
+            for kk in [kk for kk in KNN_K if kk <= found[1].shape[1]]:  # no more than the pool holds
                 for weighting in WEIGHTINGS[:1 if kk == 1 else None]:
                     add(f"knn/{space}/{kk}/{weighting}",
                         _apply_at(cut, io.inp, knn_mix(inp.train_delta, *found, kk, weighting)), y)

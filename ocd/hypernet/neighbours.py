@@ -46,6 +46,8 @@ def neighbours(query: torch.Tensor, pool: torch.Tensor, k: int, own: torch.Tenso
 def knn_mix(rows, dist: torch.Tensor, idx: torch.Tensor, k: int, weighting: str) -> torch.Tensor:
     """The weighted mean of the ``k`` nearest ``rows`` (deltas [N, out, in], or any [N, ...]),
     from :func:`neighbours`' first ``k`` columns, summed one neighbour at a time (no [N, k, ...])."""
+    if k > idx.shape[1]:
+        raise ValueError(f"{k} neighbours asked of {idx.shape[1]} retrieved")
     dist, idx = dist[:, :k], idx[:, :k]
     if weighting == "uniform":
         w = torch.full_like(dist, 1.0 / k)
@@ -92,8 +94,8 @@ class Retriever:
 
     def __call__(self, parts: list[torch.Tensor], own: torch.Tensor | None = None) -> torch.Tensor:
         query = standardised([p.to(self.pool.device) for p in parts], self.stats)
-        found = neighbours(query, self.pool, self.k, own)
-        return knn_mix(self.targets, *found, self.k, "uniform").to(parts[0].device)
+        dist, idx = neighbours(query, self.pool, self.k, own)  # fewer where the pool is smaller
+        return knn_mix(self.targets, dist, idx, idx.shape[1], "uniform").to(parts[0].device)
 
     def to(self, device) -> "Retriever":
         self.stats = [(m.to(device), s.to(device)) for m, s in self.stats]

@@ -106,3 +106,13 @@ def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path,
     rep = loaded.sample(loaded.embed(given), steps=3, generator=torch.Generator().manual_seed(0))
     assert rep.shape == (8, *fit.meta.rep_shape) and torch.isfinite(rep).all()
     assert reg.omega(given).shape == (8, 4, 6)
+
+
+def test_a_pool_smaller_than_k_gives_all_it_has_and_knn_mix_names_a_k_beyond_it():
+    parts = [torch.tensor([[0.0], [1.0], [2.0]])]
+    retriever = Retriever(parts, torch.tensor([[1.0], [2.0], [6.0]]), k=8)
+    assert retriever(parts, own=torch.arange(3))[:, 0].tolist() == [4.0, 3.5, 1.5]  # the 2 others each
+    dist, idx = neighbours(parts[0], parts[0], 8, own=torch.arange(3))
+    assert idx.shape == (3, 2)
+    with pytest.raises(ValueError, match="3 neighbours asked of 2 retrieved"):
+        knn_mix(torch.zeros(3, 1), dist, idx, 3, "uniform")
