@@ -125,8 +125,10 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     assert ensemble["seeds"] == [1] and ensemble["spec"] == meta["spec"]  # evaluate.k 2: one more member
 
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
-    assert set(results) == ROWS
-    for name, row in results.items():
+    assert table_rows(results) == ROWS
+    assert results["chosen"]["source"] == "calibration rows" and results["chosen"]["rows"] == 144
+    for name in ROWS:
+        row = results[name]
         assert set(row) >= {"ce", "acc", "ece", "loss_base_right", "loss_base_wrong", "cosine", "scale_error",
                             "ms_per_sample"}, name
         assert math.isfinite(row["ce"]) and math.isfinite(row["acc"]), name
@@ -312,7 +314,8 @@ def test_the_five_stages_on_cuda_agree_with_the_cpu_run(project, tmp_path):
     assert set(gpu_results) == set(cpu_results)
     base = json.loads((gpu / "artifacts/base/model.json").read_text())
     assert base["runtime"]["device"].startswith("cuda")
-    for name, row in gpu_results.items():
+    for name in table_rows(gpu_results):
+        row = gpu_results[name]
         assert math.isfinite(row["ce"]) and abs(row["acc"] - cpu_results[name]["acc"]) < 0.1, name
     assert gpu_results["oracle"]["ce"] < gpu_results["base"]["ce"]
 
