@@ -257,9 +257,11 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
         return {space: neighbours(query, pool, max(KNN_K), own)
                 for space, (query, pool) in _queries(spaces, inp.x_cal[lo:hi], io.cond).items()}
 
+    kept = []  # per block: labels, the layer's input and the retrievals, for the knn step below
     for lo, hi in blocks:
         y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
-        for space, found in retrieved(io, lo, hi).items():
+        kept.append((y, io.inp, retrieved(io, lo, hi)))
+        for space, found in kept[-1][2].items():
             for kk in [kk for kk in KNN_K if kk <= found[1].shape[1]]:  # no more than the pool holds
                 for weighting in WEIGHTINGS[:1 if kk == 1 else None]:
                     add(f"knn/{space}/{kk}/{weighting}",
@@ -277,11 +279,10 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     best = min((key for key in totals if key.startswith("knn/")), key=totals.__getitem__)
     _, space, kk, weighting = best.split("/")
     kk = int(kk)
-    for lo, hi in blocks:  # the chosen retrieval's step size
-        y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
-        d = knn_mix(inp.train_delta, *retrieved(io, lo, hi)[space], kk, weighting)
+    for y, layer_in, found in kept:  # the chosen retrieval's step size
+        d = knn_mix(inp.train_delta, *found[space], kk, weighting)
         for lam in LAMBDAS:
-            add(f"knn/{lam:g}", _apply_at(cut, io.inp, lam * d), y)
+            add(f"knn/{lam:g}", _apply_at(cut, layer_in, lam * d), y)
     lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
                for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
     source = "calibration rows" if inp.cal_own is None else "held-out train rows"

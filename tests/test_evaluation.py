@@ -69,6 +69,8 @@ def test_the_calibration_rows_choose_the_retrieval_and_step_sizes_that_lose_leas
     space, k, weighting = choice.knn
     knn = {key: v for key, v in choice.losses.items() if key.startswith("knn/") and key.count("/") == 3}
     assert len(knn) == 2 * 11 and choice.losses[f"knn/{space}/{k}/{weighting}"] == min(knn.values())
+    # the step sizes are tried on the chosen retrieval's delta: a step of 1 is that retrieval
+    assert choice.losses["knn/1"] == pytest.approx(choice.losses[f"knn/{space}/{k}/{weighting}"], rel=1e-6)
     torch.testing.assert_close(choice.outputs["base"], inp.model(inp.x_cal))
     if delta_scale > 1:  # deltas a thousand times too large only hurt: every step size is 0
         assert set(choice.lambdas.values()) == {0.0}
