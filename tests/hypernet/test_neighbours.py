@@ -68,7 +68,7 @@ def test_target_of_undoes_to_matrix(target):
     assert torch.allclose(F.cosine_similarity(back.flatten(1), rep.flatten(1)), torch.ones(5), atol=1e-5)
 
 
-@pytest.mark.parametrize("target", ["rank1", "flat"])
+@pytest.mark.parametrize("target", ["rank1", "flat", "matrix"])
 def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path, target):
     # rank1: delta = u_kind sign(i_L)^T; flat: delta = a pattern per kind (the conditioning reveals the kind)
     root = synthetic_store(tmp_path / "s.zarr", rank_one="sign" if target == "rank1" else None)
