@@ -20,8 +20,9 @@ rows differ only in where ``delta(x)`` comes from:
 - ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
 - ``oracle``: the test sample's own overfit delta (it used the label: an upper bound);
 - ``deep_ensemble``: k base models trained with different seeds, no delta;
-- ``temperature`` / ``ocd_temperature``: the base model's / OCD's outputs
-  divided by one temperature fitted on the calibration rows (never test).
+- ``temperature`` / ``ocd_temperature`` / ``knn_temperature``: the base model's /
+  OCD's / ``knn_lambda``'s outputs divided by one temperature fitted on the
+  calibration rows (never test); knn's step first, then its temperature.
 
 The calibration rows are the data's own (no model trains on them); a task
 without them (TinyNeRF) lends the train rows the diffusion model held out
@@ -100,7 +101,7 @@ class Choice:
     source: str  # "calibration rows" | "held-out train rows"
     # their mean loss per candidate, for the record: "knn/SPACE/K/WEIGHTING", "ROW/LAMBDA"
     losses: dict[str, float]
-    # the base model's and one OCD sample's outputs on them (the temperatures' fit)
+    # the base model's, one OCD sample's and knn_lambda's outputs on them (the temperatures' fit)
     outputs: dict[str, torch.Tensor]
 
     def record(self) -> dict:
@@ -285,6 +286,9 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
             add(f"knn/{lam:g}", _apply_at(cut, layer_in, lam * d), y)
     lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
                for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
+    if task.with_temperature is not None:  # knn_lambda's outputs, for its temperature
+        outputs["knn_lambda"] = [_apply_at(cut, layer_in, lambdas["knn"] * knn_mix(
+            inp.train_delta, *found[space], kk, weighting)) for _, layer_in, found in kept]
     source = "calibration rows" if inp.cal_own is None else "held-out train rows"
     return Choice((space, kk, weighting), lambdas, n, source, {key: v / n for key, v in totals.items()},
                   {name: torch.cat(v) for name, v in outputs.items()})
@@ -385,7 +389,8 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     reliability_of = {"base": base_out, "ocd": got["ocd/out"]}
     if "temperature" not in skipped:
         # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
-        for name, source in (("temperature", "base"), ("ocd_temperature", "ocd")):
+        for name, source in (("temperature", "base"), ("ocd_temperature", "ocd"),
+                             ("knn_temperature", "knn_lambda")):
             t, how = choose_temperature(task.per_sample_loss, choice.outputs[source], inp.y_cal,
                                         task.with_temperature)
             scaled = task.with_temperature(got[f"{source}/out"], t)

@@ -237,7 +237,8 @@ def study(folders: list[Path], png: Path | None) -> str:
     return "\n".join(lines)
 
 
-PICK_ROWS = ("temperature", "ocd", "regressor", "nn_input", "knn", "ocd_lambda", "regressor_lambda", "knn_lambda")
+PICK_ROWS = ("temperature", "ocd", "regressor", "nn_input", "knn", "ocd_lambda", "regressor_lambda", "knn_lambda",
+             "knn_temperature")
 
 
 def _beyond_noise(values: list[float]) -> bool:

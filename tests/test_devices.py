@@ -196,11 +196,12 @@ def test_the_evaluation_table_on_each_device(tmp_path, device):
 
     ref, ref_plots = table(copy.deepcopy(inputs), [copy.deepcopy(member)])
     got, plots = table(copy.deepcopy(inputs).to(device), [copy.deepcopy(member).to(device)])
-    assert set(got) == set(ref) and {"deep_ensemble_2", "tent_2", "temperature", "ocd_temperature", "knn",
-                                     "ocd_lambda", "regressor_lambda", "knn_lambda"} <= set(got)
+    assert set(got) == set(ref) and {"deep_ensemble_2", "tent_2", "temperature", "ocd_temperature", "knn_temperature",
+                                     "knn", "ocd_lambda", "regressor_lambda", "knn_lambda"} <= set(got)
     for key in ("knn", "lambda"):  # the calibration rows choose alike on every device
         assert plots["chosen"][key] == ref_plots["chosen"][key], key
-    assert set(plots["reliability"]) == {"base", "ocd", "temperature", "ocd_temperature", "deep_ensemble"}
+    assert set(plots["reliability"]) == {"base", "ocd", "temperature", "ocd_temperature", "knn_temperature",
+                                       "deep_ensemble"}
     for name in ref:
         assert_matches(got[name], ref[name], device, what=name)
     assert_matches(plots["rho"]["predicted"], ref_plots["rho"]["predicted"], device, what="delta norms")

@@ -72,6 +72,10 @@ def test_the_calibration_rows_choose_the_retrieval_and_step_sizes_that_lose_leas
     # the step sizes are tried on the chosen retrieval's delta: a step of 1 is that retrieval
     assert choice.losses["knn/1"] == pytest.approx(choice.losses[f"knn/{space}/{k}/{weighting}"], rel=1e-6)
     torch.testing.assert_close(choice.outputs["base"], inp.model(inp.x_cal))
+    # knn_lambda's outputs there, whose temperature knn_temperature fits, are at the chosen step
+    lam = choice.lambdas["knn"]
+    assert float(inp.task.per_sample_loss(choice.outputs["knn_lambda"], inp.y_cal).mean()) == pytest.approx(
+        choice.losses[f"knn/{lam:g}"], rel=1e-5)
     if delta_scale > 1:  # deltas a thousand times too large only hurt: every step size is 0
         assert set(choice.lambdas.values()) == {0.0}
 

@@ -36,7 +36,8 @@ TINY = {
 }
 
 ROWS = {"base", "ocd", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale", "nn_input", "nn_cond",
-        "regressor", "tent_1", "tent_2", "oracle", "deep_ensemble_2", "temperature", "ocd_temperature"}
+        "regressor", "tent_1", "tent_2", "oracle", "deep_ensemble_2", "temperature", "ocd_temperature",
+        "knn_temperature"}
 # chosen on the calibration rows (or the held-out train rows): retrieval and every delta row's step size
 CHOSEN = {"knn", "ocd_lambda", "regressor_lambda", "knn_lambda"}
 ROWS |= CHOSEN
