@@ -263,17 +263,19 @@ def pick(folders: list[Path]) -> str:
     for folder in folders:
         runs = _runs(folder)
         loss = next(m for m in ("ce", "mse", "neg_si_sdr") if m in runs[0]["eval"]["base"])
+        # a rendering's image MSE is ~1e-3: four decimals would round every change to one digit
+        digits = 6 if abs(runs[0]["eval"]["base"][loss]) < 0.01 else 4
 
         def paired(row, against="base"):
             values = [r["eval"][row][loss] - r["eval"][against][loss] for r in runs
                       if row in r["eval"] and against in r["eval"]]
-            return (fmt(values) + ("*" if _beyond_noise(values) else "")) if values else "—"
+            return (fmt(values, digits) + ("*" if _beyond_noise(values) else "")) if values else "—"
 
         def ev(row, key, digits):
             return fmt([v for r in runs if (v := _get(r["eval"], (row, key))) is not None], digits) or "—"
 
         name = f"{folder.name} ({len(runs)} seed{'s' * (len(runs) > 1)})"
-        head.append(f"| {name} | {loss} | {ev('base', loss, 4)} | "
+        head.append(f"| {name} | {loss} | {ev('base', loss, digits)} | "
                     + " | ".join(paired(row) for row in PICK_ROWS) + " |")
         vs_t.append(f"| {name} | " + " | ".join(paired(row, "temperature") for row in PICK_ROWS[1:]) + " |")
         lambdas = [fmt([v for r in runs if (v := _get(r["eval"], ("chosen", "lambda", row))) is not None], 2) or "—"
