@@ -253,23 +253,37 @@ def pick(folders: list[Path]) -> str:
     """Which row should a user pick? Per setting (a folder of seeds): each row's paired change of
     the test loss against the base model and against the temperature-scaled base model (* where
     beyond noise: |mean| above two standard errors), the step sizes and retrieval the calibration
-    rows chose, the test cosine to the oracle's delta, and the cost per test sample."""
+    rows chose, the test cosine to the oracle's delta, and the cost per test sample; last, per
+    row over all the folders, how often it lost to the base model on test."""
     head = ["| setting | loss | base | " + " | ".join(f"Δ {r}" for r in PICK_ROWS) + " |",
             "|---" * (len(PICK_ROWS) + 3) + "|"]
     vs_t = ["| setting | " + " | ".join(f"Δ {r} vs temperature" for r in PICK_ROWS[1:]) + " |",
             "|---" * len(PICK_ROWS) + "|"]
     diag = ["| setting | λ ocd | λ regressor | λ knn | knn (space, k, weighting) per seed | cosine to oracle: "
             "ocd / regressor / nn_input / knn | ms per test sample: base / ocd / regressor / knn |", "|---" * 7 + "|"]
+    # per row: [seed-settings measured, of them worse than base, settings, worse beyond noise, better beyond noise]
+    tally = {row: [0, 0, 0, 0, 0] for row in PICK_ROWS}
     for folder in folders:
         runs = _runs(folder)
         loss = next(m for m in ("ce", "mse", "neg_si_sdr") if m in runs[0]["eval"]["base"])
         # a rendering's image MSE is ~1e-3: four decimals would round every change to one digit
         digits = 6 if abs(runs[0]["eval"]["base"][loss]) < 0.01 else 4
 
+        def changes(row, against="base"):
+            return [r["eval"][row][loss] - r["eval"][against][loss] for r in runs
+                    if row in r["eval"] and against in r["eval"]]
+
         def paired(row, against="base"):
-            values = [r["eval"][row][loss] - r["eval"][against][loss] for r in runs
-                      if row in r["eval"] and against in r["eval"]]
+            values = changes(row, against)
             return (fmt(values, digits) + ("*" if _beyond_noise(values) else "")) if values else "—"
+
+        for row in PICK_ROWS:
+            if values := changes(row):
+                noisy = not _beyond_noise(values)
+                mean = statistics.mean(values)
+                for i, add in enumerate((len(values), sum(v > 0 for v in values), 1,
+                                         not noisy and mean > 0, not noisy and mean < 0)):
+                    tally[row][i] += add
 
         def ev(row, key, digits):
             return fmt([v for r in runs if (v := _get(r["eval"], (row, key))) is not None], digits) or "—"
@@ -285,7 +299,10 @@ def pick(folders: list[Path]) -> str:
         cosines = " / ".join(ev(row, "cosine", 3) for row in ("ocd", "regressor", "nn_input", "knn"))
         cost = " / ".join(ev(row, "ms_per_sample", 3) for row in ("base", "ocd", "regressor", "knn"))
         diag.append(f"| {name} | " + " | ".join(lambdas) + f" | {knn} | {cosines} | {cost} |")
-    return "\n".join(head + [""] + vs_t + [""] + diag)
+    losses = ["| row | seeds worse than base on test | settings | worse beyond noise | better beyond noise |",
+              "|---" * 5 + "|"] + [f"| {row} | {t[1]} of {t[0]} | {t[2]} | {t[3]} | {t[4]} |"
+                                   for row, t in tally.items() if t[0]]
+    return "\n".join(head + [""] + vs_t + [""] + diag + [""] + losses)
 
 
 def _get(record: dict, keys: tuple[str, ...]):

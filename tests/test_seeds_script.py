@@ -111,7 +111,7 @@ def test_pick_pairs_every_row_against_the_base_and_the_temperature_and_marks_wha
         record["eval"]["chosen"] = {"lambda": {"ocd": 0.5, "knn": 1.0}, "knn": {"space": "input", "k": 4,
                                                                               "weighting": "inverse"}}
         (folder / f"seed{i}.json").write_text(json.dumps(record))
-    vs_base, vs_t, diag = seeds.pick([folder]).split("\n\n")
+    vs_base, vs_t, diag, losses = seeds.pick([folder]).split("\n\n")
     cells = vs_base.splitlines()[2].split(" | ")
     assert cells[1:3] == ["ce", "0.2000 ± 0.1000"]
     assert cells[3 + seeds.PICK_ROWS.index("ocd")] == "0.0000 ± 0.0100"  # no star: noise
@@ -119,3 +119,6 @@ def test_pick_pairs_every_row_against_the_base_and_the_temperature_and_marks_wha
     assert cells[3 + seeds.PICK_ROWS.index("regressor")] == "—"  # a row the runs lack
     assert "| -0.0200 ± 0.0105* |" in vs_t.splitlines()[2]  # knn against the temperature, seed by seed
     assert "| 0.50 ± 0.00 | — | 1.00 ± 0.00 | input, 4, inverse; input, 4, inverse; input, 4, inverse |" in diag
+    # how often a row lost to the base model: ocd in one seed of three (+0.01), within noise
+    assert "| ocd | 1 of 3 | 1 | 0 | 0 |" in losses and "| knn | 0 of 3 | 1 | 0 | 1 |" in losses
+    assert "regressor" not in losses  # no run has it
