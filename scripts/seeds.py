@@ -249,16 +249,17 @@ def _beyond_noise(values: list[float]) -> bool:
     return abs(statistics.mean(values)) > 2 * statistics.stdev(values) / len(values) ** 0.5
 
 
-def pick(folders: list[Path]) -> str:
+def pick(folders: list[Path], against: str = "temperature") -> str:
     """Which row should a user pick? Per setting (a folder of seeds): each row's paired change of
-    the test loss against the base model and against the temperature-scaled base model (* where
+    the test loss against the base model and against ``against`` (the temperature-scaled base model; * where
     beyond noise: |mean| above two standard errors), the step sizes and retrieval the calibration
     rows chose, the test cosine to the oracle's delta, and the cost per test sample; last, per
     row over all the folders, how often it lost to the base model on test."""
     head = ["| setting | loss | base | " + " | ".join(f"Δ {r}" for r in PICK_ROWS) + " |",
             "|---" * (len(PICK_ROWS) + 3) + "|"]
-    vs_t = ["| setting | " + " | ".join(f"Δ {r} vs temperature" for r in PICK_ROWS[1:]) + " |",
-            "|---" * len(PICK_ROWS) + "|"]
+    others = [r for r in PICK_ROWS if r != against]
+    vs_t = ["| setting | " + " | ".join(f"Δ {r} vs {against}" for r in others) + " |",
+            "|---" * (len(others) + 1) + "|"]
     diag = ["| setting | λ ocd | λ regressor | λ knn | knn (space, k, weighting) per seed | cosine to oracle: "
             "ocd / regressor / nn_input / knn | ms per test sample: base / ocd / regressor / knn |", "|---" * 7 + "|"]
     # per row: [seed-settings measured, of them worse than base, settings, worse beyond noise, better beyond noise]
@@ -291,7 +292,7 @@ def pick(folders: list[Path]) -> str:
         name = f"{folder.name} ({len(runs)} seed{'s' * (len(runs) > 1)})"
         head.append(f"| {name} | {loss} | {ev('base', loss, digits)} | "
                     + " | ".join(paired(row) for row in PICK_ROWS) + " |")
-        vs_t.append(f"| {name} | " + " | ".join(paired(row, "temperature") for row in PICK_ROWS[1:]) + " |")
+        vs_t.append(f"| {name} | " + " | ".join(paired(row, against) for row in others) + " |")
         lambdas = [fmt([v for r in runs if (v := _get(r["eval"], ("chosen", "lambda", row))) is not None], 2) or "—"
                    for row in ("ocd", "regressor", "knn")]
         knn = "; ".join(f"{c['space']}, {c['k']}, {c['weighting']}" for r in runs
@@ -335,6 +336,8 @@ def main() -> None:
     st.add_argument("--png", type=Path, default=None)
     pk = sub.add_parser("pick", help="which row to pick: paired changes vs base and temperature, choices, costs")
     pk.add_argument("folders", type=Path, nargs="+")
+    pk.add_argument("--against", default="temperature",
+                    help="the second table pairs every row against this one (default: the temperature)")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.tag, args.seeds, args.overrides, args.draws)
@@ -345,7 +348,7 @@ def main() -> None:
     elif args.cmd == "study":
         print(study(args.folders, args.png))
     elif args.cmd == "pick":
-        print(pick(args.folders))
+        print(pick(args.folders, args.against))
     else:
         print(table(args.folder))
 
