@@ -280,15 +280,20 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     best = min((key for key in totals if key.startswith("knn/")), key=totals.__getitem__)
     _, space, kk, weighting = best.split("/")
     kk = int(kk)
-    for y, layer_in, found in kept:  # the chosen retrieval's step size
+    # the chosen retrieval's step size; a classifier's outputs at every step are kept (a few
+    # numbers a row) for the temperature of the step chosen
+    knn_out: dict[float, list[torch.Tensor]] = defaultdict(list)
+    for y, layer_in, found in kept:
         d = knn_mix(inp.train_delta, *found[space], kk, weighting)
         for lam in LAMBDAS:
-            add(f"knn/{lam:g}", _apply_at(cut, layer_in, lam * d), y)
+            out = _apply_at(cut, layer_in, lam * d)
+            add(f"knn/{lam:g}", out, y)
+            if task.with_temperature is not None:
+                knn_out[lam].append(out)
     lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
                for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
-    if task.with_temperature is not None:  # knn_lambda's outputs, for its temperature
-        outputs["knn_lambda"] = [_apply_at(cut, layer_in, lambdas["knn"] * knn_mix(
-            inp.train_delta, *found[space], kk, weighting)) for _, layer_in, found in kept]
+    if knn_out:  # knn_lambda's outputs, for its temperature
+        outputs["knn_lambda"] = knn_out[lambdas["knn"]]
     source = "calibration rows" if inp.cal_own is None else "held-out train rows"
     return Choice((space, kk, weighting), lambdas, n, source, {key: v / n for key, v in totals.items()},
                   {name: torch.cat(v) for name, v in outputs.items()})
