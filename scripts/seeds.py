@@ -348,6 +348,10 @@ def main() -> None:
     elif args.cmd == "study":
         print(study(args.folders, args.png))
     elif args.cmd == "pick":
+        rows = {name for folder in args.folders for r in _runs(folder) for name in r["eval"]}
+        if args.against not in rows:  # a misspelt row would pair nothing and print only dashes
+            ap.error(f"--against {args.against}: no run in these folders has that row "
+                     f"(they have: {', '.join(sorted(rows - {'chosen', 'skipped'}))})")
         print(pick(args.folders, args.against))
     else:
         print(table(args.folder))

@@ -122,3 +122,18 @@ def test_pick_pairs_every_row_against_the_base_and_the_temperature_and_marks_wha
     # how often a row lost to the base model: ocd in one seed of three (+0.01), within noise
     assert "| ocd | 1 of 3 | 1 | 0 | 0 |" in losses and "| knn | 0 of 3 | 1 | 0 | 1 |" in losses
     assert "regressor" not in losses  # no run has it
+
+
+def test_pick_against_a_row_no_run_has_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "pick-a"
+    folder.mkdir()
+    (folder / "seed0.json").write_text(json.dumps(_record(0.1, 0.01)))
+    cmd = [sys.executable, str(ROOT / "scripts" / "seeds.py"), "pick", str(folder), "--against"]
+    bad = subprocess.run([*cmd, "nn_imput"], capture_output=True, text=True)
+    assert bad.returncode == 2 and not bad.stdout
+    assert "--against nn_imput: no run in these folders has that row" in bad.stderr and "nn_input" in bad.stderr
+    good = subprocess.run([*cmd, "nn_input"], capture_output=True, text=True, check=True)
+    assert "Δ ocd vs nn_input" in good.stdout
