@@ -228,6 +228,9 @@ class DiffusionParams:
     batch_size: int = 32
     lr: float = 1e-3
     ema: float = 0.999
+    # Warm the EMA's decay up from 0 over the first steps (ocd.hypernet.train.EMA), so that
+    # the sampled copy forgets the random initial weights; false: decay from the first step.
+    ema_warmup: bool = False
     grad_clip: float = 1.0
     seed: int = 0
     # DDIM at inference and for the diagnostics.

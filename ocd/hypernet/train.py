@@ -51,18 +51,32 @@ class Objective(nn.Module):
 
 
 class EMA:
-    """Exponential moving average of a model's parameters (the denoiser's sampled model)."""
+    """Exponential moving average of a model's parameters (the denoiser's sampled model).
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    ``warmup``: the decay of the n-th update is min(decay, (1 + n) / (10 + n)), as
+    common EMA implementations warm it up, so that the copy forgets the random
+    initial weights within the first steps; without it, after s steps the copy
+    still holds decay^s of them (22% after 1,500 steps at 0.999, 86% at 0.9999).
+    The count and the decay live on the model's device, so a replayed CUDA
+    graph (ocd.device.Steps) warms up as the Python loop does."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        first = next(iter(self.model.parameters()), None)
+        self.updates = torch.zeros((), device=first.device if first is not None else "cpu")
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        if self.warmup:
+            weight = 1 - torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
+            self.updates.add_(1)
+        else:
+            weight = 1 - self.decay
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p, 1 - self.decay)
+            e.lerp_(p, weight)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 

@@ -76,3 +76,20 @@ def test_a_loss_that_is_not_finite_stops_with_the_step(tmp_path):
     with pytest.raises(FloatingPointError, match="fit: the training loss is nan at step 3 of 5"):
         train.fit(model, reader, 5, 16, 1e-3, np.random.default_rng(0), tensors_of, loss_of, "fit", "cpu",
                   progress=False)
+
+
+def test_the_ema_warm_up_forgets_the_random_start():
+    """Issue 40: without a warm-up, an EMA of decay 0.999 still holds 0.999^s of its random
+    start after s steps; warmed up (min(decay, (1 + n) / (10 + n))) it holds almost none."""
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    plain, warm = train.EMA(model, 0.999), train.EMA(model, 0.999, warmup=True)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # the trained weights, far from the start
+    for _ in range(1500):
+        plain.update(model)
+        warm.update(model)
+    assert float(plain.model.weight[0, 0]) == pytest.approx(1 - 0.999 ** 1500, rel=1e-3)  # 22% of the start left
+    assert float(warm.model.weight[0, 0]) > 0.999
+    assert int(warm.updates) == 1500
