@@ -368,7 +368,7 @@ def _(w):
     for stage in ("train-diffusion", "train-scale", "train-regressor"):
         w.ocd(stage, "--no-progress", "--store", a / "d.zarr", "--out", a / "m", params=p, check=True)
     rows = _npy(w.root / "rows.npy", np.full((2, 10), 0.01))
-    run = w.ocd("predict", rows, "--base", a / "base", "--models", a / "m", params=p)
+    run = w.ocd("predict", rows, "--base", a / "base", "--models", a / "m", "--row", "ocd_ensemble", params=p)
     return run.returncode == 0, (run.stdout.strip().splitlines() or [run.stderr.strip()[-150:]])[0]
 
 

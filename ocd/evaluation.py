@@ -103,11 +103,38 @@ class Choice:
     losses: dict[str, float]
     # the base model's, one OCD sample's and knn_lambda's outputs on them (the temperatures' fit)
     outputs: dict[str, torch.Tensor]
+    # the temperature rows' T (set by evaluate once fitted) and every servable row's mean loss
+    temperatures: dict[str, float] = field(default_factory=dict)
+    row_losses: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict:
         space, k, weighting = self.knn
+        best = self.best()
         return {"rows": self.rows, "source": self.source, "knn": {"space": space, "k": k, "weighting": weighting},
-                "lambda": self.lambdas, "loss": self.losses}
+                "lambda": self.lambdas, "temperature": self.temperatures, "loss": self.losses,
+                "served": self.serve_losses(),
+                **({"best": {"row": best, "loss": self.serve_losses()[best]}} if best else {})}
+
+    def serve_losses(self) -> dict[str, float]:
+        """Every row that ``ocd predict`` can serve and its mean loss on these rows, in
+        :data:`SERVED`'s order: the untrained rows from ``losses``, the temperature rows
+        as evaluate fitted them (``row_losses``)."""
+        keys = {"base": "base", "ocd": "ocd/1", "regressor": "regressor/1", "knn": "knn/1"}
+        keys.update((f"{name}_lambda", f"{name}/{lam:g}") for name, lam in self.lambdas.items())
+        got = {name: self.losses[key] for name, key in keys.items() if key in self.losses}
+        got.update(self.row_losses)
+        return {name: got[name] for name in SERVED if name in got}
+
+    def best(self) -> str | None:
+        """The servable row of least mean loss on these rows (ties: the earlier in
+        :data:`SERVED`, so the simpler row)."""
+        losses = self.serve_losses()
+        return min(losses, key=lambda name: (losses[name], SERVED.index(name))) if losses else None
+
+
+# The rows ``ocd predict`` can serve, simplest first: the calibration rows choose among them.
+SERVED = ("base", "temperature", "ocd", "ocd_lambda", "ocd_temperature", "regressor", "regressor_lambda",
+          "knn", "knn_lambda", "knn_temperature")
 
 
 @dataclass
@@ -261,6 +288,7 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     kept = []  # per block: labels, the layer's input and the retrievals, for the knn step below
     for lo, hi in blocks:
         y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
+        add("base", io.output, y)
         kept.append((y, io.inp, retrieved(io, lo, hi)))
         for space, found in kept[-1][2].items():
             for kk in [kk for kk in KNN_K if kk <= found[1].shape[1]]:  # no more than the pool holds
@@ -401,6 +429,9 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             scaled = task.with_temperature(got[f"{source}/out"], t)
             rows.append(row(name, scaled, note=f"{source} / T, {how}"))
             reliability_of[name] = scaled
+            choice.temperatures[name] = t
+            choice.row_losses[name] = float(task.per_sample_loss(
+                task.with_temperature(choice.outputs[source], t), inp.y_cal).mean())
     rows.append(row(f"ocd_ensemble_{k}", task.ensemble(members), note=f"{k} noises"))
     rows[-1].ms_per_sample = ms("base") + ms("ocd")
     rows.append(row("ocd_mean_network", note=f"mean of {k} deltas"))
@@ -465,6 +496,21 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
 
 
 VIEWS_SHOWN = 4
+
+
+def mark_unlearned(rows: list[Row], held_out: dict) -> str | None:
+    """Mark the OCD rows (every row named ``ocd...``) of a denoiser whose held-out
+    denoising loss did not beat its references (``held_out``: the checkpoint's record of
+    ocd.hypernet.diffusion.diagnose); returns the mark, or None where it learned or
+    nothing was held out."""
+    if not held_out or held_out.get("learned", True):
+        return None
+    mark = (f"UNLEARNED denoiser (held-out loss {held_out['denoise_loss']:.4f}, zero {held_out['denoise_loss_zero']:.4f}, "
+            f"linear in x_t {held_out['denoise_loss_linear']:.4f})")
+    for r in rows:
+        if r.name.startswith("ocd"):
+            r.note = f"{mark}; {r.note}" if r.note else mark
+    return mark
 
 
 def views_figure(views: dict[str, torch.Tensor], zoom: int | None = None, gap: int = 4,

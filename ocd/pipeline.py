@@ -91,6 +91,8 @@ class Trained:
     regressor: DeltaRegressor
     # diffusion.neighbours > 0: the train rows the generators retrieve from (set by who has the store)
     retriever: Retriever | None = None
+    # the denoiser's held-out loss beside its references (ocd.hypernet.diffusion.diagnose); {}: none
+    held_out: dict | None = None
 
 
 def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = "fp32") -> Trained:
@@ -113,22 +115,73 @@ def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = 
         raise StoreError(f"{models_dir}: the diffusion, scale and regressor models were trained for different layers")
     (diff, dckpt), (scaler, sckpt), (reg, _) = loaded.values()
     diff.precision = precision
-    return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"], reg)
+    return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"], reg,
+                   held_out=dckpt.get("held_out") or {})
+
+
+# The rows `ocd predict` can serve: those the calibration rows choose among
+# (ocd.evaluation.SERVED), and the OCD ensemble it served before it served the chosen row.
+SERVABLE = ("base", "temperature", "ocd", "ocd_lambda", "ocd_temperature", "regressor", "regressor_lambda",
+            "knn", "knn_lambda", "knn_temperature", "ocd_ensemble")
+
+
+@dataclass
+class Pool:
+    """The train rows the retrieval rows read: their stored deltas [N, out, in] (a tensor or
+    a store array), their conditioning parts, and their input features (the knn row in
+    input space; None where it retrieves in conditioning space)."""
+
+    delta: object
+    parts: list[torch.Tensor]
+    features: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def predict(t: Trained, x: torch.Tensor, k: int = 1, steps: int = 10, eta: float = 0.0,
-            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Base outputs and OCD outputs (the task's ensemble of k samples) for inputs x,
-    computed on the library's device and returned on the CPU."""
+def serve(t: Trained, task, x: torch.Tensor, row: str, chosen: dict, pool: Pool | None, k: int = 5,
+          steps: int = 10, eta: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base outputs, ``row``'s outputs) for inputs x, on the CPU: the row as evaluate computed
+    it, with the step size, temperature and retrieval that the calibration rows chose
+    (``chosen``: evaluate's metrics.json ``chosen`` record). ``ocd`` is one sample, as the
+    table's row; ``ocd_ensemble`` the task's ensemble of k; ``knn`` rows need ``pool``."""
+    from ocd.hypernet.neighbours import knn_mix, neighbours, standardiser
+
+    if row not in SERVABLE:
+        raise ValueError(f"unknown row {row!r}; ocd predict serves {', '.join(SERVABLE)}")
     device = get_device()
     model = t.base.model.to(device).eval()
     x = x.to(device)
-    parts, out = conditioning(linear_cut(model, t.layer), x, rows_per_pass(model))
-    if t.diff.meta.neighbours and t.retriever is None:
-        raise StoreError("these models were trained with diffusion.neighbours > 0: they retrieve from the "
-                         "store's train rows, so predicting needs the store (ocd predict --store)")
-    parts = with_neighbours(parts, t.retriever.to(device) if t.retriever is not None else None)
-    _, deltas = ocd_deltas(t.diff.to(device), t.scaler.to(device), parts, k, steps, eta, seed)
-    members = torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas])
-    return out.cpu(), members.cpu()
+    parts, base_out = conditioning(linear_cut(model, t.layer), x, rows_per_pass(model))
+    family = row.split("_")[0]
+    step = chosen["lambda"][family] if row.endswith("_lambda") or row == "knn_temperature" else 1.0
+    if family in ("ocd", "regressor"):  # the generators' conditioning
+        if t.diff.meta.neighbours and t.retriever is None:
+            raise StoreError("these models were trained with diffusion.neighbours > 0: they retrieve from the "
+                             "store's train rows, so predicting needs the store (ocd predict --store)")
+        given = with_neighbours(parts, t.retriever.to(device) if t.retriever is not None else None)
+    if family == "base" or row == "temperature":
+        out = base_out
+    elif family == "ocd":
+        _, deltas = ocd_deltas(t.diff.to(device), t.scaler.to(device), given, k if row == "ocd_ensemble" else 1,
+                               steps, eta, seed)
+        if row == "ocd_ensemble":
+            out = task.ensemble(torch.stack([apply_deltas(model, t.layer, d, x) for d in deltas]))
+        else:
+            out = apply_deltas(model, t.layer, step * deltas[0], x)
+    elif family == "regressor":
+        scaler, reg = t.scaler.to(device), t.regressor.to(device)
+        delta = scaler(given)[:, None, None] * reg.omega(given) / t.diff.meta.unit
+        out = apply_deltas(model, t.layer, step * delta, x)
+    else:  # knn
+        if pool is None:
+            raise StoreError("the knn rows retrieve the store's train deltas: predicting needs the store")
+        space, kk, weighting = (chosen["knn"][key] for key in ("space", "k", "weighting"))
+        if space == "input":
+            query, keys = getattr(model, "input_features", lambda v: v)(x), pool.features.to(device)
+        else:
+            standardise = standardiser([p.to(device) for p in pool.parts])
+            query, keys = standardise(parts), standardise([p.to(device) for p in pool.parts])
+        delta = knn_mix(pool.delta, *neighbours(query, keys, kk), kk, weighting)
+        out = apply_deltas(model, t.layer, step * delta, x)
+    if row.endswith("temperature"):
+        out = task.with_temperature(out, chosen["temperature"][row])
+    return base_out.cpu(), out.cpu()

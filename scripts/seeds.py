@@ -29,6 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# the keys of an evaluate metrics.json that are not rows of the table
+NOT_ROWS = {"skipped", "chosen", "denoiser"}
+
 SEEDED = ("base.seed", "diffusion.seed", "scale.seed", "evaluate.seed")
 METRICS = {"eval": "artifacts/eval/metrics.json", "diffusion": "artifacts/diffusion/metrics.json",
            "layers": "artifacts/layers/scores.json", "overfit": "artifacts/overfit/metrics.json"}
@@ -106,7 +109,7 @@ def table(folder: Path) -> str:
         tail = name.rsplit("_", 1)[-1]
         return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0)
 
-    rows = sorted({name for r in runs for name in r["eval"]} - {"skipped", "chosen"}, key=lambda n: (rank(n), n))
+    rows = sorted({name for r in runs for name in r["eval"]} - NOT_ROWS, key=lambda n: (rank(n), n))
     loss_first = ["ce", "rmse", "mse", "si_sdri", "acc"]  # the first is the paired change's metric
     extras = ("cosine", "scale_error", "ms_per_sample")
     # the base metrics every seed has (a seed recorded before the calibration rows has no ECE)
@@ -351,7 +354,7 @@ def main() -> None:
         rows = {name for folder in args.folders for r in _runs(folder) for name in r["eval"]}
         if args.against not in rows:  # a misspelt row would pair nothing and print only dashes
             ap.error(f"--against {args.against}: no run in these folders has that row "
-                     f"(they have: {', '.join(sorted(rows - {'chosen', 'skipped'}))})")
+                     f"(they have: {', '.join(sorted(rows - NOT_ROWS))})")
         print(pick(args.folders, args.against))
     else:
         print(table(args.folder))

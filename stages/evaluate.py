@@ -93,13 +93,24 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
     if result is None:
         return  # rank 0 writes
     rows, plots, skipped = result
+    if "chosen" in plots:  # `ocd predict` serves what it chose, for this base model only
+        plots["chosen"]["base_sha256"] = base_model.sha256
+    unlearned = evaluation.mark_unlearned(rows, trained.held_out)
 
     out.mkdir(parents=True, exist_ok=True)
     table = {r.name: {k: v for k, v in r.flat().items() if k not in ("row", "note")} for r in rows}
     write_json(out / "metrics.json", {**table, **({"skipped": skipped} if skipped else {}),
-                                      **({"chosen": plots["chosen"]} if "chosen" in plots else {})})
+                                      **({"chosen": plots["chosen"]} if "chosen" in plots else {}),
+                                      **({"denoiser": trained.held_out} if trained.held_out else {})})
     write_csv(out / "results.csv", (r.flat() for r in rows))
     notes = "".join(f"\nSkipped: {name}: {why}.\n" for name, why in skipped.items())
+    if unlearned:
+        notes += f"\nThe OCD rows come from an {unlearned}: it did not beat the references.\n"
+    best = plots.get("chosen", {}).get("best")
+    if best:
+        chosen = plots["chosen"]
+        notes += (f"\nBest row on the {chosen['rows']} {chosen['source']}: {best['row']} (mean loss {best['loss']:.4f}, "
+                  f"the least of {len(chosen['served'])} rows); `ocd predict` serves it.\n")
     write_text(out / "results.md", _markdown(rows) + notes)
     by_name = {r.name: r for r in rows}
     base_loss, ocd_loss = by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss

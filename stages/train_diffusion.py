@@ -56,9 +56,6 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     seconds = time.perf_counter() - start
     if not group.main:
         return  # every rank holds the same model: rank 0 writes it
-    out.mkdir(parents=True, exist_ok=True)
-    diffusion.save(out / "diffusion.pt", ema, fit.stats,
-                   {"provenance": fit.provenance, "params": p.section("diffusion")})
     if fit.held_chunks:
         held = fit.held()
         diagnostics = {
@@ -68,6 +65,14 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
         }
     else:
         diagnostics = {"diagnostics": NO_DIAGNOSTICS}
+    out.mkdir(parents=True, exist_ok=True)
+    # what the held-out rows said of it travels with the model: evaluate marks the OCD rows of a
+    # denoiser that did not learn
+    learned = {k: v for k, v in diagnostics.get("diffusion", {}).items() if k.startswith(("denoise_", "learned"))}
+    diffusion.save(out / "diffusion.pt", ema, fit.stats,
+                   {"provenance": fit.provenance, "params": p.section("diffusion"), "held_out": learned})
     rows = {"fit": fit.reader.rows, "held_out": fit.train["rho"].shape[0] - fit.reader.rows}
     metrics = write_fit(out, "diffusion", {**diagnostics, "rows": rows}, history, seconds, "metrics.json", "loss.csv")
     typer.echo("\n".join(f"{key}: {metrics[key]}" for key in ("diffusion", "diagnostics") if key in metrics))
+    if learned and not learned["learned"]:
+        typer.echo(diffusion.not_learned_warning(learned, dp.prediction), err=True)

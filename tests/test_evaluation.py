@@ -5,7 +5,7 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
-from ocd.evaluation import LAMBDAS, EvalInputs, _nn_spaces, choose
+from ocd.evaluation import LAMBDAS, SERVED, EvalInputs, _nn_spaces, choose
 from ocd.hypernet import diffusion, regressor, scale
 from ocd.hypernet.neighbours import nearest, neighbours
 from ocd.models.cut import linear_cut
@@ -78,6 +78,18 @@ def test_the_calibration_rows_choose_the_retrieval_and_step_sizes_that_lose_leas
         choice.losses[f"knn/{lam:g}"], rel=1e-5)
     if delta_scale > 1:  # deltas a thousand times too large only hurt: every step size is 0
         assert set(choice.lambdas.values()) == {0.0}
+    # the row ocd predict serves: the least calibration loss among the untrained rows (issue 40)
+    assert choice.losses["base"] == pytest.approx(base, rel=1e-6)
+    served = choice.serve_losses()
+    assert list(served) == [r for r in SERVED if not r.endswith("temperature")]  # none fitted yet
+    assert served["ocd"] == choice.losses["ocd/1"] and served["knn_lambda"] == choice.losses[f"knn/{lam:g}"]
+    best = choice.best()
+    assert served[best] == min(served.values())
+    if delta_scale > 1:  # every delta hurts: the base model is served (a step of 0 ties it; the simpler wins)
+        assert best == "base"
+    choice.row_losses["temperature"] = served[best] - 1.0  # as evaluate records a fitted temperature's loss
+    assert choice.best() == "temperature" and choice.record()["best"] == {"row": "temperature",
+                                                                          "loss": served[best] - 1.0}
 
 
 def test_held_out_train_rows_stand_in_for_calibration_rows_and_never_retrieve_themselves(tmp_path):

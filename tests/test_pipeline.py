@@ -45,7 +45,7 @@ ROWS |= CHOSEN
 
 def table_rows(results: dict) -> set[str]:
     """The row names of an evaluate metrics.json (beside what was skipped and what was chosen)."""
-    return set(results) - {"skipped", "chosen"}
+    return set(results) - {"skipped", "chosen", "denoiser"}
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -116,8 +116,10 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     assert inspect["splits"]["train"]["n"] == n_train
 
     diff = json.loads((project / "artifacts/diffusion/metrics.json").read_text())
-    for key in ("denoise_loss", "cosine_mean"):
+    for key in ("denoise_loss", "denoise_loss_zero", "denoise_loss_linear", "cosine_mean"):
         assert math.isfinite(diff["diffusion"][key])
+    held = diff["diffusion"]
+    assert held["learned"] == (held["denoise_loss"] < min(held["denoise_loss_zero"], held["denoise_loss_linear"]))
     scale = json.loads((project / "artifacts/diffusion/scale_metrics.json").read_text())
     reg = json.loads((project / "artifacts/diffusion/regressor_metrics.json").read_text())
     assert math.isfinite(scale["scale"]["median_rel_error"]) and math.isfinite(reg["regressor"]["cosine_mean"])
@@ -140,7 +142,14 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
         assert results[name]["ms_per_sample"] >= results["base"]["ms_per_sample"], name
     # one temperature moves the loss, never the predicted class
     assert results["temperature"]["acc"] == results["base"]["acc"]
-    assert "T = " in (project / "artifacts/eval/results.md").read_text()
+    results_md = (project / "artifacts/eval/results.md").read_text()
+    assert "T = " in results_md
+    # the row ocd predict serves: the least loss on the calibration rows (issue 40)
+    best = results["chosen"]["best"]
+    assert best["loss"] == min(results["chosen"]["served"].values()) and best["row"] in results["chosen"]["served"]
+    assert f"Best row on the 144 calibration rows: {best['row']}" in results_md
+    # a denoiser that did not beat its references has its OCD rows marked, in the table and the metrics
+    assert ("UNLEARNED denoiser" in results_md) == (not held["learned"]) == ("denoiser" in results)
     plots = json.loads(project.dvc("plots", "show", "--json").stdout)["data"]
     assert "reliability" in plots, list(plots)  # the top-level reliability diagram renders
 
@@ -226,9 +235,17 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
     for i, img in enumerate(raw[:2]):
         Image.fromarray((img / 16 * 255).astype(np.uint8)).save(tmp_path / "pngs" / f"{i}.png")
 
-    lines = project.run("ocd", "predict", str(tmp_path / "three.npy")).stdout.splitlines()
-    assert len(lines) == 3 and all("base: class" in ln and "OCD: class" in ln for ln in lines)
-    assert project.run("ocd", "predict", str(tmp_path / "pngs")).stdout.count("OCD: class") == 2
+    served = project.run("ocd", "predict", str(tmp_path / "three.npy"))
+    best = json.loads((project / "artifacts/eval/metrics.json").read_text())["chosen"]["best"]["row"]
+    assert served.stderr.startswith(f"serving {best}: the least mean loss")  # the calibration rows' choice
+    lines = served.stdout.splitlines()
+    assert len(lines) == 3 and all("base: class" in ln for ln in lines)
+    assert all(f"\t{best}: class" in ln for ln in lines) or best == "base"
+    for row in ("ocd_ensemble", "ocd_lambda", "regressor", "knn_temperature"):
+        lines = project.run("ocd", "predict", str(tmp_path / "pngs"), "--row", row).stdout.splitlines()
+        assert len(lines) == 2 and all(f"\t{row}: class" in ln for ln in lines), row
+    wrong = project.run("ocd", "predict", str(tmp_path / "pngs"), "--row", "oracle", check=False)
+    assert wrong.returncode == 2 and "--row oracle: not a row ocd predict serves" in wrong.stderr
 
     np.save(tmp_path / "bad.npy", np.zeros((2, 5, 5)))
     bad = project.run("ocd", "predict", str(tmp_path / "bad.npy"), check=False)
@@ -268,8 +285,8 @@ def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
     raw = np.full((2, 10), 0.01)
     raw[1, 3] = np.nan  # a blank takes the train median
     np.save(tmp_path / "rows.npy", raw)
-    lines = project.run("ocd", "predict", str(tmp_path / "rows.npy")).stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("rows.npy[0]\tbase: ") and "\tOCD: " in lines[0]
+    lines = project.run("ocd", "predict", str(tmp_path / "rows.npy"), "--row", "ocd").stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rows.npy[0]\tbase: ") and "\tocd: " in lines[0]
 
 
 @pytest.mark.e2e
@@ -397,8 +414,8 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
     for name in ("ocd", "regressor", "ocd_ensemble_2"):
         assert results[name]["ms_per_sample"] >= results["base"]["ms_per_sample"], name  # each sentence's own delta fits its own label
     (tmp_path / "reviews.txt").write_text("A triumph from start to finish.\n\nTedious and badly acted.\n")
-    lines = project.run("ocd", "predict", str(tmp_path / "reviews.txt")).stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("A triumph") and all("OCD: class" in ln for ln in lines)
+    lines = project.run("ocd", "predict", str(tmp_path / "reviews.txt"), "--row", "ocd_ensemble").stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("A triumph") and all("ocd_ensemble: class" in ln for ln in lines)
     (tmp_path / "empty.txt").write_text("\n")
     empty = project.run("ocd", "predict", str(tmp_path / "empty.txt"), check=False)
     assert empty.returncode == 2 and "holds no sentences" in empty.stderr
@@ -448,7 +465,7 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     # a 16 kHz recording, longer than the model's window: resampled, separated window by window
     longer = np.concatenate([mixture, mixture, mixture[:1000]]).astype(np.int16)
     wavfile.write(tmp_path / "talk.wav", 16000, np.repeat(longer, 2))
-    lines = project.run("ocd", "predict", str(tmp_path / "talk.wav")).stdout.splitlines()
+    lines = project.run("ocd", "predict", str(tmp_path / "talk.wav"), "--row", "ocd").stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("talk.wav\tbase:") and lines[1].startswith("talk.wav\tocd:")
     rate, separated = wavfile.read(tmp_path / "talk_separated/ocd_1.wav")
     assert rate == 8000 and separated.shape == (len(longer),)

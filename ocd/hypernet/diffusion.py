@@ -362,7 +362,7 @@ def train(model: DeltaDiffusion, reader: ChunkReader, dp: DiffusionParams, compu
     rng = np.random.default_rng(dp.seed)
     gen = torch.Generator().manual_seed(dp.seed)
     model.to(device).train()
-    ema = EMA(model, dp.ema)  # a deep copy: it samples at the model's precision
+    ema = EMA(model, dp.ema, dp.ema_warmup)  # a deep copy: it samples at the model's precision
     if compute.compile:
         model.net.compile()
 
@@ -379,8 +379,13 @@ def train(model: DeltaDiffusion, reader: ChunkReader, dp: DiffusionParams, compu
 @torch.no_grad()
 def diagnose(model: DeltaDiffusion, data: dict, sample_steps: int, eta: float, seed: int,
              max_samples: int, device) -> dict[str, float]:
-    """Held-out denoising loss, and the cosine between sampled and true deltas.
+    """Held-out denoising loss beside two references, and the cosine between sampled and true deltas.
 
+    The references are scored on the same rows, timesteps and noise as the
+    model (:func:`reference_losses`): ``denoise_loss_zero`` (a prediction of
+    zero noise, or for x0 the mean target) and ``denoise_loss_linear`` (the
+    best predictor linear in x_t alone). A denoiser that does not beat the
+    second has learned nothing a formula does not know (``learned`` false).
     The cosine is the plainest sign of whether the denoiser learned to use
     the conditioning: sampled from pure noise given a sample's I(x), near 0
     means it did not. It compares whole matrices whatever the target, so the
@@ -390,12 +395,67 @@ def diagnose(model: DeltaDiffusion, data: dict, sample_steps: int, eta: float, s
     x0, parts, _ = batch_tensors(data, model.meta, device)
     gen = torch.Generator().manual_seed(seed)
     c = model.embed(parts)
-    losses = torch.cat([model.loss(x0[i:i + 64], c[i:i + 64], model.schedule(), gen)
-                        for i in range(0, len(x0), 64)])
+    losses, draws = [], []
+    for i in range(0, len(x0), 64):
+        draws.append(model.draw(x0[i:i + 64], gen))  # what model.loss would draw from gen itself
+        losses.append(model.loss(x0[i:i + 64], c[i:i + 64], model.schedule(), noise=draws[-1]))
+    t, eps = (torch.cat(v) for v in zip(*draws))
+    refs = reference_losses(model, x0, t, eps)
+    loss = float(torch.cat(losses).mean())
     n = min(max_samples, len(x0))
     sampled = model.omega(model.sample(c[:n], steps=sample_steps, eta=eta, generator=gen), parts[0][:n])
-    return {"denoise_loss": float(losses.mean()),
+    return {"denoise_loss": loss, **refs, "learned": learned(loss, refs),
             **cosine_summary(sampled, true_omega(data, model.meta, device)[:n])}
+
+
+@torch.no_grad()
+def reference_losses(model: DeltaDiffusion, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict[str, float]:
+    """The denoising loss (:meth:`DeltaDiffusion.loss`) of two predictors that never look
+    at the conditioning, on targets ``x0`` noised at timesteps ``t`` with noise ``eps``:
+
+    - ``denoise_loss_zero``: a constant, the best one: zero noise (eps prediction) or
+      mu, the mean target per entry over these rows (x0 prediction);
+    - ``denoise_loss_linear``: per timestep, the best predictor linear in x_t,
+      ``mu + c_t (x_t - sqrt(abar_t) mu)`` for x0 (``c_t = sqrt(abar_t) v / (abar_t v + 1 - abar_t)``)
+      and ``c_t (x_t - sqrt(abar_t) mu)`` for eps (``c_t = sqrt(1 - abar_t) / (abar_t v + 1 - abar_t)``),
+      v the mean variance of an entry about mu: what the schedule alone tells of the answer.
+      For unit-variance targets and eps it scores the mean of abar_t over the timesteps drawn.
+
+    Both are fitted on the rows they are scored on, so they are bars a model must
+    clear, not rivals fitted elsewhere."""
+    mask = model.mask
+    x0 = model._net_shape(x0)
+    eps = eps * mask
+    mu = x0.mean(0, keepdim=True)
+    v = float(((x0 - mu) ** 2 * mask).sum() / (mask.sum() * len(x0)))
+    schedule = model.schedule()
+    x_t = schedule.add_noise(x0, eps, t)
+    a = schedule._abar(t, x0)
+    centred = x_t - a.sqrt() * mu
+    if model.meta.prediction == "eps":
+        target, zero = eps, torch.zeros_like(eps)
+        linear = (1 - a).sqrt() / (a * v + 1 - a) * centred
+    else:
+        target, zero = x0, mu.expand_as(x0)
+        linear = mu + a.sqrt() * v / (a * v + 1 - a) * centred
+
+    def loss(pred: torch.Tensor) -> float:
+        return float(((pred - target) ** 2 * mask).flatten(1).sum(1).div(mask.sum()).mean())
+
+    return {"denoise_loss_zero": loss(zero), "denoise_loss_linear": loss(linear)}
+
+
+def learned(loss: float, refs: dict[str, float]) -> bool:
+    """Whether a held-out denoising loss beats both references of :func:`reference_losses`."""
+    return loss < min(refs["denoise_loss_zero"], refs["denoise_loss_linear"])
+
+
+def not_learned_warning(diag: dict, prediction: str) -> str:
+    """The one line a stage prints for a denoiser that did not beat the references."""
+    return (f"warning: the denoiser did not learn: held-out denoising loss {diag['denoise_loss']:.4f}, "
+            f"not below predicting {'zero noise' if prediction == 'eps' else 'the mean target'} "
+            f"({diag['denoise_loss_zero']:.4f}) and the best predictor linear in x_t alone "
+            f"({diag['denoise_loss_linear']:.4f}); its OCD rows are marked in the results")
 
 
 def cosine_summary(omega: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

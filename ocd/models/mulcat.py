@@ -269,20 +269,21 @@ class MulCatSeparator(nn.Module):
         self._pending = (path, n, scale, starts)
         return [f"{path.name}@{s / self.sample_rate:.2f}s" for s in starts], torch.from_numpy(windows)
 
-    def write_predictions(self, base: torch.Tensor, ocd: torch.Tensor) -> list[str]:
-        """Write the base model's and OCD's separated signals of the file read last as
-        ``<name>_separated/{base,ocd}_<speaker>.wav`` beside it; returns what was written."""
+    def write_predictions(self, base: torch.Tensor, ocd: torch.Tensor, row: str = "ocd") -> list[str]:
+        """Write the base model's and the served row's (``row``: OCD's, by default) separated
+        signals of the file read last as ``<name>_separated/{base,ROW}_<speaker>.wav`` beside it;
+        returns what was written."""
         path, n, scale, starts = self._pending
         folder = path.with_name(f"{path.stem}_separated")
         folder.mkdir(exist_ok=True)
         lines = []
-        for row, out in (("base", base), ("ocd", ocd)):
+        for name, out in (("base", base), (row, ocd))[:1 if row == "base" else 2]:
             joined = self._join(out.reshape(len(out), self.speakers, self.samples).cpu().numpy(), starts)[:, :n]
             files = []
             for c, channel in enumerate(joined / scale):
-                files.append(folder / f"{row}_{c}.wav")
+                files.append(folder / f"{name}_{c}.wav")
                 write_wav(files[-1], channel, self.sample_rate)
-            lines.append(f"{path.name}\t{row}: " + ", ".join(str(f) for f in files))
+            lines.append(f"{path.name}\t{name}: " + ", ".join(str(f) for f in files))
         return lines
 
     def _join(self, windows: np.ndarray, starts: list[int]) -> np.ndarray:

@@ -71,6 +71,42 @@ def test_the_denoiser_learns_a_tinysynthetic_store(tmp_path, prediction, steps, 
     assert diag["cosine_mean"] > 0.9, diag
 
 
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+def test_a_trained_denoiser_beats_both_references_and_an_untrained_one_does_not(tmp_path, prediction):
+    """Issue 40: the held-out loss is reported beside predicting zero (or the mean) and the best
+    predictor linear in x_t; a trained denoiser beats both, an untrained one neither."""
+    reader, stats, ema, _ = _fit(tmp_path, prediction, steps=300)
+    rows = reader.read(reader.chunks)
+    diag = diffusion.diagnose(ema, rows, 10, 0.0, 0, 8, "cpu")
+    assert diag["denoise_loss"] < diag["denoise_loss_linear"] < diag["denoise_loss_zero"], diag
+    assert diag["learned"] is True
+    torch.manual_seed(1)
+    untrained = diffusion.build(ema.meta, stats)
+    raw = diffusion.diagnose(untrained, rows, 10, 0.0, 0, 8, "cpu")
+    assert raw["learned"] is False and raw["denoise_loss"] > raw["denoise_loss_linear"], raw
+    # the references are the model's own rows and noise: the same whatever the network
+    assert (raw["denoise_loss_zero"], raw["denoise_loss_linear"]) == (diag["denoise_loss_zero"],
+                                                                       diag["denoise_loss_linear"])
+    line = diffusion.not_learned_warning(raw, prediction)
+    assert "\n" not in line and f"{raw['denoise_loss_zero']:.4f}" in line and f"{raw['denoise_loss_linear']:.4f}" in line
+
+
+def test_the_linear_reference_scores_the_mean_abar_on_unit_variance_targets():
+    """For zero-mean unit-variance targets and eps prediction, the best predictor linear in x_t
+    scores abar_t at each t (issue 40: 0.395 on the reference schedule, averaged over t)."""
+    meta = diffusion.make_meta("tiny", (4, 6), square=False, pad_to=0, prediction="eps", rho="fro",
+                               schedule="reference", T=1000, target="flat")
+    model = diffusion.build(meta, {n: (np.zeros(3, np.float32), np.ones(3, np.float32)) for n in COND})
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(20000, 24, generator=g)
+    t = torch.randint(0, 1000, (20000,), generator=g)
+    eps = torch.randn(20000, 24, generator=g)
+    refs = diffusion.reference_losses(model, x0, t, eps)
+    assert refs["denoise_loss_zero"] == pytest.approx(1.0, abs=0.01)
+    assert refs["denoise_loss_linear"] == pytest.approx(float(model.schedule().abar[t].mean()), abs=0.01)
+    assert float(model.schedule().abar.mean()) == pytest.approx(0.395, abs=0.001)
+
+
 @pytest.mark.parametrize("basis", ["input", "sign"])
 def test_rank1_target_rebuilds_a_rank_one_delta_exactly(tmp_path, basis):
     root = synthetic_store(tmp_path / "s.zarr", rank_one=basis)
