@@ -29,6 +29,17 @@ def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in():
     paper = presets.load("paper")
     assert paper["layers"]["force"] == "fc1" and paper["diffusion"]["target"] == "matrix"
     assert paper["diffusion"]["prediction"] == "eps" and paper["scale"]["loss"] == "paper"
+    # what the paper states (issue 40): Adam at 1e-4, Alg. 1's schedule and norm, gradient descent overfits
+    assert paper["diffusion"]["lr"] == 1e-4 and paper["diffusion"]["schedule"] == "paper"
+    assert paper["overfit"]["optimizer"] == "sgd" and paper["overfit"]["rho"] == "fro"
+    assert paper["diffusion"]["ema_warmup"] is True  # the EMA that samples forgets its random start
+    # the project preset sets the same keys, to params.yaml's values
+    project = presets.load("project")
+    assert {s: set(v) for s, v in project.items()} == {s: set(v) for s, v in paper.items()}
+    committed = presets.apply("params.yaml", {})
+    for section, values in project.items():
+        for key, value in values.items():
+            assert getattr(getattr(committed, section), key) == value, f"{section}.{key}"
     on_cpu, notes = presets.resolve(paper, cuda=False)
     assert on_cpu["diffusion"]["preset"] == "cpu" and paper["diffusion"]["preset"] == "paper"
     assert len(notes) == 1 and "needs a GPU" in notes[0] and "diffusion.preset=cpu stands in" in notes[0]
