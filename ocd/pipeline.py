@@ -175,8 +175,9 @@ def serve(t: Trained, task, x: torch.Tensor, row: str, chosen: dict, pool: Pool 
         if pool is None:
             raise StoreError("the knn rows retrieve the store's train deltas: predicting needs the store")
         space, kk, weighting = (chosen["knn"][key] for key in ("space", "k", "weighting"))
-        if space == "input":
-            query, keys = getattr(model, "input_features", lambda v: v)(x), pool.features.to(device)
+        if space == "input":  # as evaluate's retrieval: the family's input features, if it has its own
+            features = getattr(model, "input_features", lambda v: v)
+            query, keys = features(x), features(pool.features.to(device))
         else:
             standardise = standardiser([p.to(device) for p in pool.parts])
             query, keys = standardise(parts), standardise([p.to(device) for p in pool.parts])

@@ -129,31 +129,39 @@ def _chosen(path: Path, trained) -> dict:
     return record
 
 
-def _pool(store: Path, trained, record: dict, p) -> Pool:
-    """The store's train rows, which the knn rows retrieve from (and their inputs, for input space)."""
-    root = open_store(store)
-    if root.attrs["base_sha256"] != trained.base.sha256 or root.attrs["layer"] != trained.layer:
-        raise StoreError(f"{store} was written for another base model or layer than the trained models; "
-                         "rerun the pipeline (`dvc repro`)")
-    train = root["train"]
-    parts = [torch.as_tensor(np.asarray(train[n][:], dtype=np.float32)) for n in COND]
-    features = None
-    if record["knn"]["space"] == "input":
-        from ocd.data.registry import load_dataset
-
-        features = load_dataset(p.data).x_train[torch.as_tensor(train["index"][:])]
-    return Pool(torch.as_tensor(train["delta"][:]), parts, features)
-
-
-def _train_rows(store: Path, trained) -> Retriever:
-    """The store's train rows, which a generator trained with diffusion.neighbours retrieves from."""
+def _checked_store(store: Path, trained):
+    """The store, checked to be written for the trained models' base model and layer."""
     root = open_store(store)  # names a missing or damaged store in one line
     if root.attrs["base_sha256"] != trained.base.sha256 or root.attrs["layer"] != trained.layer:
         raise StoreError(f"{store} was written for another base model or layer than the trained models; "
                          "rerun the pipeline (`dvc repro`)")
+    return root
+
+
+def _cond_parts(train) -> list[torch.Tensor]:
+    return [torch.as_tensor(np.asarray(train[n][:], dtype=np.float32)) for n in COND]
+
+
+def _pool(store: Path, trained, record: dict, p) -> Pool:
+    """The store's train rows, which the knn rows retrieve from (and their inputs, for input space)."""
+    root = _checked_store(store, trained)
     train = root["train"]
-    parts = [torch.as_tensor(np.asarray(train[n][:], dtype=np.float32)) for n in COND]
-    return diffusion.retriever_of(trained.diff.meta, parts, train["delta"])
+    features = None
+    if record["knn"]["space"] == "input":  # the train rows' inputs: the data the store was made from
+        from ocd.data.registry import load_dataset
+
+        recorded = root.attrs["fingerprint"].get("data")
+        if recorded is not None and recorded != p.section("data"):
+            raise StoreError(f"{store} was made from other data params than params.yaml's; the knn row "
+                             "retrieves train inputs by their rows: rerun the pipeline (`dvc repro`)")
+        features = load_dataset(p.data).x_train[torch.as_tensor(train["index"][:])]
+    return Pool(torch.as_tensor(train["delta"][:]), _cond_parts(train), features)
+
+
+def _train_rows(store: Path, trained) -> Retriever:
+    """The store's train rows, which a generator trained with diffusion.neighbours retrieves from."""
+    train = _checked_store(store, trained)["train"]
+    return diffusion.retriever_of(trained.diff.meta, _cond_parts(train), train["delta"])
 
 
 def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:

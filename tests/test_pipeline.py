@@ -255,6 +255,16 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
     assert huge.returncode == 2 and "huge.npy: values range over" in huge.stderr and "p=nan" not in huge.stdout
     assert len(huge.stderr.strip().splitlines()) == 1  # one line, no traceback
 
+    # a denoiser that did not learn (one step) is named by its stage in one line, both references in it
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["diffusion"]["steps"] = 1
+    (tmp_path / "one_step.yaml").write_text(yaml.safe_dump(params))
+    one = project.run("ocd", "train-diffusion", "--no-progress", "--params", str(tmp_path / "one_step.yaml"),
+                      "--out", str(tmp_path / "one_step"))
+    warning = [ln for ln in one.stderr.splitlines() if ln.startswith("warning: the denoiser did not learn")]
+    assert len(warning) == 1 and "the best predictor linear in x_t alone" in warning[0], one.stderr
+    assert json.loads((tmp_path / "one_step/metrics.json").read_text())["diffusion"]["learned"] is False
+
 
 @pytest.mark.e2e
 def test_the_tabular_regression_pipeline_end_to_end(tmp_path):
