@@ -505,8 +505,8 @@ def mark_unlearned(rows: list[Row], held_out: dict) -> str | None:
     nothing was held out."""
     if not held_out or held_out.get("learned", True):
         return None
-    mark = (f"UNLEARNED denoiser (held-out loss {held_out['denoise_loss']:.4f}, zero {held_out['denoise_loss_zero']:.4f}, "
-            f"linear in x_t {held_out['denoise_loss_linear']:.4f})")
+    mark = (f"UNLEARNED denoiser (held-out loss {held_out['denoise_loss']:.4f}, "
+            f"zero {held_out['denoise_loss_zero']:.4f}, linear in x_t {held_out['denoise_loss_linear']:.4f})")
     for r in rows:
         if r.name.startswith("ocd"):
             r.note = f"{mark}; {r.note}" if r.note else mark

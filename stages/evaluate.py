@@ -109,8 +109,9 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
     best = plots.get("chosen", {}).get("best")
     if best:
         chosen = plots["chosen"]
-        notes += (f"\nBest row on the {chosen['rows']} {chosen['source']}: {best['row']} (mean loss {best['loss']:.4f}, "
-                  f"the least of {len(chosen['served'])} rows); `ocd predict` serves it.\n")
+        notes += (f"\nBest row on the {chosen['rows']} {chosen['source']}: {best['row']} "
+                  f"(mean loss {best['loss']:.4f}, the least of {len(chosen['served'])} rows); "
+                  "`ocd predict` serves it.\n")
     write_text(out / "results.md", _markdown(rows) + notes)
     by_name = {r.name: r for r in rows}
     base_loss, ocd_loss = by_name["base"].per_sample_loss, by_name["ocd"].per_sample_loss

@@ -123,7 +123,8 @@ def _chosen(path: Path, trained) -> dict:
     try:
         record = json.loads(path.read_text()).get("chosen") or {}
     except (ValueError, AttributeError):
-        raise InputError(f"{path}: not evaluate's metrics (unreadable JSON); rerun evaluate (`dvc repro`)") from None
+        raise InputError(f"{path}: not evaluate's metrics (unreadable JSON); "
+                         "rerun evaluate (`dvc repro`)") from None
     if record.get("base_sha256", trained.base.sha256) != trained.base.sha256:
         raise InputError(f"{path} was written for another base model; rerun evaluate (`dvc repro`)")
     return record

@@ -424,7 +424,8 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
     for name in ("ocd", "regressor", "ocd_ensemble_2"):
         assert results[name]["ms_per_sample"] >= results["base"]["ms_per_sample"], name  # each sentence's own delta fits its own label
     (tmp_path / "reviews.txt").write_text("A triumph from start to finish.\n\nTedious and badly acted.\n")
-    lines = project.run("ocd", "predict", str(tmp_path / "reviews.txt"), "--row", "ocd_ensemble").stdout.splitlines()
+    lines = project.run("ocd", "predict", str(tmp_path / "reviews.txt"), "--row",
+                        "ocd_ensemble").stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("A triumph") and all("ocd_ensemble: class" in ln for ln in lines)
     (tmp_path / "empty.txt").write_text("\n")
     empty = project.run("ocd", "predict", str(tmp_path / "empty.txt"), check=False)

@@ -409,7 +409,8 @@ def diagnose(model: DeltaDiffusion, data: dict, sample_steps: int, eta: float, s
 
 
 @torch.no_grad()
-def reference_losses(model: DeltaDiffusion, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict[str, float]:
+def reference_losses(model: DeltaDiffusion, x0: torch.Tensor, t: torch.Tensor,
+                     eps: torch.Tensor) -> dict[str, float]:
     """The denoising loss (:meth:`DeltaDiffusion.loss`) of two predictors that never look
     at the conditioning, on targets ``x0`` noised at timesteps ``t`` with noise ``eps``:
 
@@ -430,7 +431,7 @@ def reference_losses(model: DeltaDiffusion, x0: torch.Tensor, t: torch.Tensor, e
     v = float(((x0 - mu) ** 2 * mask).sum() / (mask.sum() * len(x0)))
     schedule = model.schedule()
     x_t = schedule.add_noise(x0, eps, t)
-    a = schedule._abar(t, x0)
+    a = schedule.abar_at(t, x0)
     centred = x_t - a.sqrt() * mu
     if model.meta.prediction == "eps":
         target, zero = eps, torch.zeros_like(eps)

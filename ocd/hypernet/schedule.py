@@ -42,6 +42,10 @@ class Schedule:
         a = torch.where(t >= 0, self._abar_on[t.device][t.clamp_min(0)], one)
         return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
+    def abar_at(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar_t per timestep of t, shaped to broadcast over ``like``'s rows."""
+        return self._abar(t, like)
+
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (t: one timestep per sample)."""
         a = self._abar(t, x0)
