@@ -41,6 +41,12 @@ CHOICES = {
 }
 
 
+# The largest integer a param may hold (a seed aside): a count of steps, rows or draws beyond
+# it cannot be run here (overfit.batch_size 1e20 ended in a 99-line traceback; diffusion.steps
+# 1e12 ran with no end in sight).
+MAX_INT = 2**31 - 1
+
+
 class ParamsError(ValueError):
     """params.yaml is malformed; the message names the offending key."""
 
@@ -481,6 +487,9 @@ def _coerce(hint: Any, value: Any, where: str):
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamsError(f"{where}: expected an integer, got {value!r}")
+        if abs(value) > MAX_INT and not where.endswith(".seed"):  # a seed has its own range (_seed)
+            raise ParamsError(f"{where}: {value:,} is more than any count this machine can run (at most "
+                              f"{MAX_INT:,}: 2**31 - 1)")
         return value
     if hint is bool:
         if not isinstance(value, bool):

@@ -125,3 +125,15 @@ def test_every_choice_list_is_the_one_its_module_implements():
     for key, names in implemented.items():
         assert set(CHOICES[key]) == set(names), f"{key}: params allows {CHOICES[key]}, the code has {tuple(names)}"
     assert set(vecnet.PRESETS) == set(unet.PRESETS)  # the rank1 and flat targets' networks take the same names
+
+
+@pytest.mark.parametrize("section, key, value", [("overfit", "batch_size", 10**20), ("diffusion", "steps", 10**12),
+                                                 ("layers", "draws", -(2**40))])
+def test_integers_no_machine_can_run_are_refused_by_name(section, key, value):
+    """Issue 41: overfit.batch_size 1e20 ended in a traceback, diffusion.steps 1e12 ran without end."""
+    from ocd.params import MAX_INT, parse_params
+
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}: .* is more than any count this machine can run"):
+        parse_params({section: {key: value}})
+    assert getattr(getattr(parse_params({section: {key: MAX_INT}}), section), key) == MAX_INT
+    assert parse_params({"base": {"seed": 2**32 - 1}}).base.seed == 2**32 - 1  # a seed keeps its own range
