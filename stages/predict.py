@@ -229,7 +229,18 @@ def read_inputs(path: Path, in_shape: tuple[int, ...], pixel_max: float) -> tupl
     return names, raw
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
 def _read_npy(path: Path) -> np.ndarray:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if head != NPY_MAGIC:  # numpy would call any other bytes "pickled data"
+        raise InputError(f"{path}: not a .npy file (it does not begin with the .npy header); save the inputs "
+                         "with numpy.save")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # not a .npy, truncated, or an object array (would need pickle)

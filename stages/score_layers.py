@@ -82,7 +82,9 @@ def _score_layers(p, base_dir: Path, out: Path, progress: bool, group: distribut
                    f"{p.layers.draws} weight draws; if its gradient is zero too, overfitting it moves nothing "
                    "(the overfit stage stops on a first chunk of zero deltas)", err=True)
     degenerate = [f"{s.name} {s.degenerate}" for s in scores if s.degenerate]
-    typer.echo(f"selected {selection.selected} (runner-up {selection.runner_up}); scores: "
+    how = (f"forced by layers.force; the scores rank {selection.ranking[0]} first" if selection.forced
+           else f"runner-up {selection.runner_up}")
+    typer.echo(f"selected {selection.selected} ({how}); scores: "
                + ", ".join(f"{s.name} {s.score:.3f}" for s in scores)
                + (f"; degenerate samples (constant loss, left out of every score): {', '.join(degenerate)}; "
                   f"scores average {scores[0].samples_used} of {len(idx)} samples" if degenerate else ""))

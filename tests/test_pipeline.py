@@ -453,7 +453,8 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     from scipy.io import wavfile
 
     project = make_project(tmp_path, _merge(copy.deepcopy(TINY), SPEECH))
-    project.dvc("repro")
+    repro = project.dvc("repro").stdout
+    assert "selected proj1_inter (forced by layers.force; the scores rank " in repro  # not "runner-up" alone
     scores = json.loads((project / "artifacts/layers/scores.json").read_text())
     assert scores["selected"] == "proj1_inter" and set(scores["ranking"]) == {"bottleneck", "proj1_intra",
                                                                                "proj1_inter", "mask"}
