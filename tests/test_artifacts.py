@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -79,6 +80,17 @@ def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path):
         with pytest.raises(CheckpointError, match="would run code.*refusing"):
             load(evil)
     assert not marker.exists()
+
+
+def test_a_legacy_raw_pickle_is_refused_without_torch_warnings(tmp_path, recwarn):
+    """Issue 41: a raw pickle (not torch's zip format) was refused after two lines of UserWarning."""
+    marker = tmp_path / "pwned"
+    legacy = tmp_path / "legacy.pt"
+    with open(legacy, "wb") as fh:
+        pickle.dump({"state": {}, artifacts.CONFIG: "{}", "payload": Exploit(marker)}, fh, protocol=4)
+    with pytest.raises(CheckpointError, match="would run code.*refusing"):
+        load_checkpoint(legacy)
+    assert not marker.exists() and [str(w.message) for w in recwarn] == []
 
 
 def test_a_crafted_base_model_is_refused_and_never_runs(tmp_path):
