@@ -169,7 +169,10 @@ def _check_ours(path: Path) -> None:
     """Refuse, touching nothing, a path that is not recognisably a store of this
     project: a file, a link, or a folder holding anything but a store's own
     entries (an empty folder is fine)."""
-    if path.is_symlink() or not path.is_dir():
+    if path.is_symlink():  # rebuilding it would write (and clear) wherever it points
+        raise StoreError(f"{path} is a symbolic link (to {os.readlink(path)}), not a weight-delta store's own "
+                         "folder; nothing was deleted: give the folder itself as --out, or another --out")
+    if not path.is_dir():
         raise StoreError(f"{path} exists and is not a weight-delta store (not a folder); "
                          "give another --out, or remove it yourself")
     entries = {e.name for e in path.iterdir()}

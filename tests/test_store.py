@@ -290,6 +290,11 @@ def test_a_folder_that_is_not_a_store_is_refused_and_kept(tmp_path):
     with pytest.raises(StoreError, match="not a folder"):
         (tmp_path / "file").write_text("x")
         DeltaStore.create_or_resume(tmp_path / "file", layout, FINGERPRINT, {}, log=lambda m: None)
+    # a link to a store is named a link (issue 41: it was called "not a folder"), and nothing behind it moves
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match=r"link.zarr is a symbolic link \(to .*s.zarr\).*nothing was deleted"):
+        _fill(tmp_path / "link.zarr")
+    assert (tmp_path / "s.zarr" / "notes.md").exists() and (tmp_path / "s.zarr" / "train").is_dir()
 
 
 def test_a_store_with_an_unreadable_root_is_rebuilt(tmp_path):
