@@ -63,7 +63,7 @@ from ocd.hypernet.regressor import DeltaRegressor
 from ocd.hypernet.scale import ScaleModel
 from ocd.models.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
 from ocd.overfit import overfit_batch
-from ocd.pipeline import ocd_deltas, sample_deltas
+from ocd.pipeline import ocd_deltas, regressor_deltas, sample_deltas
 from ocd.tasks import Task
 
 
@@ -217,7 +217,7 @@ def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, e
     put("ocd_no_scale", apply(no_scale), no_scale)
     if inp.regressor is not None:
         start = clock()
-        reg_delta = inp.scaler(given)[:, None, None] * inp.regressor.omega(given) / unit
+        reg_delta = regressor_deltas(inp.scaler, inp.regressor, given, unit)
         put("regressor", apply(reg_delta), reg_delta)
         got["time/regressor"] = torch.tensor([clock() - start])
 
@@ -256,7 +256,7 @@ def _warm_up(inp: EvalInputs, cut, lo: int, hi: int, k: int, steps: int, eta: fl
     _, deltas = ocd_deltas(inp.diff, inp.scaler, given, k, steps, eta, seed, first_row=lo)
     _apply_at(cut, io.inp, deltas[0])
     if inp.regressor is not None:
-        _apply_at(cut, io.inp, inp.scaler(given)[:, None, None] * inp.regressor.omega(given) / inp.diff.meta.unit)
+        _apply_at(cut, io.inp, regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit))
 
 
 def _apply_at(cut, layer_input, deltas: torch.Tensor) -> torch.Tensor:
@@ -301,7 +301,7 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
         outputs["ocd"].append(_apply_at(cut, io.inp, deltas[0]))
         stepped = {"ocd": deltas[0]}
         if inp.regressor is not None:
-            stepped["regressor"] = inp.scaler(given)[:, None, None] * inp.regressor.omega(given) / inp.diff.meta.unit
+            stepped["regressor"] = regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit)
         for name, d in stepped.items():
             for lam in LAMBDAS:
                 add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), y)

@@ -68,6 +68,12 @@ def ocd_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Tenso
     return omegas, rho_hat[None, :, None, None] * omegas / diff.meta.unit
 
 
+def regressor_deltas(scaler: ScaleModel, reg: DeltaRegressor, parts: list[torch.Tensor],
+                     unit: float) -> torch.Tensor:
+    """The regressor row's deltas [N, out, in]: its direction sized by the scale model's rho_hat."""
+    return scaler(parts)[:, None, None] * reg.omega(parts) / unit
+
+
 @torch.no_grad()
 def conditioning(cut, x: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """I(x) parts and the model's outputs for every row of x, ``batch`` rows
@@ -168,8 +174,7 @@ def serve(t: Trained, task, x: torch.Tensor, row: str, chosen: dict, pool: Pool 
         else:
             out = apply_deltas(model, t.layer, step * deltas[0], x)
     elif family == "regressor":
-        scaler, reg = t.scaler.to(device), t.regressor.to(device)
-        delta = scaler(given)[:, None, None] * reg.omega(given) / t.diff.meta.unit
+        delta = regressor_deltas(t.scaler.to(device), t.regressor.to(device), given, t.diff.meta.unit)
         out = apply_deltas(model, t.layer, step * delta, x)
     else:  # knn
         if pool is None:
