@@ -28,9 +28,13 @@ chunk's ``done`` flag is written last, so a killed run resumes at the first
 chunk not marked done. Every chunk of every array ends in a crc32c checksum
 (Zarr v3's ``crc32c`` codec), and ``seal[c, j]`` binds chunk c of array j to
 its place and its run: the crc32c of the store's fingerprint, the array's path,
-the chunk index and the chunk's values. :func:`verify` reads each chunk and
+the chunk index and the chunk's values. ``attrs_seal`` does the same for the
+attributes that say what the chunks are (the layer, the base model's sha256,
+the data): one crc32c per attribute, so an attribute edited by hand is named.
+:func:`verify` reads each chunk and
 names the ones that fail either check (a damaged file, a chunk file moved to
-another index, a chunk written by a run with other inputs); a resumed overfit
+another index, a chunk written by a run with other inputs) and every edited
+attribute; a resumed overfit
 run recomputes them, and readers (:func:`open_store`) refuse a damaged store
 with the command that repairs it. The derived arrays are computed by
 :meth:`DeltaStore.write_chunk` from ``delta`` and ``cond/layer_input``, never
@@ -68,9 +72,9 @@ from ocd.distributed import Group
 
 # 2: the derived rank-one arrays u and rank1_share; 3: u's right factor follows
 # the overfit optimizer (attrs rank1_basis); 4: a crc32c checksum on every chunk;
-# 5: seal, each chunk bound to its array, index and run
-FORMAT_VERSION = 5
-REPAIR = "`dvc repro overfit` (or `ocd overfit`) recomputes the damaged chunks"
+# 5: seal, each chunk bound to its array, index and run; 6: attrs_seal, the attributes sealed too
+FORMAT_VERSION = 6
+REPAIR = "`dvc repro overfit` (or `ocd overfit`) recomputes the damaged chunks (and rewrites edited attributes)"
 REWRITE = "`dvc repro overfit` (or `ocd overfit`) writes it anew"
 # The entries of a store's folder; anything else in it means the folder is not only a store.
 OWN_ENTRIES = {"zarr.json", "train", "test"}
@@ -125,6 +129,31 @@ def chunk_seal(key: bytes, array: str, chunk: int, values: np.ndarray) -> int:
     """crc32c of (run key, array path, chunk index, the chunk's values as stored)."""
     head = key + array.encode() + b"\0" + int(chunk).to_bytes(8, "little")
     return google_crc32c.extend(google_crc32c.value(head), np.ascontiguousarray(values).tobytes())
+
+
+def attrs_seal(key: bytes, attrs: dict) -> dict[str, int]:
+    """Per attribute (of the root, and ``split/name`` of each split's group),
+    the crc32c of (run key, its name, its value as sorted JSON); ``attrs_seal`` itself is left out."""
+    return {name: google_crc32c.value(key + name.encode() + b"\0" + json.dumps(value, sort_keys=True).encode())
+            for name, value in attrs.items() if name != "attrs_seal"}
+
+
+def _all_attrs(root: zarr.Group) -> dict:
+    got = dict(root.attrs)
+    for split in SPLITS:
+        if split in root:
+            got.update({f"{split}/{name}": value for name, value in root[split].attrs.items()})
+    return got
+
+
+def edited_attrs(root: zarr.Group) -> list[str]:
+    """The attributes whose value no longer matches ``attrs_seal`` (edited by
+    hand, added or removed since the run wrote the store), sorted."""
+    sealed = root.attrs.get("attrs_seal")
+    if not isinstance(sealed, dict):
+        return ["attrs_seal"]
+    now = attrs_seal(run_key(root.attrs.get("fingerprint")), _all_attrs(root))
+    return sorted(name for name in set(now) | set(sealed) if now.get(name) != sealed.get(name))
 
 
 def lock_path(path: str | Path) -> Path:
@@ -245,7 +274,10 @@ class DeltaStore:
                 old = zarr.open_group(path, mode="r").attrs.get("fingerprint")
             except Exception:  # a damaged store (its own entries only: _check_ours)
                 old = None
-            if old == fingerprint:
+            edited = _edited_or_unknown(path) if old == fingerprint else []
+            if edited:
+                log(f"rebuilding {path}: its attributes {', '.join(edited)} were edited after the run wrote it")
+            elif old == fingerprint:
                 # Zarr writes each file to a temporary name and renames it: a
                 # killed run can leave such a half-written file behind.
                 for partial in path.rglob("*.partial"):
@@ -293,6 +325,7 @@ class DeltaStore:
         root.attrs["seal"] = ("seal[c, j]: crc32c of sha256(fingerprint), the path of array j of "
                               "seal_arrays, the index c and the chunk's values as stored")
         root.attrs["seal_arrays"] = list(layout.arrays())
+        root.attrs["attrs_seal"] = attrs_seal(run_key(fingerprint), _all_attrs(root))  # last: every attribute set
         store = cls(root, layout)
         store.lock = lock
         return store
@@ -327,7 +360,7 @@ class DeltaStore:
         """Clear the done flag of every finished chunk that fails to read or
         verify (one line each), so that the run recomputes it; an unreadable
         flag counts as not done."""
-        damaged = verify(self.root, layout=self.layout)
+        damaged = [d for d in verify(self.root, layout=self.layout) if d.chunk >= 0]  # attributes: rebuilt
         for d in damaged:
             log(f"damaged: {d}; recomputing it")
             self._arrays[d.split, "done"][d.chunk] = 0
@@ -406,7 +439,7 @@ def open_store(path: str | Path) -> zarr.Group:
         raise StoreError(f"{path}: its layout cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
                          f"{REWRITE}") from None
     if damaged:
-        raise StoreError(f"{path} has {len(damaged)} damaged chunk(s): {damaged[0]}"
+        raise StoreError(f"{path} has {len(damaged)} damaged chunk(s) or attribute(s): {damaged[0]}"
                          + (f" and {len(damaged) - 1} more (`ocd inspect --verify {path}` lists them)"
                             if len(damaged) > 1 else "") + f"; {REPAIR}")
     for split in SPLITS:
@@ -423,11 +456,13 @@ class Damage:
 
     split: str
     array: str
-    chunk: int  # the row chunk (the index into done)
+    chunk: int  # the row chunk (the index into done); -1: an attribute (array names it)
     rows: tuple[int, int]
     reason: str
 
     def __str__(self) -> str:
+        if self.chunk < 0:
+            return f"{self.array}: {self.reason}"
         return f"{self.split}/{self.array} chunk {self.chunk} (rows {self.rows[0]}..{self.rows[1] - 1}): {self.reason}"
 
 
@@ -474,8 +509,10 @@ def verify(root: zarr.Group, splits=SPLITS, layout: Layout | None = None) -> lis
     missing (Zarr would read a missing chunk as zeros) or does not match its
     seal (a chunk file moved to another index, or written by a run with another
     fingerprint), for every array of ``splits``. An unreadable done flag or
-    seal is reported as damage of ``done`` or ``seal``."""
-    damaged: list[Damage] = []
+    seal is reported as damage of ``done`` or ``seal``; an attribute edited
+    since the run wrote it, first, as a damage of chunk -1."""
+    damaged = [Damage("", f"attribute {name}", -1, (0, 0), "does not match its seal: edited after the overfit run "
+                      "wrote the store, so its chunks may not be what it says") for name in edited_attrs(root)]
     store_root = Path(str(root.store.root)) if hasattr(root.store, "root") else None
     key = run_key(root.attrs.get("fingerprint"))
     sealed = list(root.attrs.get("seal_arrays") or [])
@@ -518,6 +555,13 @@ def verify(root: zarr.Group, splits=SPLITS, layout: Layout | None = None) -> lis
                     damaged.append(Damage(split, name, int(c), (lo, hi), "does not match its seal (a chunk "
                                           "moved from another index, or written by another run)"))
     return damaged
+
+
+def _edited_or_unknown(path: Path) -> list[str]:
+    try:
+        return edited_attrs(zarr.open_group(path, mode="r"))
+    except Exception:  # unreadable attributes: the resume below names the damage
+        return []
 
 
 def _diff(old: dict | None, new: dict) -> str:

@@ -23,7 +23,7 @@ def inspect(
         for d in damaged:
             typer.echo(f"damaged: {d}")
         if damaged:
-            typer.echo(f"{store}: {len(damaged)} damaged chunk(s); {REPAIR}", err=True)
+            typer.echo(f"{store}: {len(damaged)} damaged chunk(s) or attribute(s); {REPAIR}", err=True)
             raise typer.Exit(1)
         typer.echo(f"{store}: every finished chunk reads back and matches its checksum")
         return

@@ -7,8 +7,10 @@ from ocd.store import DeltaStore, Layout, open_store
 SHAPE = (4, 6)
 
 
-def synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None, rho=(0.5, 2.0)):
-    """Two kinds of samples; the delta (and its scale, ``rho`` per kind) is a function
+def synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None, rho=(0.5, 2.0), attrs=None):
+    """``attrs``: the store's description, as the overfit stage gives it (sealed with the store).
+
+    Two kinds of samples; the delta (and its scale, ``rho`` per kind) is a function
     of the kind, which the conditioning reveals. ``rank_one`` (a basis): delta = u_kind r^T
     with r the sample's own layer input i_L ("input", as plain gradient steps
     make it) or sign(i_L) ("sign", as Adam does)."""
@@ -17,7 +19,7 @@ def synthetic_store(path, n=64, chunk=16, seed=0, rank_one=None, rho=(0.5, 2.0))
     factors = np.random.default_rng(seed + 1).normal(size=(2, SHAPE[0])).astype(np.float32)
     layout = Layout(n={"train": n, "test": 8}, out_features=SHAPE[0], in_features=SHAPE[1], n_outputs=2,
                     chunk=chunk, dtype="float32", rank1_basis=rank_one or "input")
-    store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, {}, log=lambda m: None)
+    store = DeltaStore.create_or_resume(path, layout, {"synthetic": seed}, attrs or {}, log=lambda m: None)
     for split, rows in layout.n.items():
         kind = rng.integers(0, 2, rows)
         rho_kind = np.where(kind == 0, *rho).astype(np.float32)

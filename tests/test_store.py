@@ -157,6 +157,27 @@ def test_open_store_names_an_old_format(tmp_path):
         open_store(tmp_path / "s.zarr")
 
 
+def test_an_attribute_edited_by_hand_is_named_refused_and_rebuilt(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path)
+    clean = _arrays(path)
+    zarr.open_group(path, mode="r+").attrs["layer"] = "fc2"  # the chunks still say fc1
+    zarr.open_group(path, mode="r+")["test"].attrs["role"] = "training data"
+    found = [str(d) for d in verify(zarr.open_group(path, mode="r"))]
+    assert found == [f"attribute {name}: does not match its seal: edited after the overfit run wrote the store, "
+                     "so its chunks may not be what it says" for name in ("layer", "test/role")]
+    with pytest.raises(StoreError, match=r"2 damaged chunk\(s\) or attribute\(s\): attribute layer: .*dvc repro"):
+        open_store(path)
+    log = []
+    _, written = _fill(path, log=log)  # the stage's resume: a store whose attributes lie is rebuilt
+    assert any(m.startswith(f"rebuilding {path}: its attributes layer, test/role were edited") for m in log)
+    assert written == [("train", 8), ("train", 8), ("train", 4), ("test", 7)]
+    assert zarr.open_group(path, mode="r").attrs["layer"] == "fc1"
+    open_store(path)
+    for name, values in _arrays(path).items():
+        np.testing.assert_array_equal(values, clean[name], err_msg=name)
+
+
 def test_nan_rows_are_refused_with_the_split_and_rows(tmp_path):
     _, _, layout = _setup()
     store = DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
@@ -210,7 +231,7 @@ def test_damaged_chunks_are_named_refused_by_readers_and_recomputed_on_resume(tm
     damage(path / "test/rho/c/0")
     found = {(d.split, d.array, d.chunk) for d in verify(zarr.open_group(path, mode="r"))}
     assert found == {("train", "delta", 1), ("test", "rho", 0)}
-    with pytest.raises(StoreError, match=r"2 damaged chunk\(s\): .*chunk .*rows .*dvc repro overfit"):
+    with pytest.raises(StoreError, match=r"2 damaged chunk\(s\) or attribute\(s\): .*chunk .*rows .*dvc repro overfit"):
         open_store(path)
     if damage is not _truncate and damage is not _flip_bit:  # a missing chunk reads as zeros: --verify finds it
         summarize(path)

@@ -200,9 +200,8 @@ def test_the_stage_refuses_an_all_zero_store_before_it_trains_anything(tmp_path,
     from ocd.params import load_params
     from stages.train_diffusion import _train_diffusion
 
-    synthetic_store(tmp_path / "s.zarr", rho=(0.0, 0.0))
-    zarr.open_group(tmp_path / "s.zarr", mode="r+").attrs.update(
-        {"base_sha256": "0" * 64, "layer": "fc", "weight_shape": list(SHAPE), "overfit": {"rho": "frobenius"}})
+    synthetic_store(tmp_path / "s.zarr", rho=(0.0, 0.0), attrs={
+        "base_sha256": "0" * 64, "layer": "fc", "weight_shape": list(SHAPE), "overfit": {"rho": "frobenius"}})
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained the diffusion model on a store with no scale to learn")
