@@ -27,6 +27,7 @@ def load_california(params: DataParams) -> Dataset:
                         f"its default for the shipped {shipped.relative_to(DATA_DIR.parent)})")
     if not path.is_file():
         raise DataError(f"missing {path}; the California Housing CSV ships under data/california_housing")
+    _check_fields(path)
     try:
         df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -49,6 +50,7 @@ def load_california(params: DataParams) -> Dataset:
     if cut.any():
         raise DataError(f"{path}: {int(cut.sum())} row(s) have no median_house_value (the first on line "
                         f"{int(cut.idxmax()) + 2}): the file is cut or damaged")
+    _check_line_end(path, len(df) + 1)
     households = df["households"]
     x = np.column_stack([
         df["median_income"], df["housing_median_age"], df["total_rooms"] / households,
@@ -59,6 +61,35 @@ def load_california(params: DataParams) -> Dataset:
     info = {"source": f"{path} (scikit-learn's 8 features, target in 100k$)",
             "split": f"test {params.test_fraction}, val {params.val_fraction} of the rest, seed {params.seed}"}
     return finish_tabular("california", params, x, y, info)
+
+
+def _check_fields(path: Path) -> None:
+    """Every row has as many fields as the header. pandas reads a row that lost
+    its tail with the missing fields blank, and an unused last column
+    (``ocean_proximity``) would hide a row cut inside a number before it."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, None)
+        for row in rows if header else ():
+            if row and len(row) != len(header):
+                raise DataError(f"{path}: line {rows.line_num} has {len(row)} fields, the header "
+                                f"{len(header)}: the file is cut or damaged there")
+
+
+def _check_line_end(path: Path, lines: int) -> None:
+    """The file ends with a line end. A file cut at any byte (a copy stopped
+    part-way) ends inside its last row, and a row cut inside its last number
+    still parses: ``...,41.0,3.1042,1`` for ``...,41.0,3.1042,104200.0``."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(fh.tell() - 40, 0))
+        tail = fh.read()
+    if tail and not tail.endswith((b"\n", b"\r")):
+        last = tail.decode(errors="replace").splitlines()[-1]
+        raise DataError(f"{path} does not end with a line end, so its last row (line {lines}, ending "
+                        f"{last!r}) may be cut inside a value; if that row is whole, end the file with a newline")
 
 
 def load_diabetes(params: DataParams) -> Dataset:

@@ -140,8 +140,17 @@ def test_a_california_csv_cut_mid_row_or_empty_or_not_a_csv_is_named(tmp_path):
 
     lines = (DATA_DIR / "california_housing/housing.csv").read_text().splitlines()[:200]
     cut = "\n".join(lines) + "\n" + lines[200 - 1].rsplit(",", 3)[0] + "\n"  # the last row lost its tail
-    with pytest.raises(DataError, match=r"1 row\(s\) have no median_house_value \(the first on line 201\)"):
+    with pytest.raises(DataError, match=r"line 201 has 7 fields, the header 10: the file is cut or damaged there"):
         load_dataset(_csv(tmp_path, cut))
+    # a copy stopped at a byte inside the last row's median_house_value, 99100.0: it reads as 9
+    whole = "\n".join(lines) + "\n"
+    assert lines[-1].endswith(",2.1719,99100.0,INLAND")
+    with pytest.raises(DataError, match="line 200 has 9 fields, the header 10"):
+        load_dataset(_csv(tmp_path, whole[: whole.rindex(",99100.0") + 2]))
+    # cut inside the last field (the unused ocean_proximity): every field there, no line end
+    with pytest.raises(DataError, match=r"does not end with a line end, so its last row \(line 200, ending "
+                                        r"'.*,INLAN'\) may be cut inside a value"):
+        load_dataset(_csv(tmp_path, whole.rstrip("\n")[:-1]))
     with pytest.raises(DataError, match="is empty"):
         load_dataset(_csv(tmp_path, ""))
     words = lines[:50]
