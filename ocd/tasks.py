@@ -52,6 +52,11 @@ class Task:
     # (outputs, targets) -> the outputs arranged as the targets are (separation: channels in
     # the speakers' order), for pictures and sound; None: as they are.
     aligned: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # (targets [N], output width C) -> the best output that ignores the input, [C] (classification: the
+    # log class frequencies; regression: the mean): the trivial predictor a trained model must beat.
+    # None: no such reference (a NeRF's or a separator's constant output is checked as constant).
+    constant: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    constant_name: str = ""  # what that constant predicts, for messages
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -97,10 +102,16 @@ def _describe_class(out: torch.Tensor) -> str:
     return f"class {int(p.argmax())} (p={float(p.max()):.3f})"
 
 
+def _log_frequencies(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    counts = torch.bincount(targets.long().flatten().cpu(), minlength=n_classes)[:n_classes].double()
+    return torch.log((counts / counts.sum()).clamp_min(1e-12)).float()
+
+
 def classification() -> Task:
     return Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy, _describe_class,
                 _ce_precise, with_temperature=lambda out, t: out / t,
-                correct=lambda out, y: out.argmax(dim=-1) == y)
+                correct=lambda out, y: out.argmax(dim=-1) == y,
+                constant=_log_frequencies, constant_name="the training class frequencies")
 
 
 def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:
@@ -118,7 +129,9 @@ def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:
         return {"mse": mse, "rmse": target_scale * mse**0.5}
 
     return Task("regression", per_sample, metrics, lambda outs: outs.mean(0), None,
-                lambda out: f"{float(out[0]) * target_scale + target_mean:.4f}")
+                lambda out: f"{float(out[0]) * target_scale + target_mean:.4f}",
+                constant=lambda targets, width: targets.double().mean().float().expand(width),
+                constant_name="the training mean")
 
 
 def _psnr(mse: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,10 @@ def train_base(
     """Stage 1: train the base model on the train split (params: data, model, base).
 
     Writes the weights (model.pt), their spec, sha256 and provenance
-    (model.json), train and test cross-entropy and accuracy (metrics.json)
-    and the loss per epoch (loss.csv).
+    (model.json), train and test cross-entropy and accuracy (metrics.json,
+    beside what the trivial predictor fitted on the train rows scores: the
+    class frequencies, the mean) and the loss per epoch (loss.csv). A model
+    that did not beat that predictor on its own train rows is refused.
     """
     configure_threads()
     p = load_params(params)
@@ -34,8 +36,12 @@ def train_base(
     model = spec.build()
     history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
     train_out = base.predict(model, data.x_train)
-    base.check_learned(train_out, history)  # before anything is written
+    base.check_learned(train_out, history, task, data.y_train, p.base)  # before anything is written
     metrics = {"train": task.metrics(train_out, data.y_train), "test": base.evaluate(model, task, *data.split("test"))}
+    if task.constant is not None:  # beside the model: what the best input-blind output scores on the same rows
+        width = train_out.shape[-1]
+        metrics["trivial"] = {split: task.metrics(base.constant_outputs(task, data.y_train, width, len(y)), y)
+                              for split, y in (("train", data.y_train), ("test", data.split("test")[1]))}
     base.save(out, model, spec, data=p.section("data"), data_info=data.info, task=data.task,
               task_options=data.task_options, base=p.section("base"), runtime=runtime())
     write_json(out / "metrics.json", metrics)

@@ -140,24 +140,52 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
                       for i in range(0, len(x), batch_size)])
 
 
-def check_learned(outputs: torch.Tensor, history: list[float]) -> None:
-    """Refuse a base model whose output is the same for every training sample.
+def check_learned(outputs: torch.Tensor, history: list[float], task: Task | None = None,
+                  targets: torch.Tensor | None = None, params: BaseParams | None = None) -> None:
+    """Refuse a base model that learned nothing: one whose output is the same
+    for every training sample, one whose training loss is no lower than what
+    the task's trivial predictor (``Task.constant``: the class frequencies, the
+    mean) scores on the same rows, or one whose loss never moved.
 
     Such a model learned a constant (a rendered scene that is mostly background
-    made TinyNeRF render black: its loss flat at the mean squared pixel), and
-    every later stage would spend minutes on it: layer scores of -inf, a store
-    of zero deltas. Its training loss is named, since it alone looks healthy.
+    made TinyNeRF render black: its loss flat at the mean squared pixel), or
+    nothing at all (``base.lr: 1e-12`` kept the loss at 2.3505 and the test
+    accuracy below chance), and every later stage would spend minutes on it:
+    layer scores of -inf, a store of zero deltas, a full results table with no
+    word of the cause. Its training loss is named, since it alone looks healthy.
     """
+    losses = f"; its training loss went {history[0]:.4g} -> {history[-1]:.4g}" if history else ""
+    knobs = (f": raise base.lr (now {params.lr:g}) or base.epochs (now {params.epochs})" if params is not None
+             else ": check base.lr and base.epochs")
     flat = outputs.detach().flatten(1).double()
-    if len(flat) < 2:
-        return
-    spread = float(flat.std(dim=0).max())
-    size = float(flat.abs().max())
-    if spread <= 1e-6 * size + 1e-12:
-        losses = f"; its training loss went {history[0]:.4g} -> {history[-1]:.4g}" if history else ""
-        raise ModelError(f"the base model gives the same output for all {len(flat)} training samples: it learned a "
-                         f"constant (largest spread across samples {spread:.2g}){losses}. Nothing later can use it: "
-                         "check the data (are the inputs or the targets nearly all the same?) and base.lr")
+    if len(flat) >= 2:
+        spread = float(flat.std(dim=0).max())
+        size = float(flat.abs().max())
+        if spread <= 1e-6 * size + 1e-12:
+            raise ModelError(f"the base model gives the same output for all {len(flat)} training samples: it "
+                             f"learned a constant (largest spread across samples {spread:.2g}){losses}. Nothing "
+                             "later can use it: check the data (are the inputs or the targets nearly all the "
+                             "same?) and base.lr")
+    if task is not None and targets is not None and task.constant is not None:
+        got, trivial = float(task.loss(outputs, targets)), trivial_loss(task, targets, outputs.shape[-1])
+        if not got < trivial:
+            raise ModelError(f"the base model did not learn: its training loss {got:.4g} is no lower than "
+                             f"{trivial:.4g}, what always predicting {task.constant_name} scores on the same "
+                             f"rows{losses}{knobs}")
+    if len(history) >= 2 and max(history) - min(history) <= 1e-6 * abs(history[0]):
+        raise ModelError(f"the base model did not learn: its training loss never moved ({history[0]:.6g} in "
+                         f"each of {len(history)} epochs){knobs}")
+
+
+def constant_outputs(task: Task, targets: torch.Tensor, width: int, n: int) -> torch.Tensor:
+    """The task's trivial predictor (the best output that ignores the input,
+    fitted on ``targets``) repeated for ``n`` rows: ``[n, width]``."""
+    return task.constant(targets, width).reshape(1, width).expand(n, width)
+
+
+def trivial_loss(task: Task, targets: torch.Tensor, width: int) -> float:
+    """The task's loss of its trivial predictor on ``targets``, fitted on them."""
+    return float(task.loss(constant_outputs(task, targets, width, len(targets)), targets))
 
 
 def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
