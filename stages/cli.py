@@ -41,13 +41,15 @@ USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, 
                FileNotFoundError, FloatingPointError)
 # The machine, not the input: a full disk or quota. One line and exit code 1.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A path the user chose that cannot be written: a read-only file system, no permission. One line, exit code 2.
+NOT_WRITABLE = (errno.EROFS, errno.EACCES)
 
 
-def _disk_full(exc: BaseException) -> OSError | None:
-    """The OSError for a full disk behind ``exc`` (itself, or its cause), if any."""
+def _os_error(exc: BaseException, codes: tuple[int, ...]) -> OSError | None:
+    """The OSError with one of ``codes`` behind ``exc`` (itself, or its cause), if any."""
     seen = 0
     while exc is not None and seen < 8:
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        if isinstance(exc, OSError) and exc.errno in codes:
             return exc
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
@@ -70,16 +72,23 @@ def _stage(fn, many_processes: bool = False):
                 typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except Exception as exc:
-            full = _disk_full(exc)
-            if full is None:
+            full, locked = _os_error(exc, DISK_FULL), _os_error(exc, NOT_WRITABLE)
+            if full is not None:
+                where = f" writing {full.filename}" if full.filename else ""
+                message = (f"error: the disk is full{where} ({full.strerror}); free some space and run it again: "
+                           "every file already written is whole, and a store's finished chunks are kept")
+                code = 1
+            elif locked is not None:
+                where = f" {locked.filename}" if locked.filename else " an output"
+                message = (f"error: cannot write{where} ({locked.strerror}): choose an --out you can write, "
+                           "or make it writable; every file already written is whole")
+                code = 2
+            else:
                 raise
             _quiet_on_exit()
-            where = f" writing {full.filename}" if full.filename else ""
-            message = (f"error: the disk is full{where} ({full.strerror}); free some space and run it again: "
-                       "every file already written is whole, and a store's finished chunks are kept")
             if not report_user_error(message):
                 typer.echo(message, err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(code) from None
 
     return run
 

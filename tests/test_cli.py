@@ -34,6 +34,21 @@ def test_a_full_disk_is_one_line_that_says_so():
     assert len(lines) == 1 and lines[0].startswith("error: the disk is full writing artifacts/deltas.zarr")
 
 
+def test_an_out_on_a_read_only_file_system_is_one_line_that_names_it():
+    def read_only():
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/base")
+        except OSError as exc:
+            raise RuntimeError("save failed") from exc
+
+    one = typer.Typer()
+    one.command()(_stage(read_only))
+    result = CliRunner().invoke(one, [])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: cannot write /mnt/ro/base (Read-only file system): choose an --out "
+                                     "you can write, or make it writable; every file already written is whole")
+
+
 def test_a_diverged_training_is_a_user_error():
     result = _run_raising(FloatingPointError("train diffusion: the training loss is nan at step 2 of 20"))
     assert result.exit_code == 2 and result.output.strip() == \
