@@ -642,6 +642,19 @@ def _split_summary(root: zarr.Group, split: str, sample: int) -> dict:
 
 
 
+# A store has at least this many train chunks when it has the rows: diffusion.holdout holds out whole
+# chunks, so with fewer a small table's held-out share would be one chunk of two (or none: a 113-row table
+# in one chunk of 256 left no room at all, found only two minutes into train_diffusion).
+MIN_CHUNKS = 10
+
+
+def chunk_rows(n_train: int, batch_size: int) -> int:
+    """Rows per store chunk: ``overfit.batch_size``, fewer for a table too small
+    to fill ``MIN_CHUNKS`` chunks of it (the held-out share then stays within one
+    chunk of ``diffusion.holdout`` for any holdout of 0.1 and above)."""
+    return max(1, min(batch_size, -(-n_train // MIN_CHUNKS)))
+
+
 def split_chunks(n_chunks: int, holdout: float) -> tuple[list[int], list[int]]:
     """Chunks for fitting and the trailing chunks held out for diagnostics."""
     k = min(n_chunks - 1, max(1, round(holdout * n_chunks))) if holdout > 0 else 0

@@ -178,6 +178,17 @@ def test_an_attribute_edited_by_hand_is_named_refused_and_rebuilt(tmp_path):
         np.testing.assert_array_equal(values, clean[name], err_msg=name)
 
 
+def test_a_small_table_gets_chunks_small_enough_to_hold_some_out():
+    from ocd.store import chunk_rows, split_chunks
+
+    assert chunk_rows(3600, 256) == 256  # mnist5k: the batch size, as before
+    chunk = chunk_rows(113, 256)  # wine's train rows: one chunk of 256 left no room for a held-out slice
+    n_chunks = -(-113 // chunk)
+    fit, held = split_chunks(n_chunks, 0.1)
+    assert (chunk, n_chunks, len(fit), len(held)) == (12, 10, 9, 1)
+    assert chunk_rows(3, 256) == 1 and chunk_rows(0, 256) == 1
+
+
 def test_nan_rows_are_refused_with_the_split_and_rows(tmp_path):
     _, _, layout = _setup()
     store = DeltaStore.create_or_resume(tmp_path / "s.zarr", layout, FINGERPRINT, {}, log=lambda m: None)
