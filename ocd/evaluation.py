@@ -15,8 +15,9 @@ rows differ only in where ``delta(x)`` comes from:
   deltas, weighted by similarity; the space, k and the weighting chosen on the
   calibration rows (:func:`choose`);
 - ``ocd_lambda`` / ``regressor_lambda`` / ``knn_lambda``: that row's delta times
-  one scalar step size (0 to 8) fitted on the calibration rows (0, the base model, is
-  among the candidates, so on those rows no such row loses to the base);
+  one scalar step size (0 to 8, and beyond while the loss still falls there,
+  within |W|/|delta|: :data:`WIDER`) fitted on the calibration rows (0, the
+  base model, is among the candidates, so on those rows no such row loses to the base);
 - ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
 - ``oracle``: the test sample's own overfit delta (it used the label: an upper bound);
 - ``deep_ensemble``: k base models trained with different seeds, no delta;
@@ -89,6 +90,11 @@ class Row:
 # weightings above but k = 1) in both spaces, and the step sizes of the delta rows.
 KNN_K = (1, 2, 4, 8, 16, 32)
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# Beyond the grid, tried only for a row whose loss was least at its largest step, in order while the
+# loss keeps falling, and only up to the bound |W|_F / mean |delta|_F (the layer's weight norm over the
+# row's mean delta norm on the calibration rows): past it the "step" outweighs the weights it adjusts,
+# replacing the layer rather than fitting it to the sample.
+WIDER = (12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0)
 
 
 @dataclass
@@ -103,6 +109,8 @@ class Choice:
     losses: dict[str, float]
     # the base model's, one OCD sample's and knn_lambda's outputs on them (the temperatures' fit)
     outputs: dict[str, torch.Tensor]
+    # per delta row whose grid ended with its loss still falling: how the search went beyond it
+    widened: dict[str, str] = field(default_factory=dict)
     # the temperature rows' T (set by evaluate once fitted) and every servable row's mean loss
     temperatures: dict[str, float] = field(default_factory=dict)
     row_losses: dict[str, float] = field(default_factory=dict)
@@ -111,7 +119,8 @@ class Choice:
         space, k, weighting = self.knn
         best = self.best()
         return {"rows": self.rows, "source": self.source, "knn": {"space": space, "k": k, "weighting": weighting},
-                "lambda": self.lambdas, "temperature": self.temperatures, "loss": self.losses,
+                "lambda": self.lambdas, "widened": self.widened, "temperature": self.temperatures,
+                "loss": self.losses,
                 "served": self.serve_losses(),
                 **({"best": {"row": best, "loss": self.serve_losses()[best]}} if best else {})}
 
@@ -285,6 +294,16 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
         return {space: neighbours(query, pool, max(KNN_K), own)
                 for space, (query, pool) in _queries(spaces, inp.x_cal[lo:hi], io.cond).items()}
 
+    def stepped_deltas(io, lo: int, hi: int) -> dict[str, torch.Tensor]:
+        """The ocd row's one sample (seeded by its rows: the same on every call) and the regressor's delta."""
+        given = with_neighbours(io.cond, inp.retriever, None if inp.cal_own is None else inp.cal_own[lo:hi])
+        _, deltas = ocd_deltas(inp.diff, inp.scaler, given, 1, steps, eta, seed, first_row=lo)
+        got = {"ocd": deltas[0]}
+        if inp.regressor is not None:
+            got["regressor"] = regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit)
+        return got
+
+    norms: dict[str, float] = defaultdict(float)  # per delta row, the sum of its deltas' norms
     kept = []  # per block: labels, the layer's input and the retrievals, for the knn step below
     for lo, hi in blocks:
         y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
@@ -295,14 +314,11 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
                 for weighting in WEIGHTINGS[:1 if kk == 1 else None]:
                     add(f"knn/{space}/{kk}/{weighting}",
                         _apply_at(cut, io.inp, knn_mix(inp.train_delta, *found, kk, weighting)), y)
-        given = with_neighbours(io.cond, inp.retriever, None if inp.cal_own is None else inp.cal_own[lo:hi])
-        _, deltas = ocd_deltas(inp.diff, inp.scaler, given, 1, steps, eta, seed, first_row=lo)
+        stepped = stepped_deltas(io, lo, hi)
         outputs["base"].append(io.output)
-        outputs["ocd"].append(_apply_at(cut, io.inp, deltas[0]))
-        stepped = {"ocd": deltas[0]}
-        if inp.regressor is not None:
-            stepped["regressor"] = regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit)
+        outputs["ocd"].append(_apply_at(cut, io.inp, stepped["ocd"]))
         for name, d in stepped.items():
+            norms[name] += float(d.flatten(1).norm(dim=1).sum())
             for lam in LAMBDAS:
                 add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), y)
     best = min((key for key in totals if key.startswith("knn/")), key=totals.__getitem__)
@@ -311,20 +327,59 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     # the chosen retrieval's step size; a classifier's outputs at every step are kept (a few
     # numbers a row) for the temperature of the step chosen
     knn_out: dict[float, list[torch.Tensor]] = defaultdict(list)
-    for y, layer_in, found in kept:
-        d = knn_mix(inp.train_delta, *found[space], kk, weighting)
-        for lam in LAMBDAS:
-            out = _apply_at(cut, layer_in, lam * d)
-            add(f"knn/{lam:g}", out, y)
-            if task.with_temperature is not None:
-                knn_out[lam].append(out)
+
+    def knn_steps(lams) -> None:
+        for y, layer_in, found in kept:
+            d = knn_mix(inp.train_delta, *found[space], kk, weighting)
+            if lams is LAMBDAS:
+                norms["knn"] += float(d.flatten(1).norm(dim=1).sum())
+            for lam in lams:
+                out = _apply_at(cut, layer_in, lam * d)
+                add(f"knn/{lam:g}", out, y)
+                if task.with_temperature is not None:
+                    knn_out[lam].append(out)
+
+    knn_steps(LAMBDAS)
     lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
                for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
+    # a row whose loss was least at the grid's largest step: the search goes on while it falls
+    weight_norm = float(cut.layer.weight.detach().double().norm())
+    bounds = {name: weight_norm / max(norms[name] / n, 1e-30) for name in lambdas}
+    edge = [name for name, lam in lambdas.items() if lam == LAMBDAS[-1]]
+    wider = {name: [lam for lam in WIDER if lam <= bounds[name]] for name in edge}
+    if any(name in wider and wider[name] for name in ("ocd", "regressor")):
+        for lo, hi in blocks:
+            io = layer_io(cut, inp.x_cal[lo:hi])
+            for name, d in stepped_deltas(io, lo, hi).items():
+                for lam in wider.get(name, ()):
+                    add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), inp.y_cal[lo:hi])
+    if wider.get("knn"):
+        knn_steps(tuple(wider["knn"]))
+    widened = {}
+    for name in edge:
+        lambdas[name], widened[name] = _widen(name, [totals[f"{name}/{lam:g}"] for lam in wider[name]],
+                                              wider[name], totals[f"{name}/{LAMBDAS[-1]:g}"], bounds[name])
     if knn_out:  # knn_lambda's outputs, for its temperature
         outputs["knn_lambda"] = knn_out[lambdas["knn"]]
     source = "calibration rows" if inp.cal_own is None else "held-out train rows"
     return Choice((space, kk, weighting), lambdas, n, source, {key: v / n for key, v in totals.items()},
-                  {name: torch.cat(v) for name, v in outputs.items()})
+                  {name: torch.cat(v) for name, v in outputs.items()}, widened)
+
+
+def _widen(name: str, losses: list[float], lams: list[float], at_edge: float, bound: float) -> tuple[float, str]:
+    """The step chosen beyond the grid: the first of ``lams`` (ascending, all
+    within ``bound``) after which the loss stops falling, and how the search
+    ended, for the record and the results table."""
+    best, best_loss = LAMBDAS[-1], at_edge
+    for lam, loss in zip(lams, losses):
+        if loss >= best_loss:
+            return best, (f"the grid ended at {LAMBDAS[-1]:g} with the loss still falling; widened to {best:g}, "
+                          f"where it stopped falling ({lam:g} was worse)")
+        best, best_loss = lam, loss
+    why = (f"the largest step within the bound |W|/|delta| = {bound:.3g}" if not lams or lams[-1] < WIDER[-1]
+           else f"the last candidate, {WIDER[-1]:g}")
+    return best, (f"the grid ended at {LAMBDAS[-1]:g} with the loss still falling; widened to {best:g}, "
+                  f"still falling at {why}")
 
 
 # Numbers of a block's deltas held at once (float32: 1 GiB): a block holds the k
@@ -446,7 +501,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         rows.append(row("knn", note=f"{kk} nearest in {space} space, {weighting} weights: chosen {on}"))
         rows[-1].ms_per_sample = ms("base") + ms("knn")
         for name, lam in choice.lambdas.items():
-            top = " (the candidates' largest)" if lam == LAMBDAS[-1] else ""
+            top = f" ({choice.widened[name]})" if name in choice.widened else ""
             rows.append(row(f"{name}_lambda", note=f"{lam:g}{top} x the {name} row's delta: fitted {on}"))
             rows[-1].ms_per_sample = next(r.ms_per_sample for r in rows if r.name == name)
     if task.unsupervised_loss is None:

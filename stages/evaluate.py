@@ -106,6 +106,8 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
     notes = "".join(f"\nSkipped: {name}: {why}.\n" for name, why in skipped.items())
     if unlearned:
         notes += f"\nThe OCD rows come from an {unlearned}: it did not beat the references.\n"
+    for name, how in plots.get("chosen", {}).get("widened", {}).items():
+        notes += f"\nStep size of {name}_lambda: {how}.\n"
     best = plots.get("chosen", {}).get("best")
     if best:
         chosen = plots["chosen"]

@@ -103,3 +103,36 @@ def test_held_out_train_rows_stand_in_for_calibration_rows_and_never_retrieve_th
     assert choice.source == "held-out train rows"
     assert not (idx[:, 0] == own).any()  # in input space, a row's nearest is otherwise itself
     assert (nearest(inp.x_cal, inp.x_train) == own).all()
+
+
+def test_a_step_size_still_falling_at_the_grids_end_is_searched_further_within_the_bound(tmp_path):
+    """Issue 41: ocd_lambda, regressor_lambda and knn_lambda all chose the grid's largest step, 8, with the
+    calibration loss still falling, and the table said only "(the candidates' largest)"."""
+    inp = _inputs(tmp_path)
+    cut = linear_cut(inp.model, inp.layer)
+    weight = cut.layer.weight.detach()
+    d = torch.randn(weight.shape, generator=torch.Generator().manual_seed(2))
+    d = d * float(weight.norm() / d.norm()) / 40  # every stored delta the same: knn's delta is d, bound 40
+    inp.train_delta = d.expand(len(inp.train_delta), *d.shape).clone()
+    pushed = copy.deepcopy(inp.model)
+    with torch.no_grad():
+        getattr(pushed, inp.layer).weight.add_(400 * d)
+        inp.y_cal = pushed(inp.x_cal).argmax(-1)  # the labels a long step along d predicts
+        choice = choose(inp, cut, _nn_spaces(inp), 5, 3, 0.0, 1)
+    knn = [choice.losses[f"knn/{lam:g}"] for lam in (*LAMBDAS[-2:], 12, 16, 24, 32)]
+    assert knn == sorted(knn, reverse=True)  # falling through the grid's end and beyond
+    assert "knn/48" not in choice.losses  # past the bound: never tried
+    assert choice.lambdas["knn"] == 32
+    assert choice.widened["knn"] == ("the grid ended at 8 with the loss still falling; widened to 32, "
+                                     "still falling at the largest step within the bound |W|/|delta| = 40")
+    assert choice.record()["widened"]["knn"] == choice.widened["knn"]
+    assert choice.serve_losses()["knn_lambda"] == choice.losses["knn/32"]
+
+
+def test_the_search_beyond_the_grid_stops_where_the_loss_stops_falling():
+    from ocd.evaluation import _widen
+
+    lam, how = _widen("ocd", [0.5, 0.4, 0.45, 0.3], [12, 16, 24, 32], 0.6, 100.0)
+    assert lam == 16 and how.endswith("widened to 16, where it stopped falling (24 was worse)")
+    lam, how = _widen("ocd", [], [], 0.6, 9.0)  # the bound below the first wider candidate
+    assert lam == 8 and how.endswith("widened to 8, still falling at the largest step within the bound |W|/|delta| = 9")
