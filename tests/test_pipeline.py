@@ -472,6 +472,8 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     pictures = project / "artifacts/eval/pictures"
     with Image.open(pictures / "views.png") as img:  # 4 mixtures x (mixture, truth, base, oracle, OCD)
         assert img.size[0] == 5 * 126 + 6 * 4
+    # DVC tracks the pictures folder: git ignores what a run wrote there, never left untracked (issue 41)
+    assert project.run("git", "check-ignore", "-q", "artifacts/eval/pictures/views.png", check=False).returncode == 0
     rate, mixture = wavfile.read(pictures / "0_mixture_0.wav")
     assert rate == 8000 and mixture.shape == (4000,) and len(list(pictures.glob("*.wav"))) == 4 * (1 + 4 * 2)
     # a 16 kHz recording, longer than the model's window: resampled, separated window by window
