@@ -80,12 +80,15 @@ def make_project(root: Path, overrides: dict) -> Project:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), overrides)
+    # params.yaml as committed: `dvc exp run` without --temp leaves its values in the working copy
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    committed = shown.stdout if shown.returncode == 0 else (root / "params.yaml").read_text()
+    params = _merge(yaml.safe_load(committed), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = Project(root)
     project.run("git", "init", "-q")
     project.dvc("init", "-q")
-    project.dvc("config", "core.analytics", "false")
+    shutil.copy2(ROOT / ".dvc/config", root / ".dvc/config")  # the repository's: its remote beside the checkout
     return project
 
 
@@ -98,8 +101,10 @@ def project(tmp_path_factory):
 def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     project.dvc("repro")
     metrics = json.loads((project / "artifacts/base/metrics.json").read_text())
-    assert set(metrics) == {"train", "test"}
+    assert set(metrics) == {"train", "test", "trivial"}
     assert metrics["test"]["acc"] > 0.5  # chance is 0.1 on digits
+    # beside the model, what predicting the training class frequencies scores on the same rows
+    assert metrics["trivial"]["train"]["ce"] > 2.2 > metrics["train"]["ce"]
     meta = json.loads((project / "artifacts/base/model.json").read_text())
     assert meta["spec"]["name"] == "mlp" and len(meta["sha256"]) == 64
     scores = json.loads((project / "artifacts/layers/scores.json").read_text())
@@ -176,6 +181,30 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     fourth = project.dvc("repro")
     ran = [line for line in fourth.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'train_regressor':", "Running stage 'evaluate':"], fourth.stdout
+
+
+@pytest.mark.e2e
+def test_a_colleague_clones_pulls_and_has_nothing_to_run(project):
+    """Issue 44: the remote configured in the repository takes the pipeline's outputs (`dvc push`); a fresh
+    clone beside the checkout pulls them, finds the pipeline up to date and the store whole."""
+    project.dvc("repro")
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@example.com")
+    project.run("git", "add", "-A")
+    project.run(*git, "commit", "-qm", "the pipeline on tiny params")
+    pushed = project.dvc("push")
+    remote = project.root.parent / "ocd-dvc-remote"  # .dvc/config: ../../ocd-dvc-remote, from .dvc/
+    assert "pushed" in pushed.stdout and remote.is_dir()
+    clone = Project(project.root.parent / f"{project.root.name}-colleague")
+    project.run("git", "clone", "-q", str(project.root), str(clone.root))
+    assert not (clone / "artifacts/deltas.zarr").exists()  # git carries the pipeline, not its outputs
+    pulled = clone.dvc("pull")
+    assert pulled.returncode == 0 and (clone / "artifacts/base/model.pt").is_file()
+    assert "Data and pipelines are up to date." in clone.dvc("status").stdout
+    verify = clone.run("ocd", "inspect", "--verify", "artifacts/deltas.zarr")
+    assert verify.stdout.strip() == "artifacts/deltas.zarr: every finished chunk reads back and matches its checksum"
+    repro = clone.dvc("repro")
+    assert "Running stage" not in repro.stdout and "Data and pipelines are up to date." in repro.stdout
+    shutil.rmtree(clone.root)
 
 
 @pytest.mark.e2e
@@ -322,6 +351,27 @@ def test_a_damaged_store_is_named_refused_and_healed_by_dvc_repro(project, tmp_p
     assert chunk.read_bytes() == clean
     assert project.run("ocd", "inspect", "--verify", "artifacts/deltas.zarr").returncode == 0
     assert (project / "artifacts/eval/metrics.json").read_text() == metrics
+
+
+@pytest.mark.e2e
+def test_a_run_that_stops_early_leaves_no_earlier_results_to_read_as_its_own(project):
+    """Issue 44: a `dvc repro` that stopped at train_base left the committed results.md in place."""
+    project.dvc("repro")
+    params = (project / "params.yaml").read_text()
+    broken = yaml.safe_load(params)
+    broken["base"]["lr"] = 1e-12  # the base model learns nothing: train_base refuses it
+    (project / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+    try:
+        failed = project.dvc("repro", check=False)
+        assert failed.returncode != 0 and "did not learn" in failed.stderr
+        assert "the pipeline stopped at train-base: artifacts/eval/results.md" in failed.stderr
+        assert not (project / "artifacts/eval/results.md").exists()
+        assert not (project / "artifacts/eval/metrics.json").exists()
+    finally:
+        (project / "params.yaml").write_text(params)
+    project.dvc("repro")  # the params back: the base model from DVC's cache, the results written anew
+    assert (project / "artifacts/eval/results.md").is_file()
+    assert "Data and pipelines are up to date." in project.dvc("status").stdout
 
 
 @pytest.mark.e2e
