@@ -6,6 +6,20 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def params_yaml(tmp_path_factory):
+    """params.yaml as committed, in a file of its own: no test reads the working copy, which
+    `dvc exp run` without --temp leaves holding its experiment's values (issue 44)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True)
+    path = tmp_path_factory.mktemp("committed") / "params.yaml"
+    path.write_text(shown.stdout if shown.returncode == 0 else (root / "params.yaml").read_text())
+    return path
+
+
 @pytest.fixture
 def digits_params():
     from ocd.params import DataParams

@@ -4,9 +4,8 @@ import yaml
 from ocd.params import ParamsError, load_params, parse_params
 
 
-def test_defaults_and_repo_params_file_parse():
-    load_params("params.yaml")  # the working copy: whatever `dvc exp run` left in it must parse
-    p = parse_params(committed_params())
+def test_defaults_and_repo_params_file_parse(params_yaml):
+    p = load_params(params_yaml)
     assert p.data.name == "mnist5k"
     assert p.model.name == "lenet5"
     assert parse_params({}).base.epochs > 0
@@ -70,22 +69,12 @@ def test_missing_and_invalid_yaml_files(tmp_path):
         load_params(tmp_path)
 
 
-def committed_params() -> dict:
-    """params.yaml as committed (`dvc exp run` leaves its values in the working copy)."""
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True)
-    return yaml.safe_load(shown.stdout if shown.returncode == 0 else (root / "params.yaml").read_text())
-
-
-def test_the_dataclass_defaults_are_the_committed_params_yaml():
+def test_the_dataclass_defaults_are_the_committed_params_yaml(params_yaml):
     import dataclasses
 
     from ocd.params import Params
 
-    raw, defaults = committed_params(), Params()
+    raw, defaults = yaml.safe_load(params_yaml.read_text()), Params()
     assert set(raw) == {f.name for f in dataclasses.fields(Params)}
     for section, values in raw.items():
         fields = {f.name for f in dataclasses.fields(getattr(defaults, section))}

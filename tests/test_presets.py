@@ -8,9 +8,9 @@ from ocd.params import ParamsError
 
 @pytest.mark.parametrize("name", ["paper", "project"])
 @pytest.mark.parametrize("cuda", [False, True])
-def test_every_preset_parses_with_the_repo_params(name, cuda):
+def test_every_preset_parses_with_the_repo_params(name, cuda, params_yaml):
     chosen, notes = presets.resolve(presets.load(name), cuda=cuda)
-    params = presets.apply("params.yaml", chosen)  # the dry parse
+    params = presets.apply(params_yaml, chosen)  # the dry parse
     for section, values in chosen.items():
         for key, value in values.items():
             assert getattr(getattr(params, section), key) == value, f"{section}.{key}"
@@ -25,7 +25,7 @@ def test_every_preset_parses_with_the_repo_params(name, cuda):
     assert back == chosen
 
 
-def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in():
+def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in(params_yaml):
     paper = presets.load("paper")
     assert paper["layers"]["force"] == "fc1" and paper["diffusion"]["target"] == "matrix"
     assert paper["diffusion"]["prediction"] == "eps" and paper["scale"]["loss"] == "paper"
@@ -36,7 +36,7 @@ def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in():
     # the project preset sets the same keys, to params.yaml's values
     project = presets.load("project")
     assert {s: set(v) for s, v in project.items()} == {s: set(v) for s, v in paper.items()}
-    committed = presets.apply("params.yaml", {})
+    committed = presets.apply(params_yaml, {})
     for section, values in project.items():
         for key, value in values.items():
             assert getattr(getattr(committed, section), key) == value, f"{section}.{key}"
@@ -47,11 +47,11 @@ def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in():
     assert on_gpu["diffusion"]["preset"] == "paper" and notes == []
 
 
-def test_unknown_presets_and_bad_keys_are_named():
+def test_unknown_presets_and_bad_keys_are_named(params_yaml):
     with pytest.raises(ParamsError, match="unknown preset 'nope'; valid presets: paper, project"):
         presets.load("nope")
     with pytest.raises(ParamsError, match="diffusion: unknown key.*predicton"):
-        presets.apply("params.yaml", {"diffusion": {"predicton": "eps"}})
+        presets.apply(params_yaml, {"diffusion": {"predicton": "eps"}})
 
 
 def test_a_preset_is_a_name_never_a_path(tmp_path):
@@ -62,7 +62,7 @@ def test_a_preset_is_a_name_never_a_path(tmp_path):
         presets.load(relative)
 
 
-def test_a_preset_extends_another_and_the_speech_paper_sizes_build_with_the_forced_layer():
+def test_a_preset_extends_another_and_the_speech_paper_sizes_build_with_the_forced_layer(params_yaml):
     import torch
 
     from ocd.models.cut import linear_cut
@@ -71,7 +71,7 @@ def test_a_preset_extends_another_and_the_speech_paper_sizes_build_with_the_forc
     speech, big = presets.load("speech"), presets.load("speech-paper")
     assert big["data"]["name"] == "speech_mix" and big["data"]["speakers"] == 5  # speech's key, its own value
     assert big["diffusion"] == {**speech["diffusion"], "preset": "paper"}
-    params = presets.apply("params.yaml", presets.resolve(big, cuda=False)[0])
+    params = presets.apply(params_yaml, presets.resolve(big, cuda=False)[0])
     length = round(params.data.seconds * 8000)
     spec = ModelSpec.from_params(params.model, (1, length), params.data.speakers * length,
                                  {"speakers": params.data.speakers})

@@ -193,9 +193,7 @@ def test_a_store_whose_every_delta_is_zero_has_no_scale_to_learn():
         scale.rho_floor(np.zeros(3, np.float32))
 
 
-def test_the_stage_refuses_an_all_zero_store_before_it_trains_anything(tmp_path, monkeypatch):
-    from pathlib import Path
-
+def test_the_stage_refuses_an_all_zero_store_before_it_trains_anything(tmp_path, monkeypatch, params_yaml):
     from ocd.distributed import Group
     from ocd.params import load_params
     from stages.train_diffusion import _train_diffusion
@@ -207,7 +205,7 @@ def test_the_stage_refuses_an_all_zero_store_before_it_trains_anything(tmp_path,
         raise AssertionError("trained the diffusion model on a store with no scale to learn")
 
     monkeypatch.setattr(diffusion, "train", no_training)
-    p = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    p = load_params(params_yaml)
     with pytest.raises(StoreError, match="every one of the 48 fit rows has a zero delta"):
         _train_diffusion(p, tmp_path / "s.zarr", tmp_path / "out", False, Group())
     assert not (tmp_path / "out").exists()

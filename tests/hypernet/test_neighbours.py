@@ -68,11 +68,11 @@ def test_target_of_undoes_to_matrix(target):
 
 
 @pytest.mark.parametrize("target", ["rank1", "flat", "matrix"])
-def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path, target):
+def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path, target, params_yaml):
     # rank1: delta = u_kind sign(i_L)^T; flat: delta = a pattern per kind (the conditioning reveals the kind)
     root = synthetic_store(tmp_path / "s.zarr", rank_one="sign" if target == "rank1" else None, attrs={
         "weight_shape": [4, 6], "base_sha256": "b", "layer": "fc", "overfit": {"rho": "fro"}})
-    p = presets.apply("params.yaml", {"diffusion": {"neighbours": 3, "target": target, "preset": "tiny",
+    p = presets.apply(params_yaml, {"diffusion": {"neighbours": 3, "target": target, "preset": "tiny",
                                                     "holdout": 0.25}})
     fit = open_fit(p, tmp_path / "s.zarr", main=False)
     assert fit.meta.neighbours == 3 and set(fit.stats) == {*COND, NEIGHBOURS}
