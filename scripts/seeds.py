@@ -1,20 +1,25 @@
 """Run the pipeline for several seeds as DVC experiments and aggregate them.
 
-    .venv/bin/python scripts/seeds.py run --tag mnist5k --seeds 0 1 2 [-S data.name=digits ...]
+    .venv/bin/python scripts/seeds.py run --tag mnist5k --seeds 0 1 2 [--jobs 2] [-S data.name=digits ...]
     .venv/bin/python scripts/seeds.py table docs/runs/mnist5k
 
     .venv/bin/python scripts/seeds.py compare docs/runs/mnist5k-rank1 docs/runs/mnist5k-matrix
     .venv/bin/python scripts/seeds.py pick docs/runs/pick-mnist5k-epochs1 docs/runs/pick-california ...
     .venv/bin/python scripts/seeds.py record --tag mnist5k --seed 3   # after a plain `dvc repro` of seed 3
 
-`run` calls `dvc exp run` once per seed, from the committed params.yaml, with base.seed, diffusion.seed,
+`run` queues one DVC experiment per seed (`dvc exp run --queue`, named
+TAG-seedN), from the committed pipeline, with base.seed, diffusion.seed,
 scale.seed and evaluate.seed set to that seed (the data split and the layer
 scores' draws stay fixed; with --draws data.seed too: a few-shot set's
-training sentences are drawn anew), plus any extra `-S` overrides, and copies the
-experiment's metrics to docs/runs/TAG/seedN.json. `table` prints every row's
-mean ± SD over the seeds (sample SD), with the paired change against the
-base model, as markdown for docs/RESULTS.md. `compare` puts several runs
-(e.g. the two diffusion targets) side by side: the held-out (validation)
+training sentences are drawn anew), plus any extra `-S` overrides. `dvc queue
+start -j N` then runs them in DVC's own temporary copies, N at a time (by
+default as many as the cores, each with cores / N torch threads), so the
+workspace (params.yaml, dvc.lock, artifacts/) is never touched. Each finished
+experiment stays a git ref (`dvc exp show`, `dvc exp apply TAG-seedN`), and its
+metrics, read from that ref, are copied to docs/runs/TAG/seedN.json. `table`
+prints every row's mean ± SD over the seeds (sample SD), with the paired change
+against the base model, as markdown for docs/RESULTS.md. `compare` puts several
+runs (e.g. the two diffusion targets) side by side: the held-out (validation)
 cosines that choose between them, then the paired test changes.
 """
 
@@ -22,12 +27,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 # the keys of an evaluate metrics.json that are not rows of the table
 NOT_ROWS = {"skipped", "chosen", "denoiser"}
@@ -39,33 +48,107 @@ METRICS = {"eval": "artifacts/eval/metrics.json", "diffusion": "artifacts/diffus
 MODEL_METRICS = ("artifacts/diffusion/scale_metrics.json", "artifacts/diffusion/regressor_metrics.json")
 
 
-def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False) -> None:
+# The venv's own dvc, beside this interpreter: README runs the script as .venv/bin/python with no
+# activated venv, so `dvc` alone is not on PATH.
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def _dvc(*args: str, env: dict | None = None) -> str:
+    env = dict(os.environ if env is None else env)
+    # DVC's queue starts its workers as `dvc` from PATH: the venv's bin goes first
+    env["PATH"] = os.pathsep.join([str(Path(DVC).parent), env.get("PATH", "")])
+    done = subprocess.run([DVC, *args], capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"dvc {' '.join(args)} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+    return done.stdout
+
+
+def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False, jobs: int = 0,
+        poll: float = 10.0) -> None:
     out = Path("docs/runs") / tag
-    out.mkdir(parents=True, exist_ok=True)
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "params.yaml"], capture_output=True, text=True)
+    if changed.stdout.strip():  # a queued experiment would carry the working copy's edits into every seed
+        sys.exit("params.yaml has uncommitted changes, which every queued seed would include: commit them, or "
+                 "pass them as -S overrides (`git diff params.yaml` shows them)")
     seeded = SEEDED + (("data.seed",) if draws else ())
-    for seed in seeds:
+    names = {seed: f"{tag}-seed{seed}" for seed in seeds}
+    for seed, name in names.items():
         sets = [a for key in seeded for a in ("-S", f"{key}={seed}")] + [a for o in overrides for a in ("-S", o)]
-        # `dvc exp run -S` leaves its values in params.yaml: start every run from
-        # the committed params so one tag's overrides never leak into the next
-        subprocess.run(["git", "checkout", "--", "params.yaml"], check=True)
-        subprocess.run(["dvc", "exp", "run", *sets], check=True)
-        record(out, seed, overrides)
+        _dvc("exp", "run", "--queue", "--name", name, *sets)
+    cores = os.cpu_count() or 1
+    jobs = jobs or max(1, min(len(seeds), cores))
+    env = dict(os.environ)
+    env.setdefault("OCD_THREADS", str(max(1, cores // jobs)))  # side by side, each process its share
+    start = time.perf_counter()
+    _dvc("queue", "start", "-j", str(jobs), env=env)
+    print(f"queued {', '.join(names.values())}; running {jobs} at a time (`dvc queue status` shows them)",
+          flush=True)
+    pending, idle = set(names.values()), 0
+    while pending:
+        time.sleep(poll)
+        status = _queue_status()
+        idle = idle + 1 if status.get("workers") == "none" else 0
+        if idle >= max(3, round(60 / poll)):
+            sys.exit(f"DVC's queue has no worker running and {', '.join(sorted(pending))} still waiting: "
+                     "`dvc queue start` did not start one (.dvc/tmp/exps/celery/*.out says why)")
+        for name in sorted(pending):
+            state = status.get(name)
+            if state in ("Success", "Failed"):
+                pending.discard(name)
+                print(f"{name}: {state} after {time.perf_counter() - start:.0f} s", flush=True)
+    failed = [name for name in names.values() if _queue_status().get(name) != "Success"]
+    refs = _experiment_refs()
+    for seed, name in names.items():
+        if name in refs and name not in failed:
+            record(out, seed, overrides, read=lambda path, sha=refs[name]: _git_show(sha, path))
+    print(f"{len(names) - len(failed)} of {len(names)} seeds in {time.perf_counter() - start:.0f} s "
+          f"with {jobs} at a time", flush=True)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (`dvc queue logs NAME` shows why)")
 
 
-def record(out: Path, seed: int, overrides: list[str]) -> None:
-    """Copy the workspace's metrics (those of the run just made) to OUT/seedN.json."""
+def _queue_status() -> dict[str, str]:
+    """Experiment name -> its state in DVC's queue (Queued, Running, Success, Failed); "workers":
+    "none" when no worker is running."""
+    got = {}
+    for line in _dvc("queue", "status").splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1] in ("Queued", "Running", "Success", "Failed"):
+            got[words[1]] = words[-1]
+        elif line.startswith("Worker status: 0 active, 0 idle"):
+            got["workers"] = "none"
+    return got
+
+
+def _experiment_refs() -> dict[str, str]:
+    """Experiment name -> the commit DVC keeps it as (refs/exps/.../NAME)."""
+    shown = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+                           capture_output=True, text=True, check=True).stdout
+    return {ref.rsplit("/", 1)[-1]: sha for sha, ref in (line.split() for line in shown.splitlines())}
+
+
+def _git_show(sha: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{sha}:{path}"], capture_output=True, text=True, check=True).stdout
+
+
+def _workspace(path: str) -> str:
+    return Path(path).read_text()
+
+
+def record(out: Path, seed: int, overrides: list[str], read: Callable[[str], str] = _workspace) -> None:
+    """Copy a run's metrics to OUT/seedN.json: the workspace's (the run just made), or
+    through ``read`` an experiment's, from the commit DVC keeps it as."""
     out.mkdir(parents=True, exist_ok=True)
-    got = {name: json.loads(Path(path).read_text()) for name, path in METRICS.items()}
+    got = {name: json.loads(read(path)) for name, path in METRICS.items()}
     for extra in MODEL_METRICS:  # the scale model's and the regressor's stages write their own
-        for key, value in json.loads(Path(extra).read_text()).items():
+        for key, value in json.loads(read(extra)).items():
             if isinstance(value, dict) and isinstance(got["diffusion"].get(key), dict):
                 got["diffusion"][key] = {**got["diffusion"][key], **value}
             else:
                 got["diffusion"].setdefault(key, value)
     got["overrides"] = overrides
     # each row's note (e.g. the fitted temperature) from the results table
-    with open("artifacts/eval/results.csv", newline="") as fh:
-        got["notes"] = {row["row"]: row["note"] for row in csv.DictReader(fh)}
+    got["notes"] = {row["row"]: row["note"] for row in csv.DictReader(io.StringIO(read("artifacts/eval/results.csv")))}
     got["layers"] = {k: got["layers"][k] for k in ("selected", "runner_up", "layers")}
     (out / f"seed{seed}.json").write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     print(f"seed {seed}: {out / f'seed{seed}.json'}", flush=True)
@@ -326,6 +409,8 @@ def main() -> None:
     r.add_argument("-S", dest="overrides", action="append", default=[])
     r.add_argument("--draws", action="store_true",
                    help="also set data.seed: a new few-shot draw of the training sentences per seed")
+    r.add_argument("--jobs", "-j", type=int, default=0,
+                   help="experiments at a time (default: as many as the cores, up to the seeds)")
     rec = sub.add_parser("record", help="record the workspace's last run (e.g. a plain `dvc repro`) as seed N of a tag")
     rec.add_argument("--tag", required=True)
     rec.add_argument("--seed", type=int, required=True)
@@ -343,7 +428,7 @@ def main() -> None:
                     help="the second table pairs every row against this one (default: the temperature)")
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.tag, args.seeds, args.overrides, args.draws)
+        run(args.tag, args.seeds, args.overrides, args.draws, args.jobs)
     elif args.cmd == "record":
         record(Path("docs/runs") / args.tag, args.seed, args.overrides)
     elif args.cmd == "compare":

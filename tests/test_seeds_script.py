@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,3 +140,40 @@ def test_pick_against_a_row_no_run_has_is_one_line_and_exit_2(tmp_path):
     assert "--against nn_imput: no run in these folders has that row" in bad.stderr and "nn_input" in bad.stderr
     good = subprocess.run([*cmd, "nn_input"], capture_output=True, text=True, check=True)
     assert "Δ ocd vs nn_input" in good.stdout
+
+
+@pytest.mark.e2e
+def test_seeds_run_on_dvc_queue_in_parallel_and_leave_the_workspace_as_it_was(tmp_path):
+    """Issue 44: the seeds run as DVC's queued experiments, two at a time, the records come from the
+    experiments' refs, and params.yaml, dvc.lock and git status are as before; run as README runs it,
+    by the venv's python with no dvc on PATH."""
+    import os
+    import subprocess
+    import sys
+
+    from test_pipeline import TINY, _merge, make_project
+
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p", _merge(TINY, {"evaluate": {"deep_ensemble": False}}))
+    shutil.copytree(ROOT / "scripts", project / "scripts")
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@example.com")
+    project.run("git", "add", "-A")
+    project.run(*git, "commit", "-qm", "tiny")
+    params = (project / "params.yaml").read_text()
+    env = dict(project.env, PATH=os.pathsep.join(p for p in project.env["PATH"].split(os.pathsep)
+                                                 if p != str(Path(sys.executable).parent)))
+    done = subprocess.run([sys.executable, "scripts/seeds.py", "run", "--tag", "tiny", "--seeds", "0", "1",
+                           "--jobs", "2", "-S", "base.epochs=2"], cwd=project.root, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 of 2 seeds" in done.stdout and "with 2 at a time" in done.stdout
+    records = [json.loads((project / f"docs/runs/tiny/seed{seed}.json").read_text()) for seed in (0, 1)]
+    assert records[0]["eval"]["base"]["ce"] != records[1]["eval"]["base"]["ce"]  # two seeds, two base models
+    assert records[0]["overrides"] == ["base.epochs=2"] and "temperature" in records[0]["notes"]
+    assert (project / "params.yaml").read_text() == params
+    assert project.run("git", "status", "--porcelain").stdout.strip() == "?? docs/"
+    assert not (project / "dvc.lock").exists()  # nothing ran in the workspace
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    assert "tiny-seed0" in json.dumps(shown) and "tiny-seed1" in json.dumps(shown)
+    base = next(line for line in _seeds().table(project / "docs/runs/tiny").splitlines() if line.startswith("| base"))
+    assert " ± " in base  # two seeds: a mean and an SD
