@@ -57,6 +57,8 @@ class Task:
     # None: no such reference (a NeRF's or a separator's constant output is checked as constant).
     constant: Callable[[torch.Tensor, int], torch.Tensor] | None = None
     constant_name: str = ""  # what that constant predicts, for messages
+    # The metrics a user compares runs by: the loss and the measure of quality (evaluate's summary.json).
+    headline: tuple[str, ...] = ()
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, targets).mean()
@@ -111,7 +113,7 @@ def classification() -> Task:
     return Task("classification", _ce, _classification_metrics, _mean_probabilities, _entropy, _describe_class,
                 _ce_precise, with_temperature=lambda out, t: out / t,
                 correct=lambda out, y: out.argmax(dim=-1) == y,
-                constant=_log_frequencies, constant_name="the training class frequencies")
+                constant=_log_frequencies, constant_name="the training class frequencies", headline=("ce", "acc"))
 
 
 def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:
@@ -131,7 +133,7 @@ def regression(target_mean: float = 0.0, target_scale: float = 1.0) -> Task:
     return Task("regression", per_sample, metrics, lambda outs: outs.mean(0), None,
                 lambda out: f"{float(out[0]) * target_scale + target_mean:.4f}",
                 constant=lambda targets, width: targets.double().mean().float().expand(width),
-                constant_name="the training mean")
+                constant_name="the training mean", headline=("mse", "rmse"))
 
 
 def _psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -154,7 +156,7 @@ def rendering(height: int, width: int) -> Task:
 
     return Task("rendering", per_sample, metrics, lambda outs: outs.mean(0), None,
                 lambda out: f"image, mean colour {float(out.mean()):.3f}",
-                as_images=lambda outs: outs.reshape(-1, height, width, 3).clamp(0, 1))
+                as_images=lambda outs: outs.reshape(-1, height, width, 3).clamp(0, 1), headline=("mse", "psnr"))
 
 
 def si_snr(estimates: torch.Tensor, sources: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -262,7 +264,7 @@ def separation(speakers: int, length: int, sample_rate: int = 8000) -> Task:
 
     return Task("separation", per_sample, metrics, ensemble, None, describe, as_images=lambda o: pictures(signals(o)),
                 inputs_as_images=inputs, input_name="mixture", as_signals=signals, sample_rate=sample_rate,
-                aligned=aligned)
+                aligned=aligned, headline=("neg_si_sdr", "si_sdri"))
 
 
 TASKS = {"classification": classification, "regression": regression, "rendering": rendering,

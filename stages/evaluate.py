@@ -102,6 +102,7 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
     write_json(out / "metrics.json", {**table, **({"skipped": skipped} if skipped else {}),
                                       **({"chosen": plots["chosen"]} if "chosen" in plots else {}),
                                       **({"denoiser": trained.held_out} if trained.held_out else {})})
+    write_json(out / "summary.json", summary(rows, task, root.attrs["layer"], plots.get("chosen", {}).get("best")))
     write_csv(out / "results.csv", (r.flat() for r in rows))
     notes = "".join(f"\nSkipped: {name}: {why}.\n" for name, why in skipped.items())
     if unlearned:
@@ -195,3 +196,18 @@ def _markdown(rows) -> str:
         lines.append(f"| {r.name} | " + " | ".join(fmt(r.metrics[k]) for k in keys)
                      + f" | {fmt(r.cosine)} | {fmt(r.scale_error)} | {fmt(r.ms_per_sample)} | {r.note} |")
     return "\n".join(lines) + "\n"
+
+
+def summary(rows: list, task, layer: str, best: dict | None) -> dict:
+    """What `dvc exp show` lists per experiment (the pipeline's one declared metrics file): the layer,
+    and the base model's, OCD's and the best calibration row's test loss and quality (the task's
+    headline metrics); every row's every metric stays in metrics.json."""
+    by_name = {r.name: r for r in rows}
+
+    def headline(name: str) -> dict:
+        return {key: by_name[name].metrics[key] for key in task.headline if key in by_name[name].metrics}
+
+    got = {"layer": layer, "base": headline("base"), "ocd": headline("ocd")}
+    if best and best["row"] in by_name:
+        got["best"] = {"row": best["row"], **headline(best["row"])}
+    return got

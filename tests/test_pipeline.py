@@ -134,6 +134,14 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
 
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert table_rows(results) == ROWS
+    # what `dvc exp show` lists: the one declared metrics file, a few numbers a user compares (issue 44)
+    summary = json.loads((project / "artifacts/eval/summary.json").read_text())
+    best = results["chosen"]["best"]["row"]
+    assert summary == {"layer": scores["selected"], "base": {k: results["base"][k] for k in ("ce", "acc")},
+                       "ocd": {k: results["ocd"][k] for k in ("ce", "acc")},
+                       "best": {"row": best, **{k: results[best][k] for k in ("ce", "acc")}}}
+    shown = project.dvc("metrics", "show", "--json").stdout
+    assert set(json.loads(shown)[""]["data"]) == {"artifacts/eval/summary.json"}
     assert results["chosen"]["source"] == "calibration rows" and results["chosen"]["rows"] == 144
     for name in ROWS:
         row = results[name]
@@ -365,8 +373,8 @@ def test_a_run_that_stops_early_leaves_no_earlier_results_to_read_as_its_own(pro
         failed = project.dvc("repro", check=False)
         assert failed.returncode != 0 and "did not learn" in failed.stderr
         assert "the pipeline stopped at train-base: artifacts/eval/results.md" in failed.stderr
-        assert not (project / "artifacts/eval/results.md").exists()
-        assert not (project / "artifacts/eval/metrics.json").exists()
+        for name in ("results.md", "results.csv", "metrics.json", "summary.json"):
+            assert not (project / "artifacts/eval" / name).exists(), name
     finally:
         (project / "params.yaml").write_text(params)
     project.dvc("repro")  # the params back: the base model from DVC's cache, the results written anew
