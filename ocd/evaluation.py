@@ -294,12 +294,13 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
         return {space: neighbours(query, pool, max(KNN_K), own)
                 for space, (query, pool) in _queries(spaces, inp.x_cal[lo:hi], io.cond).items()}
 
-    def stepped_deltas(io, lo: int, hi: int) -> dict[str, torch.Tensor]:
+    def stepped_deltas(io, lo: int, hi: int, names=("ocd", "regressor")) -> dict[str, torch.Tensor]:
         """The ocd row's one sample (seeded by its rows: the same on every call) and the regressor's delta."""
         given = with_neighbours(io.cond, inp.retriever, None if inp.cal_own is None else inp.cal_own[lo:hi])
-        _, deltas = ocd_deltas(inp.diff, inp.scaler, given, 1, steps, eta, seed, first_row=lo)
-        got = {"ocd": deltas[0]}
-        if inp.regressor is not None:
+        got = {}
+        if "ocd" in names:
+            got["ocd"] = ocd_deltas(inp.diff, inp.scaler, given, 1, steps, eta, seed, first_row=lo)[1][0]
+        if inp.regressor is not None and "regressor" in names:
             got["regressor"] = regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit)
         return got
 
@@ -350,15 +351,15 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     if any(name in wider and wider[name] for name in ("ocd", "regressor")):
         for lo, hi in blocks:
             io = layer_io(cut, inp.x_cal[lo:hi])
-            for name, d in stepped_deltas(io, lo, hi).items():
-                for lam in wider.get(name, ()):
+            for name, d in stepped_deltas(io, lo, hi, [name for name in wider if wider[name]]).items():
+                for lam in wider[name]:
                     add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), inp.y_cal[lo:hi])
     if wider.get("knn"):
         knn_steps(tuple(wider["knn"]))
     widened = {}
     for name in edge:
-        lambdas[name], widened[name] = _widen(name, [totals[f"{name}/{lam:g}"] for lam in wider[name]],
-                                              wider[name], totals[f"{name}/{LAMBDAS[-1]:g}"], bounds[name])
+        lambdas[name], widened[name] = _widen([totals[f"{name}/{lam:g}"] for lam in wider[name]], wider[name],
+                                              totals[f"{name}/{LAMBDAS[-1]:g}"], bounds[name])
     if knn_out:  # knn_lambda's outputs, for its temperature
         outputs["knn_lambda"] = knn_out[lambdas["knn"]]
     source = "calibration rows" if inp.cal_own is None else "held-out train rows"
@@ -366,7 +367,7 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
                   {name: torch.cat(v) for name, v in outputs.items()}, widened)
 
 
-def _widen(name: str, losses: list[float], lams: list[float], at_edge: float, bound: float) -> tuple[float, str]:
+def _widen(losses: list[float], lams: list[float], at_edge: float, bound: float) -> tuple[float, str]:
     """The step chosen beyond the grid: the first of ``lams`` (ascending, all
     within ``bound``) after which the loss stops falling, and how the search
     ended, for the record and the results table."""

@@ -132,7 +132,7 @@ def test_a_step_size_still_falling_at_the_grids_end_is_searched_further_within_t
 def test_the_search_beyond_the_grid_stops_where_the_loss_stops_falling():
     from ocd.evaluation import _widen
 
-    lam, how = _widen("ocd", [0.5, 0.4, 0.45, 0.3], [12, 16, 24, 32], 0.6, 100.0)
+    lam, how = _widen([0.5, 0.4, 0.45, 0.3], [12, 16, 24, 32], 0.6, 100.0)
     assert lam == 16 and how.endswith("widened to 16, where it stopped falling (24 was worse)")
-    lam, how = _widen("ocd", [], [], 0.6, 9.0)  # the bound below the first wider candidate
+    lam, how = _widen([], [], 0.6, 9.0)  # the bound below the first wider candidate
     assert lam == 8 and how.endswith("widened to 8, still falling at the largest step within the bound |W|/|delta| = 9")
