@@ -310,7 +310,8 @@ def _(w):
     folder = _idx(w.root / "flat_idx", np.zeros((60, 28, 28), np.uint8), np.arange(60, dtype=np.uint8) % 10)
     out = w.root / "flat"
     return on_disk(refused(w.ocd("train-base", "--no-progress", "--out", out,
-                                 params={"data": {"name": "mnist_idx", "path": str(folder)}})), nothing_written=not out.exists())
+                                 params={"data": {"name": "mnist_idx", "path": str(folder)}})),
+                   nothing_written=not out.exists())
 
 
 @drill("41.1", "base.lr: 1e-12 (the loss never moves)")
@@ -338,7 +339,8 @@ def _(w):
           params={"layers": {"force": "fc1"}}, check=True)
     store = dead / "d.zarr"
     return on_disk(refused(w.ocd("overfit", "--no-progress", "--base", dead, "--scores", dead / "layers/scores.json",
-                                 "--out", store, "--metrics", dead / "m.json")), no_metrics=not (dead / "m.json").exists())
+                                 "--out", store, "--metrics", dead / "m.json")),
+                   no_metrics=not (dead / "m.json").exists())
 
 
 # ---------------------------------------------------------------- 30.7 / 41.6: small data, end to end
@@ -547,7 +549,8 @@ def _(w):
     verify = w.ocd("inspect", "--verify", "artifacts/deltas.zarr")
     return on_disk((named and repro.returncode == 0 and UP_TO_DATE in after.stdout and verify.returncode == 0,
                     f"dvc status {'names' if named else 'DOES NOT NAME'} the store; dvc repro exit {repro.returncode}; "
-                    f"then: {last_line(after)}; {last_line(verify)}"), attributes_restored=zarr_json.read_bytes() == clean)
+                    f"then: {last_line(after)}; {last_line(verify)}"),
+                   attributes_restored=zarr_json.read_bytes() == clean)
 
 
 # ---------------------------------------------------------------- 30.10
@@ -574,7 +577,8 @@ def _(w):
     stale = out / f".diffusion.pt.{dead.pid}.tmp"
     stale.write_bytes(b"")
     run = w.ocd("train-diffusion", "--no-progress", "--out", out)
-    return on_disk((run.returncode == 0, f"exit {run.returncode}; {stale.name} {'left' if stale.exists() else 'removed'}"),
+    shown = f"exit {run.returncode}; {stale.name} {'left' if stale.exists() else 'removed'}"
+    return on_disk((run.returncode == 0, shown),
                    stale_file_removed=not stale.exists(), model_written=(out / "diffusion.pt").is_file())
 
 

@@ -60,7 +60,8 @@ def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Pa
         cond_outputs = cut.encode_output(torch.zeros(1, data.n_outputs, device=get_device())).shape[1]
     layout = Layout(n={"train": len(data.y_train), "test": len(data.y_test)},
                     out_features=cut.layer.out_features, in_features=cut.layer.in_features,
-                    n_outputs=cond_outputs, chunk=chunk_rows(len(data.y_train), p.overfit.batch_size), dtype=p.overfit.dtype,
+                    n_outputs=cond_outputs, chunk=chunk_rows(len(data.y_train), p.overfit.batch_size),
+                    dtype=p.overfit.dtype,
                     label_dtype=str(data.y_train.numpy().dtype), label_shape=tuple(data.y_train.shape[1:]),
                     rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer])
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),

@@ -94,7 +94,8 @@ def test_a_base_model_no_better_than_the_class_frequencies_or_the_mean_is_refuse
     assert abs(trivial_loss(task, y, 10) - float(-(torch.bincount(y) / 200 * (torch.bincount(y) / 200).log()).sum())) \
         < 1e-5  # the entropy of the labels
     untrained = 0.01 * torch.randn(200, 10, generator=g)  # base.lr 1e-12: CE about log 10, above the entropy
-    with pytest.raises(ModelError, match=r"did not learn: its training loss 2.30\d* is no lower than 2.2\d*, what always "
+    with pytest.raises(ModelError, match=r"did not learn: its training loss 2.30\d* is no lower than 2.2\d*, "
+                                         r"what always "
                                          r"predicting the training class frequencies scores on the same rows; its "
                                          r"training loss went 2.35 -> 2.35: raise base.lr \(now 1e-12\)"):
         check_learned(untrained, [2.3505, 2.3505], task, y, BaseParams(lr=1e-12))
@@ -102,7 +103,8 @@ def test_a_base_model_no_better_than_the_class_frequencies_or_the_mean_is_refuse
     check_learned(learned, [2.3, 0.4], task, y, BaseParams())
     t = torch.randn(100, generator=g)
     regressor = regression()
-    with pytest.raises(ModelError, match=r"no lower than 1\.1\d*, what always predicting the training mean scores.*: check base.lr"):
+    with pytest.raises(ModelError,
+                       match=r"no lower than 1\.1\d*, what always predicting the training mean scores.*: check base.lr"):
         check_learned(0.1 * torch.randn(100, 1, generator=g), [1.1, 1.0], regressor, t)
     check_learned(t[:, None] + 0.1 * torch.randn(100, 1, generator=g), [1.0, 0.1], regressor, t)
     # a task with no trivial predictor: a loss that never moved
