@@ -23,12 +23,12 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ocd.errors import CheckpointError
+
 # The key of a checkpoint that holds its JSON configuration.
 CONFIG = "config_json"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read safely or is not one of ours; the message says why."""
 
 
 @contextlib.contextmanager

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ocd.errors import StoreError
+
 # The conditioning I(x), in the order every model takes its parts (the store's arrays of the same names).
 COND = ("cond/layer_input", "cond/layer_activation", "cond/output")
 
 
-class StoreError(ValueError):
-    """A store cannot be used as asked; the message says why."""
 
 
 

@@ -34,6 +34,7 @@ from scipy.signal import fftconvolve
 from torch import nn
 
 from ocd.distributed import Group
+from ocd.errors import ScoreError
 from ocd.models.cut import ModelError, cut_at, layer_with_weight_stack, weight_layers
 from ocd.tasks import Task
 
@@ -43,8 +44,6 @@ from ocd.tasks import Task
 SELECTABLE = (nn.Linear,)
 
 
-class ScoreError(ValueError):
-    """A layer cannot be scored (non-finite losses); the message names the layer."""
 
 
 def selectable_layers(model: nn.Module) -> list[str]:

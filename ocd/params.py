@@ -19,6 +19,8 @@ from typing import Any, Union
 
 import yaml
 
+from ocd.errors import ParamsError
+
 # compute.precision (ocd.device.use_precision)
 PRECISIONS = ("fp32", "tf32", "bf16")
 # The choices of every key that names one. Each is implemented where its names are
@@ -47,8 +49,6 @@ CHOICES = {
 MAX_INT = 2**31 - 1
 
 
-class ParamsError(ValueError):
-    """params.yaml is malformed; the message names the offending key."""
 
 
 @dataclass(frozen=True)

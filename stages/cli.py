@@ -4,30 +4,61 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import logging
 
 import typer
+from typer.core import TyperGroup
 
-from ocd.artifacts import CheckpointError
-from ocd.data.core import DataError
-from ocd.delta import StoreError
-from ocd.distributed import launched, report_user_error
-from ocd.layers import ScoreError
-from ocd.models.cut import ModelError
-from ocd.params import ParamsError
-from stages.evaluate import evaluate
-from stages.inspect import inspect
-from stages.overfit import overfit
-from stages.predict import InputError, predict
-from stages.preset import preset
-from stages.score_layers import score_layers
-from stages.train_base import train_base
-from stages.train_diffusion import train_diffusion
-from stages.train_ensemble import train_ensemble
-from stages.train_regressor import train_regressor
-from stages.train_scale import train_scale
+from ocd.errors import USER_ERRORS as INPUT_ERRORS
+
+# The commands, in pipeline order: name -> (the module of stages/ and its function, both so named; the
+# line `ocd --help` shows). Each module is imported only when its command runs (or shows its own --help), so `ocd --help`
+# and a refusal start without importing torch and every family of every stage.
+COMMANDS = {
+    "train-base": ("train_base", "Stage 1: train the base model on the train split."),
+    "score-layers": ("score_layers", "Stage 2: score every weight layer by the entropy of its loss under "
+                                     "perturbation; select one."),
+    "overfit": ("overfit", "Stage 3: overfit every train and test sample on one layer, into a Zarr store."),
+    "train-ensemble": ("train_ensemble", "The deep ensemble's other base models (evaluate.k - 1 seeds)."),
+    "train-diffusion": ("train_diffusion", "Stage 4: train the conditional diffusion model on the store."),
+    "train-scale": ("train_scale", "Stage 4: train the scale model rho(I(x)) on the store."),
+    "train-regressor": ("train_regressor", "Stage 4: train the regressor (no diffusion) on the store."),
+    "evaluate": ("evaluate", "Stage 5: base vs OCD vs ablations vs ensembles on the test split."),
+    "inspect": ("inspect", "Summarise a weight-delta store; --verify reads every chunk."),
+    "predict": ("predict", "Predict new inputs with the row the calibration rows chose best."),
+    "preset": ("preset", "Print a params preset's `dvc exp run` flags."),
+}
+# Stages that run on several processes (under torchrun) rather than refusing it.
+MANY_PROCESSES = {"score-layers", "overfit", "train-diffusion", "train-scale", "train-regressor", "evaluate"}
+
+
+class LazyGroup(TyperGroup):
+    """The ``ocd`` group, building a command only when it is asked for."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, _ = COMMANDS[name]
+        fn = getattr(importlib.import_module(f"stages.{module}"), module)
+        one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        one.command(name)(_stage(fn, many_processes=name in MANY_PROCESSES))
+        return typer.main.get_command(one)
+
+    def format_help(self, ctx, formatter):
+        # the plain help: Typer's rich help builds every command to show its first line
+        super(TyperGroup, self).format_help(ctx, formatter)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_line) for name, (_, help_line) in COMMANDS.items()])
+
 
 app = typer.Typer(
+    cls=LazyGroup,
     help="OCD: learning to overfit with conditional diffusion models. "
     "Each command is one DVC stage; `dvc repro` runs them in order.",
     no_args_is_help=True,
@@ -37,8 +68,7 @@ app = typer.Typer(
 
 # Errors about the user's input: a one-line message and exit code 2, no traceback.
 # FloatingPointError: a training whose loss stopped being finite (too high a learning rate).
-USER_ERRORS = (ParamsError, CheckpointError, DataError, ModelError, ScoreError, StoreError, InputError,
-               FileNotFoundError, FloatingPointError)
+USER_ERRORS = (*INPUT_ERRORS, FileNotFoundError, FloatingPointError)
 # The machine, not the input: a full disk or quota. One line and exit code 1.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # A path the user chose that cannot be written: a read-only file system, no permission. One line, exit code 2.
@@ -58,6 +88,8 @@ def _os_error(exc: BaseException, codes: tuple[int, ...]) -> OSError | None:
 def _stage(fn, many_processes: bool = False):
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        from ocd.distributed import launched, report_user_error  # torch: only once a stage runs
+
         if launched() and not many_processes:
             # every process would write the same artifacts at once
             typer.echo(f"error: `ocd {fn.__name__.replace('_', '-')}` runs in one process; run it without "
@@ -103,19 +135,6 @@ def _quiet_on_exit() -> None:
 @app.callback()
 def main() -> None:
     """Keeps `ocd` a group of subcommands even while it has few of them."""
-
-
-app.command("train-base")(_stage(train_base))
-app.command("score-layers")(_stage(score_layers, many_processes=True))
-app.command("overfit")(_stage(overfit, many_processes=True))
-app.command("train-ensemble")(_stage(train_ensemble))
-app.command("train-diffusion")(_stage(train_diffusion, many_processes=True))
-app.command("train-scale")(_stage(train_scale, many_processes=True))
-app.command("train-regressor")(_stage(train_regressor, many_processes=True))
-app.command("evaluate")(_stage(evaluate, many_processes=True))
-app.command("inspect")(_stage(inspect))
-app.command("predict")(_stage(predict))
-app.command("preset")(_stage(preset))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 import typer
 
 from ocd.delta import COND, StoreError
+from ocd.errors import InputError
 from ocd.hypernet import diffusion
 from ocd.hypernet.neighbours import Retriever
 from ocd.params import load_params
@@ -18,8 +19,6 @@ from ocd.tasks import get_task
 from stages.common import PARAMS_OPTION
 
 
-class InputError(ValueError):
-    """New inputs cannot be read or do not fit the model; the message says why."""
 
 
 def predict(

@@ -78,3 +78,32 @@ def test_the_stage_says_what_diffusion_holdout_held_out():
     assert "diffusion.holdout asks 10%" in note and "overfit.batch_size" in note
     assert "asks" not in holdout_note(0.1, 4000, 3584, 2)  # 416 rows, 10%: as asked
     assert "no diagnostics" in holdout_note(0.0, 16, 16, 0)
+
+
+def test_ocd_help_lists_every_command_without_importing_torch():
+    """Issue 42: `ocd --help` imported torch, scikit-learn, Zarr and every family first (20-25 s on a
+    loaded machine); a command's module is imported only when that command runs or shows its help."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom typer.testing import CliRunner\nfrom stages.cli import app\n"
+             "r = CliRunner().invoke(app, ['--help'])\n"
+             "print(r.exit_code, sorted(m for m in ('torch', 'sklearn', 'zarr', 'numpy') if m in sys.modules))\n"
+             "print(r.output)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    first, help_text = done.stdout.split("\n", 1)
+    assert first == "0 []"
+    from stages.cli import COMMANDS
+
+    listed = [line.split()[0] for line in help_text.split("Commands:", 1)[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == list(COMMANDS)
+
+
+def test_every_listed_command_builds_and_shows_its_own_help():
+    from stages.cli import COMMANDS
+
+    for name in COMMANDS:
+        result = CliRunner().invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and f" {name} [OPTIONS]" in " ".join(result.output.split()), name
+    assert CliRunner().invoke(app, ["nosuch"]).exit_code == 2

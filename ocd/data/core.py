@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from ocd.errors import DataError
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
-class DataError(ValueError):
-    """A dataset cannot be loaded; the message names the problem."""
 
 
 @dataclass

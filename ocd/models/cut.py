@@ -17,9 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-
-class ModelError(ValueError):
-    """A model cannot be built or cut as asked; the message says why."""
+from ocd.errors import ModelError
 
 
 # # The layer contract. A model is cut at one of its weight layers into
