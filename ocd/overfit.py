@@ -41,25 +41,26 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def code_digest(model: nn.Module | None = None) -> str:
+def code_digest(model: nn.Module | None = None, spec=None) -> str:
     """sha256 of the code that computes the rows: this module, ocd.store (which
-    derives u and rank1_share), the layer contract (ocd.models.cut), the
-    registry and the sequential families (ocd.models.registry,
-    ocd.models.sequential), and the module that defines ``model``'s class
-    (e.g. ocd.models.nerf).
+    derives u and rank1_share), the layer contract (ocd.models.cut), the module
+    that builds ``spec``'s family (ocd.models.sequential for lenet5 and mlp) and
+    the module that defines ``model``'s class (e.g. ocd.models.nerf).
 
     Part of a store's fingerprint: with DVC's ``persist``, a rerun after a
-    code change would otherwise resume, or reuse, rows of the old code.
+    code change would otherwise resume, or reuse, rows of the old code. The
+    registry itself is left out: registering another family changes no row of
+    this one, and rebuilt every store.
     """
     import ocd.models.cut
-    import ocd.models.registry
-    import ocd.models.sequential
     import ocd.store
 
-    modules = [sys.modules[__name__], ocd.store, ocd.models.cut, ocd.models.registry, ocd.models.sequential]
-    own = None if model is None else sys.modules.get(type(model).__module__)
-    if own is not None and own.__name__.startswith("ocd.") and own not in modules:
-        modules.append(own)
+    modules = [sys.modules[__name__], ocd.store, ocd.models.cut]
+    own = [] if spec is None else [sys.modules[spec.family_module()]]
+    own += [] if model is None else [sys.modules.get(type(model).__module__)]
+    for module in own:
+        if module is not None and module.__name__.startswith("ocd.") and module not in modules:
+            modules.append(module)
     h = hashlib.sha256()
     for module in modules:
         h.update(Path(module.__file__).read_bytes())

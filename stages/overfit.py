@@ -65,7 +65,7 @@ def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Pa
                     label_dtype=str(data.y_train.numpy().dtype), label_shape=tuple(data.y_train.shape[1:]),
                     rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer])
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
-                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest(model.model)}
+                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest(model.model, model.spec)}
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
              "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),

@@ -79,3 +79,20 @@ def test_a_first_chunk_of_zero_deltas_stops_the_stage_and_names_the_cause():
     moved = Overfit(torch.zeros(4, 3, 2), torch.zeros(4), torch.zeros(4))
     moved.delta[2, 1, 0] = 1e-9
     check_moved(moved, "fc1", "train", 0)
+
+
+def test_the_stores_code_digest_covers_the_family_it_overfits_not_the_registry():
+    """Issue 42: code_digest hashed ocd/models/registry.py, so registering a new family changed the
+    fingerprint of every existing store, and the next `dvc repro` rebuilt stores nothing had changed."""
+    import hashlib
+    from pathlib import Path
+
+    from ocd.overfit import code_digest
+
+    root = Path(__file__).resolve().parents[1] / "ocd"
+    spec = ModelSpec("lenet5", (1, 28, 28), 10)
+    expected = hashlib.sha256()
+    for name in ("overfit.py", "store.py", "models/cut.py", "models/sequential.py"):
+        expected.update((root / name).read_bytes())
+    assert spec.family_module() == "ocd.models.sequential"
+    assert code_digest(spec.build(), spec) == expected.hexdigest()

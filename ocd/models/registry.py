@@ -55,6 +55,10 @@ class ModelSpec:
     def build(self) -> nn.Module:
         return _architecture(self.name).build(self.in_shape, self.n_outputs, **self.options)
 
+    def family_module(self) -> str:
+        """The module that builds this family (its code decides what the model computes)."""
+        return _architecture(self.name).build.__module__
+
 
 def _architecture(name: str) -> Architecture:
     try:
