@@ -126,7 +126,7 @@ def setup(root: Path) -> Work:
     for name in COPY:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
         elif src.exists():
             shutil.copy2(src, root / name)
     raw = yaml.safe_load((root / "params.yaml").read_text())
@@ -688,7 +688,7 @@ def main() -> None:
     if (root / "artifacts/eval/metrics.json").exists():  # a kept work folder: this checkout's code, its artifacts
         for name in ("ocd", "stages", "presets"):
             shutil.rmtree(root / name)
-            shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
         w = Work(root)
     else:
         w = setup(root)

@@ -19,11 +19,12 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ocd.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: the writers of text need none
+    import torch
 
 # The key of a checkpoint that holds its JSON configuration.
 CONFIG = "config_json"
@@ -107,6 +108,8 @@ def checkpoint_bytes(obj) -> bytes:
     (``.model.pt.6902.tmp/data.pkl`` for the temporary name): equal weights
     then hashed differently run after run, and DVC reran every later stage.
     """
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -127,6 +130,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
     Refuses anything else, and never unpickles arbitrary objects.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")

@@ -50,7 +50,8 @@ from torch import nn
 
 from ocd.calibration import choose_temperature, reliability
 from ocd.distributed import Group
-from ocd.hypernet.diffusion import DeltaDiffusion, retriever_of
+from ocd.hypernet.diffusion import DeltaDiffusion
+from ocd.hypernet.targets import retriever_of
 from ocd.hypernet.neighbours import (
     WEIGHTINGS,
     Retriever,

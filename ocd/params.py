@@ -220,7 +220,7 @@ class DiffusionParams:
     T: int = 1000
     # What is generated: matrix (the whole delta, the paper) | rank1 (its output
     # factor u, delta ~ u i_L^T) | flat (the whole delta as one vector, an MLP
-    # denoiser; ocd/hypernet/diffusion.py). Also the regressor's target.
+    # denoiser; ocd/hypernet/targets.py). Also the regressor's target.
     target: str = "rank1"
     # What the network predicts: eps (the paper) | x0.
     prediction: str = "x0"

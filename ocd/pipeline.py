@@ -108,15 +108,16 @@ def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = 
     b = base.load(base_dir)
     models_dir = Path(models_dir)
     loaders = {"diffusion.pt": diffusion.load, "scale.pt": scale.load, "regressor.pt": regressor.load}
+    stage = {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale", "regressor.pt": "train_regressor"}
     for f in loaders:
         if not (models_dir / f).is_file():
-            raise FileNotFoundError(f"{models_dir / f} is missing; run the train_diffusion stage first")
+            raise FileNotFoundError(f"{models_dir / f} is missing; run the {stage[f]} stage first")
     loaded = {f: load(models_dir / f) for f, load in loaders.items()}
     for name, (_, ckpt) in loaded.items():
         prov = ckpt["provenance"]
         if prov["base_sha256"] != b.sha256:
             raise StoreError(f"{models_dir / name} was trained for another base model "
-                             f"({prov['base_sha256'][:12]}, this one is {b.sha256[:12]}); rerun train_diffusion")
+                             f"({prov['base_sha256'][:12]}, this one is {b.sha256[:12]}); rerun {stage[name]}")
     if len({ckpt["provenance"]["layer"] for _, ckpt in loaded.values()}) != 1:
         raise StoreError(f"{models_dir}: the diffusion, scale and regressor models were trained for different layers")
     (diff, dckpt), (scaler, sckpt), (reg, _) = loaded.values()

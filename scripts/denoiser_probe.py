@@ -53,7 +53,7 @@ def main() -> None:
         p = parse_params(variant(raw, spec))
         fit = open_fit(p, args.store, main=False)
         torch.manual_seed(p.diffusion.seed)
-        model = diffusion.build(fit.meta, fit.stats)
+        model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
         start = time.perf_counter()
         ema, history = diffusion.train(model, fit.reader, p.diffusion, p.compute, device, progress=False)
         seconds = time.perf_counter() - start

@@ -6,6 +6,7 @@ import errno
 import functools
 import importlib
 import logging
+import os
 
 import typer
 from typer.core import TyperGroup
@@ -36,6 +37,11 @@ MANY_PROCESSES = {"score-layers", "overfit", "train-diffusion", "train-scale", "
 class LazyGroup(TyperGroup):
     """The ``ocd`` group, building a command only when it is asked for."""
 
+    def resolve_command(self, ctx, args):
+        if args and args[0] in COMMANDS:
+            preflight(args[0], args[1:])
+        return super().resolve_command(ctx, args)
+
     def list_commands(self, ctx):
         return list(COMMANDS)
 
@@ -55,6 +61,43 @@ class LazyGroup(TyperGroup):
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_line) for name, (_, help_line) in COMMANDS.items()])
+
+
+def params_argument(args: list[str]) -> str | None:
+    """The params file a command line names (``--params P``, ``--params=P``; else params.yaml),
+    or None where it asks for help."""
+    if "--help" in args:
+        return None
+    for i, word in enumerate(args):
+        if word == "--params" and i + 1 < len(args):
+            return args[i + 1]
+        if word.startswith("--params="):
+            return word.split("=", 1)[1]
+    return "params.yaml"
+
+
+def preflight(name: str, args: list[str]) -> None:
+    """Refuse malformed params, or a dataset or model no registry names, in one line and
+    before the stage's module imports torch: a mistake in params.yaml costs a fraction of
+    a second, not the seconds torch, Zarr and a family take to import. The stage
+    parses the same file again, with the same function, for its work. A rank of a
+    many-process run leaves it to its stage, which reports an error once for all ranks."""
+    from ocd.errors import DataError, ModelError, ParamsError
+
+    path = params_argument(args)
+    if path is None or name == "inspect" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from ocd.data.registry import find_loader
+    from ocd.models.registry import architecture
+    from ocd.params import load_params
+
+    try:
+        p = load_params(path)
+        find_loader(p.data.name)
+        architecture(p.model.name)
+    except (DataError, ModelError, ParamsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 app = typer.Typer(

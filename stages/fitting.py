@@ -18,8 +18,10 @@ import zarr
 
 from ocd.delta import COND, StoreError
 from ocd.device import runtime
-from ocd.hypernet import diffusion, scale
+from ocd.hypernet import scale
+from ocd.hypernet.conditioning import cond_stats
 from ocd.hypernet.neighbours import NEIGHBOURS, Retriever
+from ocd.hypernet.targets import TargetMeta, batch_tensors, reader_names, require_rank1, target_meta
 from ocd.params import Params
 from ocd.store import ChunkReader, open_store, split_chunks
 from stages.common import write_csv, write_json
@@ -37,7 +39,7 @@ class Fit:
     held_chunks: list[int]
     stats: dict  # the conditioning's mean and SD over the fit rows
     provenance: dict
-    meta: diffusion.ModelMeta  # the target's shapes and scaling (the denoiser's and the regressor's)
+    target: TargetMeta  # what the denoiser and the regressor generate, and at what scale
     train_mean: float  # the fit rows' mean rho
     rho_floor: float  # ocd.hypernet.scale.rho_floor of the fit rows
     ram_mb: float  # diffusion.ram_mb
@@ -83,30 +85,29 @@ def open_fit(p: Params, store: Path, main: bool = True, neighbours: bool = True)
     train = root["train"]  # never the test group: that is the oracle's alone
     weight_shape = tuple(root.attrs["weight_shape"])
     if dp.target == "rank1":
-        diffusion.require_rank1(weight_shape, train["cond/layer_input"].shape[1])
+        require_rank1(weight_shape, train["cond/layer_input"].shape[1])
     fit_chunks, held_chunks = split_chunks(train["done"].shape[0], dp.holdout)
     k = dp.neighbours if neighbours else 0
-    reader = ReaderWithColumns(train, diffusion.reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
+    reader = ReaderWithColumns(train, reader_names(dp.target), fit_chunks, ram_mb=dp.ram_mb)
     if main:
         typer.echo(holdout_note(dp.holdout, train["rho"].shape[0], reader.rows, len(held_chunks)))
-    stats = diffusion.cond_stats(reader)
+    stats = cond_stats(reader)
     fit_rho = scale.rhos(reader)
     train_mean, floor = float(fit_rho.mean()), scale.rho_floor(fit_rho)
     provenance = {"base_sha256": root.attrs["base_sha256"], "layer": root.attrs["layer"],
                   "store_fingerprint": root.attrs["fingerprint"], "rho": root.attrs["overfit"]["rho"],
                   "runtime": runtime(), "compute": {k: v for k, v in p.section("compute").items() if k != "nproc"}}
-    meta = diffusion.make_meta(dp.preset, weight_shape, dp.square, dp.pad, dp.prediction, provenance["rho"],
-                               dp.schedule, dp.T, dp.target, root.attrs["rank1_basis"], k)
+    target = target_meta(weight_shape, provenance["rho"], dp.target, root.attrs["rank1_basis"], k)
     retriever = None
     if k:
         reader.require_ram()  # before reading them all
         rows = reader.read(reader.chunks)
-        targets, parts, _ = diffusion.batch_tensors({n: rows[n] for n in diffusion.reader_names(dp.target)},
-                                                    dataclasses.replace(meta, neighbours=0), "cpu")
+        targets, parts, _ = batch_tensors({n: rows[n] for n in reader_names(dp.target)},
+                                          dataclasses.replace(target, neighbours=0), "cpu")
         retriever = Retriever(parts, targets, k)
         reader.add(NEIGHBOURS, retriever(parts, own=torch.arange(len(targets))).numpy())
-        stats.update(diffusion.cond_stats(reader, (NEIGHBOURS,)))
-    return Fit(train, reader, held_chunks, stats, provenance, meta, train_mean, floor, dp.ram_mb, retriever)
+        stats.update(cond_stats(reader, (NEIGHBOURS,)))
+    return Fit(train, reader, held_chunks, stats, provenance, target, train_mean, floor, dp.ram_mb, retriever)
 
 
 def holdout_note(holdout: float, rows: int, fit_rows: int, held_chunks: int) -> str:

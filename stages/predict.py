@@ -10,8 +10,8 @@ import typer
 
 from ocd.delta import COND, StoreError
 from ocd.errors import InputError
-from ocd.hypernet import diffusion
 from ocd.hypernet.neighbours import Retriever
+from ocd.hypernet.targets import retriever_of
 from ocd.params import load_params
 from ocd.pipeline import SERVABLE, Pool, load_trained, serve
 from ocd.store import open_store
@@ -161,7 +161,7 @@ def _pool(store: Path, trained, record: dict, p) -> Pool:
 def _train_rows(store: Path, trained) -> Retriever:
     """The store's train rows, which a generator trained with diffusion.neighbours retrieves from."""
     train = _checked_store(store, trained)["train"]
-    return diffusion.retriever_of(trained.diff.meta, _cond_parts(train), train["delta"])
+    return retriever_of(trained.diff.meta, _cond_parts(train), train["delta"])
 
 
 def _image_inputs(inputs: Path, trained, info: dict) -> tuple[list[str], torch.Tensor]:

@@ -47,7 +47,7 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     use_precision(p.compute.precision)
     fit = open_fit(p, store, group.main)
     torch.manual_seed(dp.seed)
-    model = diffusion.build(fit.meta, fit.stats)
+    model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
     model.precision = p.compute.precision
     if group.world > 1:
         typer.echo(f"rank {group.rank} of {group.world}: its share of every minibatch")

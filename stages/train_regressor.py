@@ -39,7 +39,7 @@ def _train_regressor(p: Params, store: Path, out: Path, progress: bool, group: d
     use_precision(p.compute.precision)
     fit = open_fit(p, store, group.main)
     torch.manual_seed(rp.seed)
-    model = regressor.DeltaRegressor(fit.meta, fit.stats, rp.hidden)
+    model = regressor.DeltaRegressor(fit.target, fit.stats, rp.hidden)
     start = time.perf_counter()
     history = regressor.train(model, fit.reader, rp, p.compute, device, progress, group)
     seconds = time.perf_counter() - start

@@ -20,7 +20,7 @@ from synthetic import SHAPE, synthetic_store
 from ocd.delta import COND
 from ocd.device import Steps, adam
 from ocd.evaluation import EvalInputs, evaluate
-from ocd.hypernet import diffusion, regressor, scale
+from ocd.hypernet import conditioning, diffusion, regressor, scale, targets
 from ocd.layers import perturbation_losses
 from ocd.models.cut import linear_cut
 from ocd.models.registry import ModelSpec
@@ -123,7 +123,7 @@ def test_perturbation_losses_on_each_device(device):
 def _store(tmp_path):
     root = synthetic_store(tmp_path / "s.zarr", rank_one="sign")
     reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
-    return root, reader, diffusion.cond_stats(reader)
+    return root, reader, conditioning.cond_stats(reader)
 
 
 @pytest.mark.parametrize("target", ["matrix", "rank1"])
@@ -139,7 +139,7 @@ def test_diffusion_training_and_sampling_on_each_device(tmp_path, device, target
     # the same weights sample the same deltas on either device (noise drawn on the CPU)
     data = reader.read(reader.chunks)
     cpu_model = copy.deepcopy(ema).cpu()
-    _, parts, _ = diffusion.batch_tensors(data, meta, "cpu")
+    _, parts, _ = targets.batch_tensors(data, meta, "cpu")
     ref = cpu_model.sample(cpu_model.embed(parts), steps=5, generator=torch.Generator().manual_seed(1))
     dev_parts = [p.to(device) for p in parts]
     got = ema.sample(ema.embed(dev_parts), steps=5, generator=torch.Generator().manual_seed(1))

@@ -6,7 +6,7 @@ from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
 from ocd.evaluation import LAMBDAS, SERVED, EvalInputs, _nn_spaces, choose
-from ocd.hypernet import diffusion, regressor, scale
+from ocd.hypernet import conditioning, diffusion, regressor, scale, targets
 from ocd.hypernet.neighbours import nearest, neighbours
 from ocd.models.cut import linear_cut
 from ocd.models.registry import ModelSpec
@@ -41,7 +41,7 @@ def test_ensemble_of_identical_members_is_the_member_and_mixes_distributions():
 def _inputs(tmp_path, delta_scale: float = 1.0) -> EvalInputs:
     """A tiny MLP whose fc2 has the synthetic store's shape, untrained hypernetworks."""
     root = synthetic_store(tmp_path / "s.zarr", rank_one="sign")
-    stats = diffusion.cond_stats(ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4))))
+    stats = conditioning.cond_stats(ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4))))
     torch.manual_seed(0)
     model = ModelSpec("mlp", (6,), 2, {"hidden": [6, 4], "dropout": 0.0}).build().eval()
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1", basis="sign")

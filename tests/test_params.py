@@ -95,7 +95,7 @@ def test_the_project_preset_is_the_defaults():
 
 def test_every_choice_list_is_the_one_its_module_implements():
     from ocd import delta, layers, overfit
-    from ocd.hypernet import diffusion, scale, schedule, unet, vecnet
+    from ocd.hypernet import diffusion, scale, schedule, targets, unet, vecnet
     from ocd.models import fit, nerf
     from ocd.params import CHOICES
 
@@ -107,7 +107,7 @@ def test_every_choice_list_is_the_one_its_module_implements():
         "overfit.rho": delta.RHO,
         "diffusion.preset": unet.PRESETS,
         "diffusion.schedule": schedule.RANGES,
-        "diffusion.target": diffusion.TARGETS,
+        "diffusion.target": targets.TARGETS,
         "diffusion.prediction": schedule.PREDICTIONS,
         "scale.loss": scale.LOSSES,
     }

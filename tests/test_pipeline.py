@@ -77,7 +77,7 @@ def make_project(root: Path, overrides: dict) -> Project:
     for name in COPY:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
         else:
             shutil.copy2(src, root / name)
     # params.yaml as committed: `dvc exp run` without --temp leaves its values in the working copy
@@ -174,6 +174,12 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     assert weights.stat().st_mtime_ns == stamp
     status = project.dvc("status")
     assert "up to date" in status.stdout
+    # a stage depends on the family and dataset it runs (issue 42): another family's or loader's edit reruns nothing
+    for other in ("ocd/models/mulcat.py", "ocd/data/speech.py"):
+        code = (project / other).read_text()
+        (project / other).write_text(code + "\n# an edit\n")
+        assert "up to date" in project.dvc("status").stdout, other
+        (project / other).write_text(code)
 
     # an evaluate-only param reruns evaluate alone
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -189,6 +195,12 @@ def test_dvc_repro_runs_every_stage_then_nothing_to_do(project):
     fourth = project.dvc("repro")
     ran = [line for line in fourth.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'train_regressor':", "Running stage 'evaluate':"], fourth.stdout
+    # the denoiser's schedule is the denoiser's alone: the regressor and the scale model take no part in it
+    params["diffusion"]["T"] = 500
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fifth = project.dvc("repro")
+    ran = [line for line in fifth.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'train_diffusion':", "Running stage 'evaluate':"], fifth.stdout
 
 
 @pytest.mark.e2e

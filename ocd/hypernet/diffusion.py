@@ -10,122 +10,43 @@ Pieces, each separately testable:
   flattened matrix), given ``e = PE(t) + conditioning``;
 - the schedule :class:`ocd.hypernet.schedule.Schedule` (noising and DDIM sampling).
 
-Every delta is generated at unit scale, ``omega = delta / rho * unit``, with
-``unit = sqrt(out * in)`` when rho is the Frobenius norm (so omega's entries
-have unit mean square, like the noise) and 1 when rho is the std; a delta is
-rebuilt as ``rho * omega / unit``. What the network generates (the *target*):
-
-- ``matrix`` (the paper): omega itself, zero-padded for the U-Net;
-- ``rank1``: ``v = omega r_hat / sqrt(in)``, the output factor of the rank-one
-  matrix ``u r^T`` nearest omega, with unit mean-square entries; r_hat = r / |r|
-  with r = i_L(x) (plain-SGD overfits) or sign(i_L(x)) (Adam), the store's
-  ``rank1_basis`` (ocd/store.py says why). omega is rebuilt as
-  ``sqrt(in) v r_hat^T``. i_L(x) is part of the conditioning, so r is known at
-  test time; only u (stored as ``u``) is learnt.
-- ``flat``: omega itself, flattened to out x in numbers, with the VecNet
-  denoiser instead of the U-Net. For deltas that are not rank one (a layer
-  that sees a set of inputs per sample, as TinyNeRF's) at a CPU's cost: the
-  ``cpu`` U-Net takes 1.8 s a step on TinyNeRF's 128 x 63 layer, this about 0.03 s.
+What the network generates from a delta (the matrix, its rank-one factor,
+or the flattened matrix) and at what scale: ocd/hypernet/targets.py. The
+conditioning's statistics and encoders: ocd/hypernet/conditioning.py.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
-from ocd.delta import COND, StoreError, rank1_right, rho_of
+from ocd.delta import StoreError
 from ocd.device import autocast
 from ocd.distributed import Group
 from ocd.hypernet import vecnet
-from ocd.hypernet.neighbours import NEIGHBOURS, Retriever
+from ocd.hypernet.conditioning import Conditioner, read_stats, stats_config
 from ocd.hypernet.schedule import Schedule, sinusoidal
+from ocd.hypernet.targets import (
+    TARGETS,
+    TargetMeta,
+    batch_tensors,
+    cond_names,
+    cosine_summary,
+    to_matrix,
+    true_omega,
+    unit_factor,
+)
 from ocd.hypernet.train import EMA, fit
 from ocd.hypernet.unet import PRESETS, UNet, crop, pad, padded_shape
 from ocd.params import ComputeParams, DiffusionParams, training_steps
 
 if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need no Zarr
     from ocd.store import ChunkReader
-
-TARGETS = ("matrix", "rank1", "flat")
-
-
-def unit_factor(rho: str, shape: tuple[int, int]) -> float:
-    return math.sqrt(shape[0] * shape[1]) if rho == "fro" else 1.0
-
-
-def cond_stats(reader: ChunkReader, names: tuple[str, ...] = COND) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mean and std of each conditioning array in ``names`` over the reader's rows (one pass)."""
-    sums = {n: 0.0 for n in names}
-    squares = {n: 0.0 for n in names}
-    count = 0
-    for c in reader.chunks:
-        block = reader.read([c])
-        count += len(block[names[0]])
-        for n in names:
-            v = block[n].astype(np.float64)
-            sums[n] = sums[n] + v.sum(0)
-            squares[n] = squares[n] + (v**2).sum(0)
-    out = {}
-    for n in names:
-        mean = sums[n] / count
-        std = np.sqrt(np.maximum(squares[n] / count - mean**2, 0.0))
-        out[n] = (mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
-    return out
-
-
-class Standardise(nn.Module):
-    """(v - mean) / std with train-set statistics kept as buffers."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-
-    def forward(self, v):
-        return (v - self.mean) / self.std
-
-
-class Conditioner(nn.Module):
-    """e_cond = E_i(i_L) + E_a(a_L) + E_o(f(x)) (+ E_n(retrieved), :func:`cond_names`): one
-    linear layer per part."""
-
-    def __init__(self, stats: dict, emb_dim: int, names: tuple[str, ...] = COND):
-        super().__init__()
-        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in names])
-        self.encoders = nn.ModuleList([nn.Linear(len(stats[n][0]), emb_dim) for n in names])
-
-    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return sum(enc(norm(p)) for p, norm, enc in zip(parts, self.norms, self.encoders))
-
-
-class ConditionedMLP(nn.Module):
-    """An MLP on the standardised, concatenated conditioning I(x) (the scale
-    model and the regressor), the parts ``names``; given more parts (the
-    retrieved one, last), it reads the first ``len(names)``. The last layer
-    starts at zero."""
-
-    def __init__(self, stats: dict, hidden: list[int], out_dim: int, names: tuple[str, ...] = COND):
-        super().__init__()
-        self.norms = nn.ModuleList([Standardise(*stats[n]) for n in names])
-        width = sum(len(stats[n][0]) for n in names)
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.SiLU()]
-            width = h
-        last = nn.Linear(width, out_dim)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.mlp = nn.Sequential(*layers, last)
-
-    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return self.mlp(torch.cat([norm(p) for p, norm in zip(parts[:len(self.norms)], self.norms)], dim=1))
 
 
 class TimeEmbedding(nn.Module):
@@ -138,102 +59,16 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal(t, self.channels))
 
 
-@dataclass(frozen=True)
-class ModelMeta:
-    """What a checkpoint needs besides weights to rebuild and apply the model."""
+@dataclass(frozen=True, kw_only=True)
+class ModelMeta(TargetMeta):
+    """What a denoiser's checkpoint needs besides weights: its target (:class:`TargetMeta`),
+    the network and its padding, what it predicts, and the schedule."""
 
     preset: str
-    shape: tuple[int, int]  # the layer's weight [out, in]
     padded: tuple[int, int]  # the U-Net's input (matrix target)
     prediction: str  # eps | x0
-    unit: float
     schedule: str
     T: int
-    target: str = "matrix"  # matrix | rank1 | flat
-    rho: str = "fro"  # the store's scale definition
-    basis: str = "input"  # rank1: the right factor r(i_L), the store's rank1_basis
-    neighbours: int = 0  # > 0: also conditioned on the mean target of that many retrieved train rows
-
-    @property
-    def rep_shape(self) -> tuple[int, ...]:
-        """Shape of one generated target: [out, in] (matrix), [out] (rank1) or [out * in] (flat)."""
-        if self.target == "matrix":
-            return self.shape
-        return (self.shape[0],) if self.target == "rank1" else (self.shape[0] * self.shape[1],)
-
-
-def cond_names(meta: ModelMeta) -> tuple[str, ...]:
-    """The conditioning parts the denoiser and the regressor read: I(x)'s, and the retrieved one
-    (ocd.hypernet.neighbours) where ``meta.neighbours`` > 0."""
-    return (*COND, NEIGHBOURS) if meta.neighbours else COND
-
-
-def reader_names(target: str) -> tuple[str, ...]:
-    """The store arrays training on ``target`` reads (rank1 never reads the matrices)."""
-    return ("u" if target == "rank1" else "delta", "rho", *COND)
-
-
-def batch_tensors(batch: dict, meta: ModelMeta, device) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """(the unit-scale target, conditioning parts, rho) of a store minibatch."""
-    rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device).clamp_min(1e-12)
-    parts = [torch.as_tensor(batch[n], dtype=torch.float32, device=device) for n in cond_names(meta)]
-    if meta.target != "rank1":
-        delta = torch.as_tensor(batch["delta"], dtype=torch.float32, device=device)
-        omega = delta / rho[:, None, None] * meta.unit
-        return omega.reshape(len(omega), *meta.rep_shape), parts, rho
-    # omega r_hat / sqrt(in) with omega r_hat = u |r| unit / rho
-    u = torch.as_tensor(batch["u"], dtype=torch.float32, device=device)
-    factor = rank1_right(parts[0], meta.basis).norm(dim=1) * meta.unit / (rho * math.sqrt(meta.shape[1]))
-    return u * factor[:, None], parts, rho
-
-
-def true_omega(batch: dict, meta: ModelMeta, device) -> torch.Tensor:
-    """The stored deltas at unit scale, [B, out, in] (for diagnostics)."""
-    rho = torch.as_tensor(batch["rho"], dtype=torch.float32, device=device).clamp_min(1e-12)
-    return torch.as_tensor(batch["delta"], dtype=torch.float32, device=device) / rho[:, None, None] * meta.unit
-
-
-def target_of(delta: torch.Tensor, layer_input: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """Deltas [B, out, in] -> the unit-scale targets the generator makes [B, *rep_shape]
-    (:func:`to_matrix` undone; for rank1 the output factor nearest omega, as ``u`` is stored)."""
-    omega = normalised(delta.float(), meta)
-    if meta.target != "rank1":
-        return omega.reshape(len(omega), *meta.rep_shape)
-    r = rank1_right(layer_input, meta.basis)
-    r_hat = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (omega @ r_hat[:, :, None])[:, :, 0] / math.sqrt(meta.shape[1])
-
-
-def retriever_of(meta: ModelMeta, parts: list[torch.Tensor], deltas, batch: int = 1024) -> Retriever:
-    """What a generator trained with ``meta.neighbours`` > 0 retrieves from at inference: the
-    train rows' conditioning ``parts`` and their targets, made from their stored ``deltas``
-    (a tensor or a store array, read ``batch`` rows at a time)."""
-    device = parts[0].device
-    targets = torch.cat([target_of(torch.as_tensor(deltas[i:i + batch]).to(device), parts[0][i:i + batch], meta)
-                         for i in range(0, len(parts[0]), batch)])
-    return Retriever(parts, targets, meta.neighbours)
-
-
-def to_matrix(rep: torch.Tensor, layer_input: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """Generated targets [B, *rep_shape] -> unit-scale deltas omega [B, out, in]."""
-    if meta.target != "rank1":
-        return rep.reshape(len(rep), *meta.shape)
-    r = rank1_right(layer_input, meta.basis)
-    r_hat = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return math.sqrt(meta.shape[1]) * rep[:, :, None] * r_hat[:, None, :]
-
-
-def normalised(omega: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """omega rescaled so that rho_of(omega / unit) == 1: its size left to the scale model."""
-    return omega * meta.unit / rho_of(omega, meta.rho).clamp_min(1e-12)[:, None, None]
-
-
-def require_rank1(weight_shape, input_width: int) -> None:
-    """The rank1 target needs a matrix weight applied to one input vector per sample."""
-    if len(weight_shape) != 2 or weight_shape[1] != input_width:
-        raise StoreError(f"diffusion.target rank1 needs a matrix weight [out, in] applied to a per-sample "
-                         f"input vector of width in; the store's layer has weight {tuple(weight_shape)} and "
-                         f"input width {input_width}; use diffusion.target: matrix")
 
 
 class DeltaDiffusion(nn.Module):
@@ -338,8 +173,15 @@ def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rh
     padded = padded_shape(shape, PRESETS[preset].factor, square, pad_to) if target == "matrix" else shape
     if target == "matrix":
         _check_attention(preset, shape, padded)
-    return ModelMeta(preset, shape, padded, prediction, unit_factor(rho, shape), schedule, T, target, rho, basis,
-                     neighbours)
+    return ModelMeta(shape=shape, unit=unit_factor(rho, shape), target=target, rho=rho, basis=basis,
+                     neighbours=neighbours, preset=preset, padded=padded, prediction=prediction,
+                     schedule=schedule, T=T)
+
+
+def meta_of(target: TargetMeta, dp: DiffusionParams) -> ModelMeta:
+    """The denoiser's meta for ``target``: its network, padding, prediction and schedule from ``dp``."""
+    return make_meta(dp.preset, target.shape, dp.square, dp.pad, dp.prediction, target.rho, dp.schedule, dp.T,
+                     target.target, target.basis, target.neighbours)
 
 
 def denoising_loss(model: DeltaDiffusion):
@@ -459,18 +301,6 @@ def not_learned_warning(diag: dict, prediction: str) -> str:
             f"({diag['denoise_loss_linear']:.4f}); its OCD rows are marked in the results")
 
 
-def cosine_summary(omega: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    cos = F.cosine_similarity(omega.flatten(1), truth.flatten(1), dim=1)
-    n = len(cos)
-    return {"cosine_mean": float(cos.mean()), "cosine_sd": float(cos.std()) if n > 1 else 0.0,
-            "cosine_samples": n}
-
-
-def stats_config(stats: dict) -> dict:
-    """Conditioning statistics as JSON-able lists (for a checkpoint's configuration)."""
-    return {k: [np.asarray(v[0]).tolist(), np.asarray(v[1]).tolist()] for k, v in stats.items()}
-
-
 def save(path, model: DeltaDiffusion, stats: dict, extra: dict) -> None:
     save_checkpoint(path, model.state_dict(), {"meta": asdict(model.meta), "stats": stats_config(stats), **extra})
 
@@ -479,17 +309,11 @@ def read_checkpoint(path) -> tuple[dict, dict, ModelMeta, dict]:
     """A checkpoint saved with a ModelMeta and conditioning stats: (state, config, meta, stats)."""
     state, config = load_checkpoint(path)
     try:
-        meta = config["meta"]
-        meta = ModelMeta(**{**meta, "shape": tuple(meta["shape"]), "padded": tuple(meta["padded"])})
+        meta = ModelMeta.from_config(config["meta"])
         stats = read_stats(config)
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: its configuration lacks or mangles {exc}; rerun train_diffusion") from None
     return state, config, meta, stats
-
-
-def read_stats(config: dict) -> dict:
-    return {k: (np.asarray(v[0], dtype=np.float32), np.asarray(v[1], dtype=np.float32))
-            for k, v in config["stats"].items()}
 
 
 def load(path, device=None) -> tuple[DeltaDiffusion, dict]:

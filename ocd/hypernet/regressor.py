@@ -1,7 +1,7 @@
 """The non-diffusion baseline: a regressor from I(x) straight to the delta.
 
 It answers "is diffusion needed at all?". Same conditioning, same target
-representation (``matrix`` or ``rank1``, see :mod:`ocd.hypernet.diffusion`) and the same
+representation (``matrix``, ``rank1`` or ``flat``, see :mod:`ocd.hypernet.targets`) and the same
 scale model as the diffusion model; trained with MSE on the unit-scale target.
 MSE makes it predict the conditional mean, whose norm shrinks where samples
 disagree, so its output is used as a direction only: rescaled to unit scale
@@ -18,17 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ocd.artifacts import CheckpointError, save_checkpoint
+from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.distributed import Group
-from ocd.hypernet.diffusion import (
-    ConditionedMLP,
-    ModelMeta,
+from ocd.hypernet.conditioning import ConditionedMLP, read_stats, stats_config
+from ocd.hypernet.targets import (
+    TargetMeta,
     batch_tensors,
     cond_names,
     cosine_summary,
     normalised,
-    read_checkpoint,
-    stats_config,
     to_matrix,
     true_omega,
 )
@@ -40,7 +38,7 @@ if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need n
 
 
 class DeltaRegressor(nn.Module):
-    def __init__(self, meta: ModelMeta, stats: dict, hidden: list[int]):
+    def __init__(self, meta: TargetMeta, stats: dict, hidden: list[int]):
         super().__init__()
         self.meta, self.hidden = meta, list(hidden)
         self.net = ConditionedMLP(stats, hidden, math.prod(meta.rep_shape), cond_names(meta))
@@ -89,9 +87,11 @@ def save(path, model: DeltaRegressor, stats: dict, extra: dict) -> None:
 
 
 def load(path) -> tuple[DeltaRegressor, dict]:
-    state, config, meta, stats = read_checkpoint(path)
-    if "hidden" not in config:
-        raise CheckpointError(f"{path}: its configuration lacks 'hidden'; rerun train_diffusion")
-    model = DeltaRegressor(meta, stats, config["hidden"])
+    state, config = load_checkpoint(path)
+    try:
+        meta, stats, hidden = TargetMeta.from_config(config["meta"]), read_stats(config), config["hidden"]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its configuration lacks or mangles {exc}; rerun train_regressor") from None
+    model = DeltaRegressor(meta, stats, hidden)
     model.load_state_dict(state)
     return model.eval(), config

@@ -31,7 +31,7 @@ from torch import nn
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.delta import COND, StoreError
 from ocd.distributed import Group
-from ocd.hypernet.diffusion import ConditionedMLP, read_stats, stats_config
+from ocd.hypernet.conditioning import ConditionedMLP, read_stats, stats_config
 from ocd.hypernet.train import fit
 from ocd.params import ComputeParams, ScaleParams, training_steps
 
@@ -133,6 +133,6 @@ def load(path) -> tuple[ScaleModel, dict]:
     try:
         model = ScaleModel(read_stats(config), config["hidden"], config["mean_rho"])
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: its configuration lacks or mangles {exc}; rerun train_diffusion") from None
+        raise CheckpointError(f"{path}: its configuration lacks or mangles {exc}; rerun train_scale") from None
     model.load_state_dict(state)
     return model.eval(), config

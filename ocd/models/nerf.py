@@ -199,9 +199,7 @@ def options(params, info: dict) -> dict:
     """tinynerf's build options: the camera from the dataset (a rendered scene), the rest from ``model:``."""
     camera = info.get("camera")
     if not camera:
-        from ocd.data.scenes import SCENES  # the scenes' names, from where they are defined
-
         raise ModelError("model tinynerf renders camera views; the dataset is not a rendered scene "
-                         f"(data.name {', '.join(SCENES)})")
+                         "(a data.name nerf_*)")
     return {**{k: camera[k] for k in ("height", "width", "focal", "near", "far")},
             "depth_samples": params.depth_samples, "frequencies": params.frequencies, "encoder": params.encoder}

@@ -4,29 +4,47 @@ A model family is a builder ``build(in_shape, n_outputs, **options)`` and the
 options it reads from params: ``lenet5`` and ``mlp`` (ocd/models/sequential.py),
 ``tinynerf`` (ocd/models/nerf.py), ``setfit`` (ocd/models/sentence.py) and
 ``mulcat`` (ocd/models/mulcat.py). Each
-is cut at a layer under the contract of ocd/models/cut.py; this registry
-imports the families, and no family imports it.
+is cut at a layer under the contract of ocd/models/cut.py.
+
+The registry names each family's module without importing it: a stage that
+builds a LeNet5 imports ocd/models/sequential.py and no other family (no
+transformers, no separator), and DVC makes it depend on that family alone
+(stages/deps/models/<name>/). No family imports the registry.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
-
-from ocd.models import mulcat, nerf, sentence, sequential
-from ocd.models.cut import ModelError
+from ocd.errors import ModelError
 from ocd.params import ModelParams
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A model family: ``build(in_shape, n_outputs, **options)`` and its options,
-    read from the ``model:`` params and the dataset's info (e.g. a camera)."""
+    """A model family: the module that defines it, its builder
+    ``build(in_shape, n_outputs, **options)`` and the function of its options,
+    read from the ``model:`` params and the dataset's info (e.g. a camera):
+    names in ``module``, imported on first use (or, for options, a function here)."""
 
-    build: Callable[..., nn.Module]
-    options: Callable[[ModelParams, dict], dict] = lambda p, info: {}
+    module: str
+    build: str
+    options: str | Callable[[ModelParams, dict], dict] | None = None
+
+    def builder(self) -> Callable[..., "nn.Module"]:
+        return getattr(importlib.import_module(self.module), self.build)
+
+    def options_of(self, params: ModelParams, info: dict) -> dict:
+        if self.options is None:
+            return {}
+        if callable(self.options):
+            return self.options(params, info)
+        return getattr(importlib.import_module(self.module), self.options)(params, info)
 
 
 @dataclass(frozen=True)
@@ -41,8 +59,8 @@ class ModelSpec:
     @classmethod
     def from_params(cls, params: ModelParams, in_shape, n_outputs: int, info: dict | None = None) -> "ModelSpec":
         """The spec for a dataset of inputs ``in_shape``, ``n_outputs`` outputs and ``info`` (Dataset.info)."""
-        arch = _architecture(params.name)
-        return cls(params.name, tuple(in_shape), int(n_outputs), arch.options(params, info or {}))
+        arch = architecture(params.name)
+        return cls(params.name, tuple(in_shape), int(n_outputs), arch.options_of(params, info or {}))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
@@ -52,15 +70,15 @@ class ModelSpec:
         return {"name": self.name, "in_shape": list(self.in_shape),
                 "n_outputs": self.n_outputs, "options": self.options}
 
-    def build(self) -> nn.Module:
-        return _architecture(self.name).build(self.in_shape, self.n_outputs, **self.options)
+    def build(self) -> "nn.Module":
+        return architecture(self.name).builder()(self.in_shape, self.n_outputs, **self.options)
 
     def family_module(self) -> str:
         """The module that builds this family (its code decides what the model computes)."""
-        return _architecture(self.name).build.__module__
+        return architecture(self.name).module
 
 
-def _architecture(name: str) -> Architecture:
+def architecture(name: str) -> Architecture:
     try:
         return MODELS[name]
     except KeyError:
@@ -71,9 +89,10 @@ def _architecture(name: str) -> Architecture:
 # The registry: ``model.name`` -> family
 
 MODELS: dict[str, Architecture] = {
-    "lenet5": Architecture(sequential.lenet5),
-    "mlp": Architecture(sequential.mlp, lambda p, info: {"hidden": list(p.hidden), "dropout": p.dropout}),
-    "tinynerf": Architecture(nerf.tinynerf, nerf.options),
-    "setfit": Architecture(sentence.setfit, sentence.options),
-    "mulcat": Architecture(mulcat.mulcat, mulcat.options),
+    "lenet5": Architecture("ocd.models.sequential", "lenet5"),
+    "mlp": Architecture("ocd.models.sequential", "mlp",
+                        lambda p, info: {"hidden": list(p.hidden), "dropout": p.dropout}),
+    "tinynerf": Architecture("ocd.models.nerf", "tinynerf", "options"),
+    "setfit": Architecture("ocd.models.sentence", "setfit", "options"),
+    "mulcat": Architecture("ocd.models.mulcat", "mulcat", "options"),
 }

@@ -1,4 +1,5 @@
 import dataclasses
+import importlib
 
 import numpy as np
 import pytest
@@ -199,3 +200,18 @@ def test_a_classification_table_is_first_class():
     assert max(share) - min(share) < 0.02  # every split stratified (62.7% benign)
     assert d.make_task().name == "classification" and "feature_transform" in d.info
     assert d.info["classes"] == [0.0, 1.0]
+
+
+def test_the_registry_names_loaders_that_exist_and_imports_none():
+    import subprocess
+    import sys
+
+    from ocd.data import scenes
+    from ocd.data.registry import DATASETS
+
+    for name, loader in DATASETS.items():
+        assert callable(getattr(importlib.import_module(loader.module), loader.function)), name
+    assert {n for n, entry in DATASETS.items() if entry.module == "ocd.data.scenes"} == set(scenes.SCENES)
+    code = "import sys, ocd.data.registry; print(sorted(m for m in sys.modules if m.startswith('ocd.data.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "ocd.data.speech" not in out and "ocd.data.images" not in out and "ocd.data.registry" in out

@@ -5,7 +5,7 @@ import zarr
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND, StoreError
-from ocd.hypernet import diffusion, scale
+from ocd.hypernet import conditioning, diffusion, scale, targets
 from ocd.params import ComputeParams, DiffusionParams, ScaleParams
 from ocd.store import ChunkReader, split_chunks
 
@@ -50,7 +50,7 @@ def test_ranks_share_out_every_global_batch(tmp_path, ram_mb):
 def _fit(tmp_path, prediction, steps, target="matrix"):
     root = synthetic_store(tmp_path / "s.zarr", rank_one="input" if target == "rank1" else None)
     reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
-    stats = diffusion.cond_stats(reader)
+    stats = conditioning.cond_stats(reader)
     meta = diffusion.make_meta("tiny", SHAPE, square=False, pad_to=0, prediction=prediction, rho="fro",
                                schedule="paper", T=100, target=target)
     torch.manual_seed(0)
@@ -114,20 +114,20 @@ def test_rank1_target_rebuilds_a_rank_one_delta_exactly(tmp_path, basis):
     assert root.attrs["rank1_basis"] == basis
     data = ChunkReader(root["train"], ("delta", "u", "rho", *COND), [0, 1]).read([0, 1])
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target="rank1", basis=basis)
-    rep, parts, _ = diffusion.batch_tensors(data, meta, "cpu")
+    rep, parts, _ = targets.batch_tensors(data, meta, "cpu")
     assert rep.shape == (32, SHAPE[0])
     # unit-scale: entries of unit mean square, like the matrix target's
     torch.testing.assert_close(rep.pow(2).mean(1), torch.ones(32), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(diffusion.to_matrix(rep, parts[0], meta), diffusion.true_omega(data, meta, "cpu"),
+    torch.testing.assert_close(targets.to_matrix(rep, parts[0], meta), targets.true_omega(data, meta, "cpu"),
                                rtol=1e-4, atol=1e-5)
 
 
 def test_rank1_is_refused_for_a_layer_without_one_input_vector():
-    diffusion.require_rank1((4, 6), 6)
+    targets.require_rank1((4, 6), 6)
     with pytest.raises(StoreError, match="rank1 needs a matrix weight"):
-        diffusion.require_rank1((4, 6, 3, 3), 6)
+        targets.require_rank1((4, 6, 3, 3), 6)
     with pytest.raises(StoreError, match="input width 5"):
-        diffusion.require_rank1((4, 6), 5)
+        targets.require_rank1((4, 6), 5)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -146,7 +146,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_scale_model_beats_the_mean_when_rho_depends_on_the_input(tmp_path, loss, bound):
     root = synthetic_store(tmp_path / "s.zarr")
     reader = ChunkReader(root["train"], ("rho", *COND), list(range(4)))
-    stats = diffusion.cond_stats(reader)
+    stats = conditioning.cond_stats(reader)
     mean = scale.mean_rho(reader)
     torch.manual_seed(0)
     model = scale.ScaleModel(stats, [32], mean)
@@ -171,7 +171,7 @@ def test_zero_and_tiny_deltas_train_at_a_floor_and_never_make_the_scale_model_na
     fit_rho = scale.rhos(reader)
     assert (fit_rho == 0).sum() == 12
     assert scale.rho_floor(fit_rho) == pytest.approx(1e-3 * np.median(fit_rho[fit_rho > 0]))
-    stats = diffusion.cond_stats(reader)
+    stats = conditioning.cond_stats(reader)
 
     def fit(floor):
         torch.manual_seed(0)

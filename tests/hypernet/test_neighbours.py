@@ -8,7 +8,7 @@ from synthetic import synthetic_store
 
 from ocd import presets
 from ocd.delta import COND
-from ocd.hypernet import diffusion, regressor
+from ocd.hypernet import conditioning, diffusion, regressor, targets
 from ocd.hypernet.neighbours import NEIGHBOURS, Retriever, knn_mix, nearest, neighbours, with_neighbours
 from ocd.params import ComputeParams, DiffusionParams, RegressorParams
 from stages.fitting import open_fit
@@ -60,9 +60,9 @@ def test_target_of_undoes_to_matrix(target):
     torch.manual_seed(0)
     layer_input = torch.randn(5, 6)
     rep = torch.randn(5, *meta.rep_shape)
-    omega = diffusion.to_matrix(rep, layer_input, meta)
+    omega = targets.to_matrix(rep, layer_input, meta)
     delta = 0.3 * omega / meta.unit
-    back = diffusion.target_of(delta, layer_input, meta)
+    back = targets.target_of(delta, layer_input, meta)
     # the same direction; at unit scale (rho = |delta|_F), whatever size rep had
     assert torch.allclose(F.cosine_similarity(back.flatten(1), rep.flatten(1)), torch.ones(5), atol=1e-5)
 
@@ -75,22 +75,22 @@ def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path,
     p = presets.apply(params_yaml, {"diffusion": {"neighbours": 3, "target": target, "preset": "tiny",
                                                     "holdout": 0.25}})
     fit = open_fit(p, tmp_path / "s.zarr", main=False)
-    assert fit.meta.neighbours == 3 and set(fit.stats) == {*COND, NEIGHBOURS}
+    assert fit.target.neighbours == 3 and set(fit.stats) == {*COND, NEIGHBOURS}
     rows = fit.reader.read(fit.reader.chunks)
-    targets, parts, _ = diffusion.batch_tensors(rows, fit.meta, "cpu")
-    assert len(parts) == 4 and parts[3].shape == targets.flatten(1).shape
+    made, parts, _ = targets.batch_tensors(rows, fit.target, "cpu")
+    assert len(parts) == 4 and parts[3].shape == made.flatten(1).shape
     # the store's delta is a function of the sample's kind: the 3 nearest others share it
-    cos = F.cosine_similarity(parts[3], targets.flatten(1))
+    cos = F.cosine_similarity(parts[3], made.flatten(1))
     assert (cos > 0.9).float().mean() > 0.9
     held = fit.held()
-    assert held[NEIGHBOURS].shape == (len(held["rho"]), targets.flatten(1).shape[1])
+    assert held[NEIGHBOURS].shape == (len(held["rho"]), made.flatten(1).shape[1])
     # without retrieval the scale model's view is I(x) alone
-    assert open_fit(p, tmp_path / "s.zarr", main=False, neighbours=False).meta.neighbours == 0
+    assert open_fit(p, tmp_path / "s.zarr", main=False, neighbours=False).target.neighbours == 0
 
-    model = diffusion.build(fit.meta, fit.stats)
+    model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
     ema, history = diffusion.train(model, fit.reader, DiffusionParams(steps=20, epochs=0, batch_size=16),
                                    ComputeParams(), "cpu", progress=False)
-    reg = regressor.DeltaRegressor(fit.meta, fit.stats, [8])
+    reg = regressor.DeltaRegressor(fit.target, fit.stats, [8])
     reg_history = regressor.train(reg, fit.reader, RegressorParams(steps=20, epochs=0, batch_size=16),
                                   ComputeParams(), "cpu", progress=False)
     assert all(np.isfinite(v) for _, v in history + reg_history)
@@ -99,10 +99,10 @@ def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path,
     assert loaded.meta.neighbours == 3 and len(loaded.cond.encoders) == 4
     # at inference the retrieved part comes from the store's train rows, as evaluate and predict make it
     train_parts = [torch.as_tensor(root["train"][n][:]) for n in COND]
-    retriever = diffusion.retriever_of(loaded.meta, train_parts, root["train"]["delta"], batch=10)
+    retriever = targets.retriever_of(loaded.meta, train_parts, root["train"]["delta"], batch=10)
     given = with_neighbours([torch.as_tensor(root["test"][n][:]) for n in COND], retriever)
     rep = loaded.sample(loaded.embed(given), steps=3, generator=torch.Generator().manual_seed(0))
-    assert rep.shape == (8, *fit.meta.rep_shape) and torch.isfinite(rep).all()
+    assert rep.shape == (8, *fit.target.rep_shape) and torch.isfinite(rep).all()
     assert reg.omega(given).shape == (8, 4, 6)
 
 

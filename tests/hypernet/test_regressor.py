@@ -4,7 +4,7 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND, rho_of
-from ocd.hypernet import diffusion, regressor
+from ocd.hypernet import conditioning, diffusion, regressor, targets
 from ocd.params import ComputeParams, RegressorParams
 from ocd.store import ChunkReader
 
@@ -13,7 +13,7 @@ from ocd.store import ChunkReader
 def test_the_regressor_learns_the_direction_and_leaves_the_size_to_the_scale_model(tmp_path, target):
     root = synthetic_store(tmp_path / "s.zarr", rank_one="input")
     reader = ChunkReader(root["train"], ("delta", "u", "rho", *COND), list(range(4)))
-    stats = diffusion.cond_stats(reader)
+    stats = conditioning.cond_stats(reader)
     meta = diffusion.make_meta("tiny", SHAPE, False, 0, "x0", "fro", "paper", 100, target=target)
     torch.manual_seed(0)
     model = regressor.DeltaRegressor(meta, stats, [32])

@@ -77,3 +77,24 @@ def test_per_sample_weights_shape_mismatch_is_an_error():
     m = lenet5((1, 28, 28), 10)
     with pytest.raises(ModelError, match="per-sample weights have shape"):
         forward_with_layer_weights(m, "fc1", torch.zeros(2, 84, 121), torch.zeros(2, 1, 28, 28))
+
+
+def test_the_registry_imports_only_the_family_it_builds():
+    """Issue 42: registering families costs nothing until one is built, and then only that one."""
+    import subprocess
+    import sys
+
+    from ocd.models.registry import MODELS
+
+    code = ("import sys; from ocd.models.registry import ModelSpec; from ocd.params import ModelParams; "
+            "before = sorted(m for m in sys.modules if m.startswith('ocd.models.')); "
+            "ModelSpec.from_params(ModelParams(name='lenet5'), (1, 28, 28), 10).build(); "
+            "after = sorted(m for m in sys.modules if m.startswith('ocd.models.')); "
+            "print(' '.join(before)); print(' '.join(after)); print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert "ocd.models.sequential" not in out[0].split() and "torch" not in out[0]
+    assert "ocd.models.sequential" in out[1].split()
+    assert not {"ocd.models.mulcat", "ocd.models.nerf", "ocd.models.sentence"} & set(out[1].split())
+    assert out[2] == "False"
+    for name, arch in MODELS.items():  # every entry names a builder that exists
+        assert callable(arch.builder()), name
