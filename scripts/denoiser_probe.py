@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ocd.device import get_device  # noqa: E402
 from ocd.hypernet import diffusion  # noqa: E402
 from ocd.params import parse_params  # noqa: E402
-from stages.fitting import open_fit  # noqa: E402
+from ocd.fitting import open_fit  # noqa: E402
 
 
 def variant(raw: dict, spec: str) -> dict:
@@ -51,7 +51,7 @@ def main() -> None:
     device = get_device()
     for spec in args.variant or [""]:
         p = parse_params(variant(raw, spec))
-        fit = open_fit(p, args.store, main=False)
+        fit = open_fit(p, args.store)
         torch.manual_seed(p.diffusion.seed)
         model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
         start = time.perf_counter()

@@ -14,7 +14,8 @@ from ocd.device import get_device, use_precision
 from ocd.hypernet import diffusion
 from ocd.params import Params, load_params
 from stages.common import PARAMS_OPTION, on_processes
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit, write_fit
+from ocd.fitting import open_fit
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, write_fit
 
 
 def train_diffusion(
@@ -45,7 +46,9 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     dp = p.diffusion
     device = get_device()
     use_precision(p.compute.precision)
-    fit = open_fit(p, store, group.main)
+    fit = open_fit(p, store)
+    if group.main:
+        typer.echo(fit.note)
     torch.manual_seed(dp.seed)
     model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
     model.precision = p.compute.precision

@@ -13,7 +13,8 @@ from ocd.device import get_device, use_precision
 from ocd.hypernet import scale
 from ocd.params import Params, load_params
 from stages.common import PARAMS_OPTION, on_processes
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, open_fit, write_fit
+from ocd.fitting import open_fit
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, write_fit
 
 
 def train_scale(
@@ -37,7 +38,9 @@ def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distr
     sp = p.scale
     device = get_device()
     use_precision(p.compute.precision)
-    fit = open_fit(p, store, group.main, neighbours=False)
+    fit = open_fit(p, store, neighbours=False)
+    if group.main:
+        typer.echo(fit.note)
     torch.manual_seed(sp.seed)
     model = scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean)
     start = time.perf_counter()

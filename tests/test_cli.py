@@ -7,8 +7,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from ocd.fitting import holdout_note
 from stages.cli import _stage, app
-from stages.fitting import holdout_note
 from synthetic import synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,6 +37,10 @@ if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need n
     from ocd.store import ChunkReader
 
 
+# The minibatch order's stream: regressor.seed + 2 (the scale model's is + 1, the denoiser's + 0).
+ORDER_STREAM = 2
+
+
 class DeltaRegressor(nn.Module):
     def __init__(self, meta: TargetMeta, stats: dict, hidden: list[int]):
         super().__init__()
@@ -68,8 +72,8 @@ def train(model: DeltaRegressor, reader: ChunkReader, rp: RegressorParams, compu
         return ((model(list(parts)) - target) ** 2).mean()
 
     return fit(model, reader, training_steps(rp.steps, rp.epochs, reader.rows, rp.batch_size), rp.batch_size,
-               rp.lr, np.random.default_rng(rp.seed + 2), tensors_of, loss_of, "train regressor", device, progress,
-               compute.graphs, group)
+               rp.lr, np.random.default_rng(rp.seed + ORDER_STREAM), tensors_of, loss_of, "train regressor", device,
+               progress, compute.graphs, group)
 
 
 @torch.no_grad()

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # the reader of a store's rows (ocd.store): the models need n
     from ocd.store import ChunkReader
 
 LOG_FLOOR = 1e-12
+# The minibatch order's stream: scale.seed + 1, so that equal seeds give the denoiser (diffusion.seed),
+# this model and the regressor (ocd.hypernet.regressor) different orders.
+ORDER_STREAM = 1
 FLOOR_SHARE = 1e-3  # rho_floor: this share of the median positive rho
 
 
@@ -104,8 +107,8 @@ def train(model: ScaleModel, reader: ChunkReader, sp: ScaleParams, compute: Comp
         return loss_fn(model(list(parts)), rho)
 
     return fit(model, reader, training_steps(sp.steps, sp.epochs, reader.rows, sp.batch_size), sp.batch_size,
-               sp.lr, np.random.default_rng(sp.seed + 1), tensors_of, loss_of, "train scale", device, progress,
-               compute.graphs, group)
+               sp.lr, np.random.default_rng(sp.seed + ORDER_STREAM), tensors_of, loss_of, "train scale", device,
+               progress, compute.graphs, group)
 
 
 @torch.no_grad()

@@ -193,22 +193,16 @@ def test_a_store_whose_every_delta_is_zero_has_no_scale_to_learn():
         scale.rho_floor(np.zeros(3, np.float32))
 
 
-def test_the_stage_refuses_an_all_zero_store_before_it_trains_anything(tmp_path, monkeypatch, params_yaml):
-    from ocd.distributed import Group
+def test_an_all_zero_store_is_refused_when_its_rows_are_opened(tmp_path, params_yaml):
+    """Every trainer stage opens its rows (ocd.fitting.open_fit) before it builds or trains
+    anything: a store with no scale to learn stops there."""
+    from ocd.fitting import open_fit
     from ocd.params import load_params
-    from stages.train_diffusion import _train_diffusion
 
     synthetic_store(tmp_path / "s.zarr", rho=(0.0, 0.0), attrs={
         "base_sha256": "0" * 64, "layer": "fc", "weight_shape": list(SHAPE), "overfit": {"rho": "frobenius"}})
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained the diffusion model on a store with no scale to learn")
-
-    monkeypatch.setattr(diffusion, "train", no_training)
-    p = load_params(params_yaml)
     with pytest.raises(StoreError, match="every one of the 48 fit rows has a zero delta"):
-        _train_diffusion(p, tmp_path / "s.zarr", tmp_path / "out", False, Group())
-    assert not (tmp_path / "out").exists()
+        open_fit(load_params(params_yaml), tmp_path / "s.zarr")
 
 
 def test_scale_loss_is_the_papers_formula():

@@ -11,7 +11,7 @@ from ocd.delta import COND
 from ocd.hypernet import conditioning, diffusion, regressor, targets
 from ocd.hypernet.neighbours import NEIGHBOURS, Retriever, knn_mix, nearest, neighbours, with_neighbours
 from ocd.params import ComputeParams, DiffusionParams, RegressorParams
-from stages.fitting import open_fit
+from ocd.fitting import open_fit
 
 
 def test_nearest_finds_the_closest_row():
@@ -74,7 +74,7 @@ def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path,
         "weight_shape": [4, 6], "base_sha256": "b", "layer": "fc", "overfit": {"rho": "fro"}})
     p = presets.apply(params_yaml, {"diffusion": {"neighbours": 3, "target": target, "preset": "tiny",
                                                     "holdout": 0.25}})
-    fit = open_fit(p, tmp_path / "s.zarr", main=False)
+    fit = open_fit(p, tmp_path / "s.zarr")
     assert fit.target.neighbours == 3 and set(fit.stats) == {*COND, NEIGHBOURS}
     rows = fit.reader.read(fit.reader.chunks)
     made, parts, _ = targets.batch_tensors(rows, fit.target, "cpu")
@@ -85,7 +85,7 @@ def test_the_generators_conditioned_on_retrieval_train_save_and_sample(tmp_path,
     held = fit.held()
     assert held[NEIGHBOURS].shape == (len(held["rho"]), made.flatten(1).shape[1])
     # without retrieval the scale model's view is I(x) alone
-    assert open_fit(p, tmp_path / "s.zarr", main=False, neighbours=False).target.neighbours == 0
+    assert open_fit(p, tmp_path / "s.zarr", neighbours=False).target.neighbours == 0
 
     model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
     ema, history = diffusion.train(model, fit.reader, DiffusionParams(steps=20, epochs=0, batch_size=16),
