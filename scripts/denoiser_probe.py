@@ -25,9 +25,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ocd.device import get_device  # noqa: E402
+from ocd.fitting import open_fit  # noqa: E402
 from ocd.hypernet import diffusion  # noqa: E402
 from ocd.params import parse_params  # noqa: E402
-from ocd.fitting import open_fit  # noqa: E402
 
 
 def variant(raw: dict, spec: str) -> dict:

@@ -550,7 +550,8 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     longer = np.concatenate([mixture, mixture, mixture[:1000]]).astype(np.int16)
     wavfile.write(tmp_path / "talk.wav", 16000, np.repeat(longer, 2))
     lines = project.run("ocd", "predict", str(tmp_path / "talk.wav"), "--row", "ocd").stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("talk.wav\tbase:") and lines[1].startswith("talk.wav\tocd:")
+    assert len(lines) == 3 and lines[0].startswith("talk.wav\tbase:") and lines[1].startswith("talk.wav\tocd:")
+    assert lines[2].startswith("talk.wav\tnote: this model separates 2 speakers")  # whatever the file holds
     rate, separated = wavfile.read(tmp_path / "talk_separated/ocd_1.wav")
     assert rate == 8000 and separated.shape == (len(longer),)
     wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([longer, longer], 1))
