@@ -51,7 +51,6 @@ from torch import nn
 from ocd.calibration import choose_temperature, reliability
 from ocd.distributed import Group
 from ocd.hypernet.diffusion import DeltaDiffusion
-from ocd.hypernet.targets import retriever_of
 from ocd.hypernet.neighbours import (
     WEIGHTINGS,
     Retriever,
@@ -63,6 +62,7 @@ from ocd.hypernet.neighbours import (
 )
 from ocd.hypernet.regressor import DeltaRegressor
 from ocd.hypernet.scale import ScaleModel
+from ocd.hypernet.targets import retriever_of
 from ocd.models.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
 from ocd.overfit import overfit_batch
 from ocd.pipeline import ocd_deltas, regressor_deltas, sample_deltas
@@ -330,10 +330,10 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
     # numbers a row) for the temperature of the step chosen
     knn_out: dict[float, list[torch.Tensor]] = defaultdict(list)
 
-    def knn_steps(lams) -> None:
+    def knn_steps(lams, count_norms: bool) -> None:
         for y, layer_in, found in kept:
             d = knn_mix(inp.train_delta, *found[space], kk, weighting)
-            if lams is LAMBDAS:
+            if count_norms:  # once, on the grid: the bound of a search beyond it
                 norms["knn"] += float(d.flatten(1).norm(dim=1).sum())
             for lam in lams:
                 out = _apply_at(cut, layer_in, lam * d)
@@ -341,7 +341,7 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
                 if task.with_temperature is not None:
                     knn_out[lam].append(out)
 
-    knn_steps(LAMBDAS)
+    knn_steps(LAMBDAS, count_norms=True)
     lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
                for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
     # a row whose loss was least at the grid's largest step: the search goes on while it falls
@@ -356,7 +356,7 @@ def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed
                 for lam in wider[name]:
                     add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), inp.y_cal[lo:hi])
     if wider.get("knn"):
-        knn_steps(tuple(wider["knn"]))
+        knn_steps(tuple(wider["knn"]), count_norms=False)
     widened = {}
     for name in edge:
         lambdas[name], widened[name] = _widen([totals[f"{name}/{lam:g}"] for lam in wider[name]], wider[name],

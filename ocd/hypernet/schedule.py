@@ -34,26 +34,23 @@ class Schedule:
         self.abar = torch.cumprod(self.alphas, dim=0)
         self._abar_on = {self.abar.device: self.abar}  # the table on each device that asked (no copy per step)
 
-    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """abar_t for integer timesteps t (-1 means t before the first step: 1.0)."""
+    def abar_at(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar_t per integer timestep of t (-1: before the first step, 1.0), shaped to broadcast over
+        ``like``'s rows."""
         if t.device not in self._abar_on:
             self._abar_on[t.device] = self.abar.to(t.device)
         one = torch.ones((), dtype=torch.float64, device=t.device)
         a = torch.where(t >= 0, self._abar_on[t.device][t.clamp_min(0)], one)
         return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
-    def abar_at(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """abar_t per timestep of t, shaped to broadcast over ``like``'s rows."""
-        return self._abar(t, like)
-
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (t: one timestep per sample)."""
-        a = self._abar(t, x0)
+        a = self.abar_at(t, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
     def split(self, x_t, pred, t, prediction: str):
         """(x0_hat, eps_hat) from the network's output, a prediction of ``prediction``."""
-        a = self._abar(t, x_t)
+        a = self.abar_at(t, x_t)
         if prediction == "eps":
             return (x_t - (1 - a).sqrt() * pred) / a.sqrt(), pred
         if prediction == "x0":
@@ -83,11 +80,11 @@ class Schedule:
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             t = torch.full((shape[0],), t_now, dtype=torch.long, device=x.device)
             x0, eps = self.split(x, predict(x, t), t, prediction)
-            a = self._abar(t, x)
+            a = self.abar_at(t, x)
             if mask is not None:
                 x0 = x0 * mask
                 eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-            a_prev = self._abar(torch.full_like(t, t_prev), x)
+            a_prev = self.abar_at(torch.full_like(t, t_prev), x)
             sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp_min(0).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
             if eta > 0 and t_prev >= 0:

@@ -37,7 +37,7 @@ def test_ddim_with_a_perfect_predictor_returns_x0(target, eta):
     x0 = torch.randn(4, 1, 6, 6)
 
     def perfect(x_t, t):
-        a = s._abar(t, x_t)
+        a = s.abar_at(t, x_t)
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt() if target == "eps" else x0
 
     out = s.sample(perfect, x0.shape, target, steps=10, eta=eta, generator=torch.Generator().manual_seed(0))
