@@ -10,10 +10,10 @@ import typer
 
 from ocd import distributed
 from ocd.device import get_device, use_precision
+from ocd.fitting import open_fit
 from ocd.hypernet import scale
 from ocd.params import Params, load_params
 from stages.common import PARAMS_OPTION, on_processes
-from ocd.fitting import open_fit
 from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, write_fit
 
 

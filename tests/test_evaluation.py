@@ -6,7 +6,7 @@ from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
 from ocd.evaluation import LAMBDAS, SERVED, EvalInputs, _nn_spaces, choose
-from ocd.hypernet import conditioning, diffusion, regressor, scale, targets
+from ocd.hypernet import conditioning, diffusion, regressor, scale
 from ocd.hypernet.neighbours import nearest, neighbours
 from ocd.models.cut import linear_cut
 from ocd.models.registry import ModelSpec

@@ -8,10 +8,10 @@ from synthetic import synthetic_store
 
 from ocd import presets
 from ocd.delta import COND
-from ocd.hypernet import conditioning, diffusion, regressor, targets
+from ocd.fitting import open_fit
+from ocd.hypernet import diffusion, regressor, targets
 from ocd.hypernet.neighbours import NEIGHBOURS, Retriever, knn_mix, nearest, neighbours, with_neighbours
 from ocd.params import ComputeParams, DiffusionParams, RegressorParams
-from ocd.fitting import open_fit
 
 
 def test_nearest_finds_the_closest_row():

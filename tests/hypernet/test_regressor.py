@@ -4,7 +4,7 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND, rho_of
-from ocd.hypernet import conditioning, diffusion, regressor, targets
+from ocd.hypernet import conditioning, diffusion, regressor
 from ocd.params import ComputeParams, RegressorParams
 from ocd.store import ChunkReader
 
