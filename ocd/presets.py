@@ -1,7 +1,8 @@
 """Params presets: a named set of params.yaml values applied at once (``presets/NAME.yaml``).
 
 ``paper`` sets every choice of the paper as written; ``project`` sets the same
-keys to this project's defaults. A preset may start from another
+keys to this project's defaults, read from ``ocd.params``'s dataclasses (no file:
+the defaults are kept there and in params.yaml, not a third time). A preset may start from another
 (``extends: NAME``) and set only what differs. A preset is checked by parsing params.yaml
 with it applied (so a typo in either is named before anything runs) and
 turned into ``-S section.key=value`` flags for ``dvc exp run``, which leaves
@@ -22,12 +23,25 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 GPU_ONLY = {("diffusion", "preset"): ("paper", "cpu")}  # (section, key): (value, its CPU stand-in)
 
 
+# The preset made from the defaults: the keys the paper preset sets, at ocd.params' values.
+PROJECT, PROJECT_OF = "project", "paper"
+
+
 def names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return sorted({p.stem for p in PRESETS_DIR.glob("*.yaml")} | {PROJECT})
+
+
+def project() -> dict:
+    """Every key of the paper preset at this project's default (each chosen on held-out train rows)."""
+    defaults = Params()
+    return {section: {key: getattr(getattr(defaults, section), key) for key in keys}
+            for section, keys in load(PROJECT_OF).items()}
 
 
 def load(name: str) -> dict:
     path = PRESETS_DIR / f"{name}.yaml"
+    if name == PROJECT and not path.is_file():
+        return project()
     if name not in names():  # a name, never a path: `ocd preset ../../x` reads nothing outside presets/
         raise ParamsError(f"unknown preset {name!r}; valid presets: {', '.join(names())}")
     raw = yaml.safe_load(path.read_text())

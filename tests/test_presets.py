@@ -33,7 +33,8 @@ def test_the_paper_preset_is_the_paper_and_says_when_a_cpu_stands_in(params_yaml
     assert paper["diffusion"]["lr"] == 1e-4 and paper["diffusion"]["schedule"] == "paper"
     assert paper["overfit"]["optimizer"] == "sgd" and paper["overfit"]["rho"] == "fro"
     assert paper["diffusion"]["ema_warmup"] is True  # the EMA that samples forgets its random start
-    # the project preset sets the same keys, to params.yaml's values
+    # the project preset sets the same keys, to params.yaml's values, read from the defaults (no third copy)
+    assert not (presets.PRESETS_DIR / "project.yaml").exists() and "project" in presets.names()
     project = presets.load("project")
     assert {s: set(v) for s, v in project.items()} == {s: set(v) for s, v in paper.items()}
     committed = presets.apply(params_yaml, {})
