@@ -83,16 +83,6 @@ def test_the_dataclass_defaults_are_the_committed_params_yaml(params_yaml):
             assert getattr(getattr(defaults, section), key) == value, f"{section}.{key}"
 
 
-def test_the_project_preset_is_the_defaults():
-    from ocd import presets
-    from ocd.params import Params
-
-    defaults = Params()
-    for section, values in presets.load("project").items():
-        for key, value in values.items():
-            assert getattr(getattr(defaults, section), key) == value, f"project preset {section}.{key}"
-
-
 def test_every_choice_list_is_the_one_its_module_implements():
     from ocd import delta, layers, overfit
     from ocd.hypernet import diffusion, scale, schedule, targets, unet, vecnet
