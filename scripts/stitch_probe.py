@@ -78,7 +78,7 @@ def probe(model, folder: Path, seconds: float, texts: tuple[list[str], list[str]
     for name, signal in (("mix", sources.sum(0)), ("s0", sources[0]), ("s1", sources[1])):
         write_wav(folder / f"{name}.wav", signal, RATE)
     _, windows = model.read_inputs(folder / "mix.wav")
-    _, n, scale, starts = model._pending
+    _, n, scale, starts, mixture = model._pending
     with torch.no_grad():
         out = torch.cat([model(windows[i:i + 16]) for i in range(0, len(windows), 16)])
     out = out.reshape(len(windows), model.speakers, model.samples).numpy().astype(np.float64)
@@ -92,8 +92,8 @@ def probe(model, folder: Path, seconds: float, texts: tuple[list[str], list[str]
     record = {"seconds": seconds, "voices": [v[0] for v in voices], "windows": len(starts),
               "windowed": float(np.mean(windowed))}
     mix = truth.sum(0)
-    for how, mixture in (("joined_before", None), ("joined_now", model._mixture)):
-        joined = model._join(out, starts, mixture)[:, :n] / scale
+    for how, given in (("joined_before", None), ("joined_now", mixture)):
+        joined = model._join(out, starts, given)[:, :n] / scale
         record[how] = {
             "per_second": float(np.mean([si_sdri(joined[:, s:s + w], truth[:, s:s + w], mix[s:s + w])
                                          for s in (starts[i] for i in whole_windows)])),

@@ -30,6 +30,8 @@ COMMANDS = {
     "predict": ("predict", "Predict new inputs with the row the calibration rows chose best."),
     "preset": ("preset", "Print a params preset's `dvc exp run` flags."),
 }
+# Commands that read no params file (the others check theirs before their stage loads: preflight).
+NO_PARAMS = {"inspect"}
 # Stages that run on several processes (under torchrun) rather than refusing it.
 MANY_PROCESSES = {"score-layers", "overfit", "train-diffusion", "train-scale", "train-regressor", "evaluate"}
 
@@ -85,7 +87,7 @@ def preflight(name: str, args: list[str]) -> None:
     from ocd.errors import DataError, ModelError, ParamsError
 
     path = params_argument(args)
-    if path is None or name == "inspect" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if path is None or name in NO_PARAMS or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
     from ocd.data.registry import find_loader
     from ocd.models.registry import architecture

@@ -266,21 +266,22 @@ class MulCatSeparator(nn.Module):
         padded = np.zeros(starts[-1] + self.samples, np.float32)
         padded[:n] = signal * scale
         windows = np.stack([padded[s:s + self.samples] for s in starts])[:, None]
-        self._pending = (path, n, scale, starts)
-        self._mixture = padded  # what the windows' outputs must add up to (:meth:`_join`)
+        # the file read last: its length, scale, window starts and scaled samples (what the windows'
+        # outputs must add up to, :meth:`_join`)
+        self._pending = (path, n, scale, starts, padded)
         return [f"{path.name}@{s / self.sample_rate:.2f}s" for s in starts], torch.from_numpy(windows)
 
     def write_predictions(self, base: torch.Tensor, ocd: torch.Tensor, row: str = "ocd") -> list[str]:
         """Write the base model's and the served row's (``row``: OCD's, by default) separated
         signals of the file read last as ``<name>_separated/{base,ROW}_<speaker>.wav`` beside it;
         returns what was written."""
-        path, n, scale, starts = self._pending
+        path, n, scale, starts, mixture = self._pending
         folder = path.with_name(f"{path.stem}_separated")
         folder.mkdir(exist_ok=True)
         lines = []
         for name, out in (("base", base), (row, ocd))[:1 if row == "base" else 2]:
             windows = out.reshape(len(out), self.speakers, self.samples).cpu().numpy()
-            joined = self._join(windows, starts, self._mixture)[:, :n]
+            joined = self._join(windows, starts, mixture)[:, :n]
             files = []
             for c, channel in enumerate(joined / scale):
                 files.append(folder / f"{name}_{c}.wav")

@@ -98,7 +98,7 @@ def test_predict_keeps_the_models_quality_over_a_whole_file(tmp_path):
     sep = mulcat.MulCatSeparator((1, model_rate), 2 * model_rate, 2, width=8, blocks=1, window=16, chunk=10,
                                  sample_rate=model_rate, level=0.1)
     names, windows = sep.read_inputs(tmp_path / "mix.wav")
-    _, n, scale, starts = sep._pending
+    _, n, scale, starts, _ = sep._pending
     truth = np.stack([mulcat.read_wav(tmp_path / f"s{c}.wav", model_rate) for c in (0, 1)])  # at the model's rate
     padded = np.zeros((2, starts[-1] + model_rate))
     padded[:, :n] = truth * scale
