@@ -1,29 +1,11 @@
 """Stage 5's computations: base vs OCD vs ablations vs ensembles on the test split.
 
-Every row is the base model with one weight matrix replaced per test sample,
-``W_L(x) = W_L + delta(x)``, applied with the per-sample-weight primitive; the
-rows differ only in where ``delta(x)`` comes from:
-
-- ``ocd``: rho(I(x)) * Omega_0 / unit, Omega sampled by DDIM from pure noise;
-- ``ocd_ensemble``: k noises, the k predictions combined by the task (mean of
-  the predicted distributions); ``ocd_mean_network``: the k deltas averaged;
-- ``ocd_no_scale``: rho = the mean train rho;
-- ``regressor``: no diffusion, an MLP's predicted direction sized by the scale model;
-- ``nn_input`` / ``nn_cond``: the stored delta of the nearest training sample,
-  nearest in input space / in standardised conditioning space;
-- ``knn``: retrieval as a method: the k nearest training samples' stored
-  deltas, weighted by similarity; the space, k and the weighting chosen on the
-  calibration rows (:func:`choose`);
-- ``ocd_lambda`` / ``regressor_lambda`` / ``knn_lambda``: that row's delta times
-  one scalar step size (0 to 8, and beyond while the loss still falls there,
-  within |W|/|delta|: :data:`WIDER`) fitted on the calibration rows (0, the
-  base model, is among the candidates, so on those rows no such row loses to the base);
-- ``tent_{n}``: n steps minimising the prediction's entropy on the same layer;
-- ``oracle``: the test sample's own overfit delta (it used the label: an upper bound);
-- ``deep_ensemble``: k base models trained with different seeds, no delta;
-- ``temperature`` / ``ocd_temperature`` / ``knn_temperature``: the base model's /
-  OCD's / ``knn_lambda``'s outputs divided by one temperature fitted on the
-  calibration rows (never test); knn's step first, then its temperature.
+The rows themselves are classes of :mod:`ocd.rows`; here is what they share:
+the blocks of test rows they are computed on (:class:`Block`: one model pass,
+OCD's k samples, the retrievals, each made once and timed), the calibration
+rows' choices (:func:`choose`: the knn row's retrieval, every stepped row's
+step size; the temperatures are fitted by the temperature rows), and
+:func:`evaluate`, a loop over the rows.
 
 The calibration rows are the data's own (no model trains on them); a task
 without them (TinyNeRF) lends the train rows the diffusion model held out
@@ -48,14 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocd.calibration import choose_temperature, reliability
+from ocd import rows as rows_module
+from ocd.calibration import reliability
 from ocd.distributed import Group
 from ocd.hypernet.diffusion import DeltaDiffusion
 from ocd.hypernet.neighbours import (
     WEIGHTINGS,
     Retriever,
     knn_mix,
-    nearest,
     neighbours,
     standardiser,
     with_neighbours,
@@ -64,8 +46,8 @@ from ocd.hypernet.regressor import DeltaRegressor
 from ocd.hypernet.scale import ScaleModel
 from ocd.hypernet.targets import retriever_of
 from ocd.models.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
-from ocd.overfit import overfit_batch
 from ocd.pipeline import ocd_deltas, regressor_deltas, sample_deltas
+from ocd.rows import SERVED
 from ocd.tasks import Task
 
 
@@ -125,11 +107,15 @@ class Choice:
                 "served": self.serve_losses(),
                 **({"best": {"row": best, "loss": self.serve_losses()[best]}} if best else {})}
 
+    def on(self) -> str:
+        """Where the choices were made, for the rows' notes."""
+        return f"on {self.rows} {self.source}"
+
     def serve_losses(self) -> dict[str, float]:
         """Every row that ``ocd predict`` can serve and its mean loss on these rows, in
         :data:`SERVED`'s order: the untrained rows from ``losses``, the temperature rows
         as evaluate fitted them (``row_losses``)."""
-        keys = {"base": "base", "ocd": "ocd/1", "regressor": "regressor/1", "knn": "knn/1"}
+        keys = {"base": "base", **{name: f"{name}/1" for name in self.lambdas}}
         keys.update((f"{name}_lambda", f"{name}/{lam:g}") for name, lam in self.lambdas.items())
         got = {name: self.losses[key] for name, key in keys.items() if key in self.losses}
         got.update(self.row_losses)
@@ -140,11 +126,6 @@ class Choice:
         :data:`SERVED`, so the simpler row)."""
         losses = self.serve_losses()
         return min(losses, key=lambda name: (losses[name], SERVED.index(name))) if losses else None
-
-
-# The rows ``ocd predict`` can serve, simplest first: the calibration rows choose among them.
-SERVED = ("base", "temperature", "ocd", "ocd_lambda", "ocd_temperature", "regressor", "regressor_lambda",
-          "knn", "knn_lambda", "knn_temperature")
 
 
 @dataclass
@@ -183,90 +164,157 @@ class EvalInputs:
         return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-def _block(inp: EvalInputs, cut, spaces, lo: int, hi: int, k: int, steps: int, eta: float, seed: int,
-           tent_steps: list[int], tent_lr: float, clock, choice: Choice | None) -> dict[str, torch.Tensor]:
-    """Every row's per-sample results for test rows ``lo:hi`` (one pass of the model): for
-    each row name, ``name/out`` (outputs), and where it applies a delta ``name/cos`` (cosine
-    to the oracle's delta) and ``name/norm`` (the delta's norm); ``ocd/members`` [N, k, ...];
-    ``time/...``: seconds spent on the base, OCD, regressor and knn rows. ``spaces``: the
-    nearest-neighbour spaces, made once for every block (:func:`_nn_spaces`); ``choice``: the
-    knn row's retrieval and the step sizes (None: no calibration rows, no such rows)."""
-    task = inp.task
-    x, y = inp.x_test[lo:hi], inp.y_test[lo:hi]
-    oracle = torch.as_tensor(inp.oracle_delta[lo:hi]).to(y.device).float()
-    unit = inp.diff.meta.unit
-    got: dict[str, torch.Tensor] = {"oracle/norm": oracle.flatten(1).norm(dim=1)}
+@dataclass
+class Setting:
+    """What every row of one evaluation reads (:mod:`ocd.rows`): the inputs, the layer's cut, the
+    sampling and TENT params, the deep ensemble's other members, the block size, and what the
+    calibration rows chose (None until :func:`choose` ran, and where there are none)."""
 
-    def put(name: str, outputs: torch.Tensor, deltas: torch.Tensor | None = None) -> None:
-        got[f"{name}/out"] = outputs
-        if deltas is not None:
-            got[f"{name}/cos"] = F.cosine_similarity(deltas.flatten(1), oracle.flatten(1), dim=1)
-            got[f"{name}/norm"] = deltas.flatten(1).norm(dim=1)
+    inp: EvalInputs
+    cut: object
+    k: int
+    steps: int
+    eta: float
+    seed: int
+    tent_steps: list[int]
+    tent_lr: float
+    extra_members: list[nn.Module] | None
+    size: int
+    choice: Choice | None = None
 
-    start = clock()
-    io = layer_io(cut, x)  # the block is one model pass: the layer's input is computed once
-    parts, base_out = io.cond, io.output
-    got["time/base"] = torch.tensor([clock() - start])
-    put("base", base_out)
-
-    def apply(deltas: torch.Tensor) -> torch.Tensor:
-        return _apply_at(cut, io.inp, deltas)
-
-    start = clock()
-    given = with_neighbours(parts, inp.retriever)  # what the generators read
-    omegas, rho_hat = sample_deltas(inp.diff, inp.scaler, given, k, steps, eta, seed, first_row=lo)
-    no_scale = inp.mean_rho * omegas[0] / unit
-    # sized by rho_hat in place, as ocd_deltas sizes them: the same numbers, one [k, N, out, in] fewer
-    deltas = omegas.mul_(rho_hat[None, :, None, None]).div_(unit)
-    member_out = torch.stack([apply(d) for d in deltas])
-    got["time/ocd"] = torch.tensor([clock() - start])  # all k members
-    put("ocd", member_out[0], deltas[0])
-    got["ocd/members"] = member_out.transpose(0, 1)
-    mean_delta = deltas.mean(0)
-    put("ocd_mean_network", apply(mean_delta), mean_delta)
-    put("ocd_no_scale", apply(no_scale), no_scale)
-    if inp.regressor is not None:
-        start = clock()
-        reg_delta = regressor_deltas(inp.scaler, inp.regressor, given, unit)
-        put("regressor", apply(reg_delta), reg_delta)
-        got["time/regressor"] = torch.tensor([clock() - start])
-
-    queries = _queries(spaces, x, parts)
-    for space, (query, pool) in queries.items():
-        d = inp.train_delta[nearest(query, pool)].float()
-        put(f"nn_{space}", apply(d), d)
-    if choice is not None:
-        space, kk, weighting = choice.knn
-        start = clock()
-        knn_delta = knn_mix(inp.train_delta, *neighbours(*queries[space], kk), kk, weighting)
-        put("knn", apply(knn_delta), knn_delta)
-        got["time/knn"] = torch.tensor([clock() - start])
-        stepped = {"ocd": deltas[0], "knn": knn_delta}
-        if inp.regressor is not None:
-            stepped["regressor"] = reg_delta
-        for name, d in stepped.items():
-            d = choice.lambdas[name] * d
-            put(f"{name}_lambda", apply(d), d)
-
-    if task.unsupervised_loss is not None:
-        tent_task = Task("tent", lambda out, _y: task.unsupervised_loss(out), task.metrics, task.ensemble)
-        for n in tent_steps:
-            d = overfit_batch(cut, tent_task, io.inp, y, steps=n, optimizer="adam", lr=tent_lr).delta
-            put(f"tent_{n}", apply(d), d)
-    put("oracle", apply(oracle), oracle)
-    return got
+    @property
+    def calibrated(self) -> bool:
+        """There are calibration rows (or held-out train rows standing in for them)."""
+        return self.inp.x_cal is not None and len(self.inp.x_cal) > 0
 
 
-def _warm_up(inp: EvalInputs, cut, lo: int, hi: int, k: int, steps: int, eta: float, seed: int) -> None:
-    """The base pass, OCD's sampling and applying, and the regressor on rows ``lo:hi``, results
-    dropped: the first call of each pays for lazy set-up (allocations, kernel choice) that
-    would otherwise be charged to whichever row is timed first."""
-    io = layer_io(cut, inp.x_test[lo:hi])
-    given = with_neighbours(io.cond, inp.retriever)
-    _, deltas = ocd_deltas(inp.diff, inp.scaler, given, k, steps, eta, seed, first_row=lo)
-    _apply_at(cut, io.inp, deltas[0])
-    if inp.regressor is not None:
-        _apply_at(cut, io.inp, regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit))
+@dataclass
+class Samples:
+    """OCD's k samples on a block: the deltas [k, N, out, in] sized by rho_hat, the first sized
+    by the mean train rho instead, and the model's outputs under each of the k [k, N, ...]."""
+
+    deltas: torch.Tensor
+    no_scale: torch.Tensor
+    members: torch.Tensor
+
+
+class _Shared:
+    """What several rows read on one block of rows, each made once, on first use."""
+
+    def __init__(self, s: Setting, x: torch.Tensor, lo: int, own: torch.Tensor | None = None):
+        self.s, self.x, self.lo, self.own = s, x, lo, own
+        self._made: dict[str, object] = {}
+
+    def _once(self, key: str, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    def apply(self, deltas: torch.Tensor) -> torch.Tensor:
+        return _apply_at(self.s.cut, self.io.inp, deltas)
+
+    @property
+    def given(self) -> list[torch.Tensor]:
+        """What the generators read: I(x), with the retrieved train rows where they retrieve."""
+        return self._once("given", lambda: with_neighbours(self.io.cond, self.s.inp.retriever, self.own))
+
+
+class Block(_Shared):
+    """One block of test rows, as the rows read it (:meth:`ocd.rows.EvalRow.block`): one
+    model pass (``io``, timed as ``base``), OCD's k samples and their outputs (``ocd``), the
+    regressor's and the knn row's deltas and outputs, and the retrieval queries. A timed part's
+    seconds are kept in ``times`` under its name."""
+
+    def __init__(self, s: Setting, spaces, lo: int, hi: int, clock):
+        inp = s.inp
+        super().__init__(s, inp.x_test[lo:hi], lo)
+        self.y, self.spaces, self.clock = inp.y_test[lo:hi], spaces, clock
+        self.oracle = torch.as_tensor(inp.oracle_delta[lo:hi]).to(self.y.device).float()
+        self.times: dict[str, float] = {}
+        self.io = self._timed("base", lambda: layer_io(s.cut, self.x))  # the block is one model pass
+
+    def _timed(self, key: str, make):
+        def timed():
+            start = self.clock()
+            made = make()
+            self.times[key] = self.clock() - start
+            return made
+
+        return self._once(key, timed)
+
+    @property
+    def ocd(self) -> Samples:
+        def sample():
+            s = self.s
+            omegas, rho_hat = sample_deltas(s.inp.diff, s.inp.scaler, self.given, s.k, s.steps, s.eta, s.seed,
+                                            first_row=self.lo)
+            unit = s.inp.diff.meta.unit
+            no_scale = s.inp.mean_rho * omegas[0] / unit
+            # sized by rho_hat in place, as ocd_deltas sizes them: the same numbers, one [k, N, out, in] fewer
+            deltas = omegas.mul_(rho_hat[None, :, None, None]).div_(unit)
+            return Samples(deltas, no_scale, torch.stack([self.apply(d) for d in deltas]))
+
+        return self._timed("ocd", sample)  # all k members
+
+    @property
+    def regressor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def make():
+            delta = regressor_deltas(self.s.inp.scaler, self.s.inp.regressor, self.given, self.s.inp.diff.meta.unit)
+            return delta, self.apply(delta)
+
+        return self._timed("regressor", make)
+
+    @property
+    def queries(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return self._once("queries", lambda: _queries(self.spaces, self.x, self.io.cond))
+
+    @property
+    def knn(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def make():
+            space, kk, weighting = self.s.choice.knn
+            delta = knn_mix(self.s.inp.train_delta, *neighbours(*self.queries[space], kk), kk, weighting)
+            return delta, self.apply(delta)
+
+        return self._timed("knn", make)
+
+    def warm_up(self) -> None:
+        """Every timed part once, results dropped: the first call of each pays for lazy set-up
+        (allocations, kernel choice) that would otherwise be charged to whichever row is timed first."""
+        self.ocd
+        if self.s.inp.regressor is not None:
+            self.regressor
+        if self.s.choice is not None:
+            self.knn
+
+
+class CalibrationBlock(_Shared):
+    """One block of calibration rows, as :func:`choose` reads them: one model pass, every
+    candidate retrieval (``found``), and each stepped row's delta
+    (:meth:`ocd.rows.EvalRow.calibration_delta`). Held-out train rows standing in for
+    calibration rows never retrieve themselves (``own``)."""
+
+    def __init__(self, s: Setting, spaces, lo: int, hi: int, seed: int):
+        inp = s.inp
+        own = None if inp.cal_own is None else inp.cal_own[lo:hi]
+        super().__init__(s, inp.x_cal[lo:hi], lo, own)
+        self.y, self.seed = inp.y_cal[lo:hi], seed
+        self.io = layer_io(s.cut, self.x)
+        self.found = {space: neighbours(query, pool, max(KNN_K), own)
+                      for space, (query, pool) in _queries(spaces, self.x, self.io.cond).items()}
+        self.knn: tuple[str, int, str] | None = None  # the retrieval chosen, once chosen
+
+    def ocd_sample(self) -> torch.Tensor:
+        """OCD's one sample, seeded by the block's first row: the same on every call."""
+        s = self.s
+        return ocd_deltas(s.inp.diff, s.inp.scaler, self.given, 1, s.steps, s.eta, self.seed, first_row=self.lo)[1][0]
+
+    def regressor_delta(self) -> torch.Tensor:
+        s = self.s
+        return regressor_deltas(s.inp.scaler, s.inp.regressor, self.given, s.inp.diff.meta.unit)
+
+    def knn_delta(self) -> torch.Tensor:
+        space, kk, weighting = self.knn
+        return knn_mix(self.s.inp.train_delta, *self.found[space], kk, weighting)
 
 
 def _apply_at(cut, layer_input, deltas: torch.Tensor) -> torch.Tensor:
@@ -275,96 +323,88 @@ def _apply_at(cut, layer_input, deltas: torch.Tensor) -> torch.Tensor:
     return cut.leave(layer_with_weights(cut.layer, cut.layer.weight + deltas, layer_input.h), layer_input.ctx)
 
 
-def choose(inp: EvalInputs, cut, spaces, size: int, steps: int, eta: float, seed: int) -> Choice | None:
-    """The knn row's space, k and weighting, and every delta row's step size, each the
+def make_rows(s: Setting, row_kinds: tuple = rows_module.ROWS) -> tuple[dict[str, rows_module.EvalRow], dict]:
+    """The rows of this evaluation by name, in the table's order, and the kinds that make
+    none here, with why (the table's "Skipped")."""
+    rows: dict[str, rows_module.EvalRow] = {}
+    skipped = {}
+    for kind in row_kinds:
+        made = kind.made(s, dict(rows))
+        if isinstance(made, str):
+            skipped[kind.kind] = made
+        else:
+            rows.update((row.name, row) for row in made)
+    return rows, skipped
+
+
+def choose(s: Setting, rows: list, spaces, seed: int) -> Choice | None:
+    """The knn row's space, k and weighting, and every stepped row's step size, each the
     candidate of least mean loss on the calibration rows (ties: the first, so the smaller
     step); None without calibration rows. Every rank works through all of them, in the
-    blocks one process takes, so all choose alike. OCD's sample there is seeded ``seed``."""
-    if inp.x_cal is None or not len(inp.x_cal):
+    blocks one process takes, so all choose alike. OCD's sample there is seeded ``seed``.
+    The rows whose temperature is fitted there keep their outputs (``Choice.outputs``)."""
+    if not s.calibrated:
         return None
-    task, n = inp.task, len(inp.y_cal)
-    blocks = _blocks(n, size, Group())
+    inp, task, n = s.inp, s.inp.task, len(s.inp.y_cal)
+    blocks = [CalibrationBlock(s, spaces, lo, hi, seed) for lo, hi in _blocks(n, s.size, Group())]
     totals: dict[str, float] = defaultdict(float)
-    outputs: dict[str, list[torch.Tensor]] = {"base": [], "ocd": []}
+    outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+    kept = {source for _, source in rows_module.Tempered.sources()} if task.with_temperature else set()
 
     def add(key: str, out: torch.Tensor, y: torch.Tensor) -> None:
         totals[key] += float(task.per_sample_loss(out, y).sum())
 
-    def retrieved(io, lo: int, hi: int):
-        own = None if inp.cal_own is None else inp.cal_own[lo:hi]
-        return {space: neighbours(query, pool, max(KNN_K), own)
-                for space, (query, pool) in _queries(spaces, inp.x_cal[lo:hi], io.cond).items()}
-
-    def stepped_deltas(io, lo: int, hi: int, names=("ocd", "regressor")) -> dict[str, torch.Tensor]:
-        """The ocd row's one sample (seeded by its rows: the same on every call) and the regressor's delta."""
-        given = with_neighbours(io.cond, inp.retriever, None if inp.cal_own is None else inp.cal_own[lo:hi])
-        got = {}
-        if "ocd" in names:
-            got["ocd"] = ocd_deltas(inp.diff, inp.scaler, given, 1, steps, eta, seed, first_row=lo)[1][0]
-        if inp.regressor is not None and "regressor" in names:
-            got["regressor"] = regressor_deltas(inp.scaler, inp.regressor, given, inp.diff.meta.unit)
-        return got
-
-    norms: dict[str, float] = defaultdict(float)  # per delta row, the sum of its deltas' norms
-    kept = []  # per block: labels, the layer's input and the retrievals, for the knn step below
-    for lo, hi in blocks:
-        y, io = inp.y_cal[lo:hi], layer_io(cut, inp.x_cal[lo:hi])
-        add("base", io.output, y)
-        kept.append((y, io.inp, retrieved(io, lo, hi)))
-        for space, found in kept[-1][2].items():
+    for c in blocks:  # the base model and every candidate retrieval
+        add("base", c.io.output, c.y)
+        if "base" in kept:
+            outputs["base"].append(c.io.output)
+        for space, found in c.found.items():
             for kk in [kk for kk in KNN_K if kk <= found[1].shape[1]]:  # no more than the pool holds
                 for weighting in WEIGHTINGS[:1 if kk == 1 else None]:
-                    add(f"knn/{space}/{kk}/{weighting}",
-                        _apply_at(cut, io.inp, knn_mix(inp.train_delta, *found, kk, weighting)), y)
-        stepped = stepped_deltas(io, lo, hi)
-        outputs["base"].append(io.output)
-        outputs["ocd"].append(_apply_at(cut, io.inp, stepped["ocd"]))
-        for name, d in stepped.items():
-            norms[name] += float(d.flatten(1).norm(dim=1).sum())
-            for lam in LAMBDAS:
-                add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), y)
+                    add(f"knn/{space}/{kk}/{weighting}", c.apply(knn_mix(inp.train_delta, *found, kk, weighting)),
+                        c.y)
     best = min((key for key in totals if key.startswith("knn/")), key=totals.__getitem__)
     _, space, kk, weighting = best.split("/")
-    kk = int(kk)
-    # the chosen retrieval's step size; a classifier's outputs at every step are kept (a few
-    # numbers a row) for the temperature of the step chosen
-    knn_out: dict[float, list[torch.Tensor]] = defaultdict(list)
+    for c in blocks:
+        c.knn = (space, int(kk), weighting)
 
-    def knn_steps(lams, count_norms: bool) -> None:
-        for y, layer_in, found in kept:
-            d = knn_mix(inp.train_delta, *found[space], kk, weighting)
+    stepped = [row for row in rows if row.steps]
+    norms: dict[str, float] = defaultdict(float)  # per stepped row, the sum of its deltas' norms
+    # per stepped row whose stepped outputs take a temperature: its outputs at every step
+    at_step: dict[str, dict[float, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+
+    def steps(row, lams, count_norms: bool) -> None:
+        for c in blocks:
+            d = row.calibration_delta(c)
             if count_norms:  # once, on the grid: the bound of a search beyond it
-                norms["knn"] += float(d.flatten(1).norm(dim=1).sum())
+                norms[row.kind] += float(d.flatten(1).norm(dim=1).sum())
             for lam in lams:
-                out = _apply_at(cut, layer_in, lam * d)
-                add(f"knn/{lam:g}", out, y)
-                if task.with_temperature is not None:
-                    knn_out[lam].append(out)
+                out = c.apply(lam * d)
+                add(f"{row.kind}/{lam:g}", out, c.y)
+                if lam == 1 and row.kind in kept:  # the row itself (a step of 1 is exact)
+                    outputs[row.kind].append(out)
+                if f"{row.kind}_lambda" in kept:
+                    at_step[row.kind][lam].append(out)
 
-    knn_steps(LAMBDAS, count_norms=True)
-    lambdas = {name: min(LAMBDAS, key=lambda lam: totals[f"{name}/{lam:g}"])
-               for name in ("ocd", "regressor", "knn") if f"{name}/1" in totals}
+    for row in stepped:
+        steps(row, LAMBDAS, count_norms=True)
+    lambdas = {row.kind: min(LAMBDAS, key=lambda lam: totals[f"{row.kind}/{lam:g}"]) for row in stepped}
     # a row whose loss was least at the grid's largest step: the search goes on while it falls
-    weight_norm = float(cut.layer.weight.detach().double().norm())
+    weight_norm = float(s.cut.layer.weight.detach().double().norm())
     bounds = {name: weight_norm / max(norms[name] / n, 1e-30) for name in lambdas}
     edge = [name for name, lam in lambdas.items() if lam == LAMBDAS[-1]]
     wider = {name: [lam for lam in WIDER if lam <= bounds[name]] for name in edge}
-    if any(name in wider and wider[name] for name in ("ocd", "regressor")):
-        for lo, hi in blocks:
-            io = layer_io(cut, inp.x_cal[lo:hi])
-            for name, d in stepped_deltas(io, lo, hi, [name for name in wider if wider[name]]).items():
-                for lam in wider[name]:
-                    add(f"{name}/{lam:g}", _apply_at(cut, io.inp, lam * d), inp.y_cal[lo:hi])
-    if wider.get("knn"):
-        knn_steps(tuple(wider["knn"]), count_norms=False)
+    for row in stepped:
+        if wider.get(row.kind):
+            steps(row, tuple(wider[row.kind]), count_norms=False)
     widened = {}
     for name in edge:
         lambdas[name], widened[name] = _widen([totals[f"{name}/{lam:g}"] for lam in wider[name]], wider[name],
                                               totals[f"{name}/{LAMBDAS[-1]:g}"], bounds[name])
-    if knn_out:  # knn_lambda's outputs, for its temperature
-        outputs["knn_lambda"] = knn_out[lambdas["knn"]]
+    for name, by_step in at_step.items():  # a stepped row's outputs at its step, for its temperature
+        outputs[f"{name}_lambda"] = by_step[lambdas[name]]
     source = "calibration rows" if inp.cal_own is None else "held-out train rows"
-    return Choice((space, kk, weighting), lambdas, n, source, {key: v / n for key, v in totals.items()},
+    return Choice((space, int(kk), weighting), lambdas, n, source, {key: v / n for key, v in totals.items()},
                   {name: torch.cat(v) for name, v in outputs.items()}, widened)
 
 
@@ -411,10 +451,10 @@ def _stack(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_steps: list[int],
-             tent_lr: float, extra_members: list[nn.Module] | None = None, group: Group = Group()
-             ) -> tuple[list[Row], dict, dict] | None:
-    """Every row of the results table, per-sample data for the plots, and the
-    rows skipped for this task (name -> why), which are never faked.
+             tent_lr: float, extra_members: list[nn.Module] | None = None, group: Group = Group(),
+             row_kinds: tuple = rows_module.ROWS) -> tuple[list[Row], dict, dict] | None:
+    """Every row of the results table (``row_kinds``, :data:`ocd.rows.ROWS`), per-sample data
+    for the plots, and the rows skipped for this task (name -> why), which are never faked.
 
     The test rows (and the calibration rows) are worked through in blocks of
     one model pass (:func:`block_rows`), each block alone: its
@@ -426,9 +466,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     """
     task, model = inp.task, inp.model
     model.eval()
-    n_test = len(inp.y_test)
     cut = linear_cut(model, inp.layer)
-    size = block_rows(model, cut.layer.weight.numel(), k)
     cuda = inp.y_test.device.type == "cuda"
 
     def clock() -> float:
@@ -438,22 +476,33 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
 
     if inp.diff.meta.neighbours and inp.retriever is None:
         inp = dataclasses.replace(inp, retriever=retriever_of(inp.diff.meta, inp.train_parts, inp.train_delta))
+    s = Setting(inp, cut, k, steps, eta, seed, tent_steps, tent_lr, extra_members,
+                block_rows(model, cut.layer.weight.numel(), k))
+    rows, skipped = make_rows(s, row_kinds)
     spaces = _nn_spaces(inp)
-    choice = choose(inp, cut, spaces, size, steps, eta, seed + CALIBRATION_STREAM)
-    mine = _blocks(n_test, size, group)
+    s.choice = choose(s, list(rows.values()), spaces, seed + CALIBRATION_STREAM)
+    mine = _blocks(len(inp.y_test), s.size, group)
     if mine:  # the timed work once, untimed, on the first block: every row is then timed warm
-        _warm_up(inp, cut, *mine[0], k, steps, eta, seed)
-    local = _stack([_block(inp, cut, spaces, lo, hi, k, steps, eta, seed, tent_steps, tent_lr, clock, choice)
-                    for lo, hi in mine])
+        Block(s, spaces, *mine[0], clock).warm_up()
+    blocks = []
+    for lo, hi in mine:
+        b = Block(s, spaces, lo, hi, clock)
+        got = {"oracle/norm": b.oracle.flatten(1).norm(dim=1)}
+        for row in rows.values():
+            made = row.block(b)
+            if made is not None:
+                outputs, delta = made
+                got[f"{row.name}/out"] = outputs
+                if delta is not None:
+                    got[f"{row.name}/cos"] = F.cosine_similarity(delta.flatten(1), b.oracle.flatten(1), dim=1)
+                    got[f"{row.name}/norm"] = delta.flatten(1).norm(dim=1)
+        got.update((f"time/{key}", torch.tensor([t])) for key, t in b.times.items())
+        blocks.append(got)
+    local = _stack(blocks)
     my_rows = sum(hi - lo for lo, hi in mine)
-    timed = {key: float(local.pop(key).sum()) for key in [key for key in local if key.startswith("time/")]}
-    skipped = {}
-    if task.with_temperature is None:
-        skipped["temperature"] = f"{task.name} outputs take no temperature"
-    elif choice is None or inp.cal_own is not None:
-        skipped["temperature"] = "no calibration rows (data.cal_fraction is 0)"
-    if choice is None:
-        skipped["knn"] = "no calibration rows and no held-out train rows (data.cal_fraction, diffusion.holdout)"
+    # per test sample, as measured on this rank's rows
+    per = {key[5:]: 1000 * float(local.pop(key).sum()) / max(my_rows, 1)
+           for key in [key for key in local if key.startswith("time/")]}
     got = group.gather_rows(local)
     if not group.main:
         return None
@@ -461,86 +510,35 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
     y = inp.y_test
     ref = got["oracle/norm"]
 
-    def row(name: str, outputs: torch.Tensor | None = None, note: str = "") -> Row:
-        outputs = got[f"{name}/out"] if outputs is None else outputs
-        cosine = scale_error = None
-        if f"{name}/cos" in got:
-            cosine = float(got[f"{name}/cos"].mean())
-            scale_error = float(((got[f"{name}/norm"] - ref).abs() / ref.clamp_min(1e-12)).median())
-        return Row(name, task.metrics(outputs, y), cosine, scale_error, note,
-                   task.per_sample_loss(outputs, y).cpu().numpy())
-
-    def ms(name: str) -> float:  # per sample, as measured on this rank's rows
-        return 1000 * timed[f"time/{name}"] / my_rows
-
-    base_out, members = got["base/out"], got["ocd/members"].transpose(0, 1)
     # every time is per test sample, warm, in the same blocks, and a delta row's includes the
     # base pass that computes its conditioning
-    rows = [row("base")]
-    rows[0].ms_per_sample = ms("base")
-    rows.append(row("ocd", note=f"{steps} DDIM steps; time: the base pass + the {k}-member pass / {k}"))
-    rows[-1].ms_per_sample = ms("base") + ms("ocd") / k
-    reliability_of = {"base": base_out, "ocd": got["ocd/out"]}
-    if "temperature" not in skipped:
-        # fitted on the calibration rows, never on test; OCD's own temperature on OCD's outputs there
-        for name, source in (("temperature", "base"), ("ocd_temperature", "ocd"),
-                             ("knn_temperature", "knn_lambda")):
-            t, how = choose_temperature(task.per_sample_loss, choice.outputs[source], inp.y_cal,
-                                        task.with_temperature)
-            scaled = task.with_temperature(got[f"{source}/out"], t)
-            rows.append(row(name, scaled, note=f"{source} / T, {how}"))
-            reliability_of[name] = scaled
-            choice.temperatures[name] = t
-            choice.row_losses[name] = float(task.per_sample_loss(
-                task.with_temperature(choice.outputs[source], t), inp.y_cal).mean())
-    rows.append(row(f"ocd_ensemble_{k}", task.ensemble(members), note=f"{k} noises"))
-    rows[-1].ms_per_sample = ms("base") + ms("ocd")
-    rows.append(row("ocd_mean_network", note=f"mean of {k} deltas"))
-    rows.append(row("ocd_no_scale", note="rho = mean train rho"))
-    if inp.regressor is not None:
-        rows.append(row("regressor", note=f"no diffusion: MLP direction ({inp.regressor.meta.target}) x rho_hat"))
-        rows[-1].ms_per_sample = ms("base") + ms("regressor")
-    rows += [row("nn_input"), row("nn_cond")]
-    if choice is not None:
-        space, kk, weighting = choice.knn
-        on = f"on {choice.rows} {choice.source}"
-        rows.append(row("knn", note=f"{kk} nearest in {space} space, {weighting} weights: chosen {on}"))
-        rows[-1].ms_per_sample = ms("base") + ms("knn")
-        for name, lam in choice.lambdas.items():
-            top = f" ({choice.widened[name]})" if name in choice.widened else ""
-            rows.append(row(f"{name}_lambda", note=f"{lam:g}{top} x the {name} row's delta: fitted {on}"))
-            rows[-1].ms_per_sample = next(r.ms_per_sample for r in rows if r.name == name)
-    if task.unsupervised_loss is None:
-        skipped["tent"] = f"{task.name} has no label-free loss to minimise at test time"
-    elif not tent_steps:
-        skipped["tent"] = "evaluate.tent_steps is empty"
-    else:
-        rows += [row(f"tent_{n}", note=f"{n} Adam steps on the entropy, lr {tent_lr:g}") for n in tent_steps]
-    rows.append(row("oracle", note="overfit on the test label: upper bound"))
+    table, reliability_of = [], {}
+    for row in rows.values():
+        outputs = row.outputs(got)
+        cosine = scale_error = None
+        if f"{row.name}/cos" in got:
+            cosine = float(got[f"{row.name}/cos"].mean())
+            scale_error = float(((got[f"{row.name}/norm"] - ref).abs() / ref.clamp_min(1e-12)).median())
+        table.append(Row(row.name, task.metrics(outputs, y), cosine, scale_error, row.note(),
+                         task.per_sample_loss(outputs, y).cpu().numpy(), row.ms(per)))
+        if row.reliability:
+            reliability_of[row.kind] = outputs
 
-    if extra_members:
-        def outputs(m):
-            m.eval().to(inp.x_test.device)
-            return torch.cat([m(inp.x_test[i:i + size]) for i in range(0, n_test, size)])
-
-        outs = [base_out] + [outputs(m) for m in extra_members]
-        reliability_of["deep_ensemble"] = task.ensemble(torch.stack(outs))
-        rows.append(row(f"deep_ensemble_{len(outs)}", reliability_of["deep_ensemble"],
-                        note=f"{len(outs)} base models, seeds differ"))
-
+    base_out = got["base/out"]
     if task.correct is not None:
         # every row's mean test loss = the part from the samples the base model gets right + the rest
         right = task.correct(base_out, y).cpu().numpy()
-        for r in rows:
-            r.metrics["loss_base_right"] = float(r.per_sample_loss[right].sum() / n_test)
-            r.metrics["loss_base_wrong"] = float(r.per_sample_loss[~right].sum() / n_test)
+        for r in table:
+            r.metrics["loss_base_right"] = float(r.per_sample_loss[right].sum() / len(y))
+            r.metrics["loss_base_wrong"] = float(r.per_sample_loss[~right].sum() / len(y))
 
     plots = {"rho": {"true": ref.cpu().numpy(), "predicted": got["ocd/norm"].cpu().numpy()}}
-    if choice is not None:
-        plots["chosen"] = choice.record()
+    if s.choice is not None:
+        plots["chosen"] = s.choice.record()
     if task.with_temperature is not None:
         plots["reliability"] = {name: reliability(out, y) for name, out in reliability_of.items()}
     # a few test samples, evenly spaced: the truth and three rows' outputs (arranged as the truth, if the task says how)
+    n_test = len(y)
     pick = torch.linspace(0, n_test - 1, min(VIEWS_SHOWN, n_test)).round().long().to(y.device)
     arrange = task.aligned or (lambda out, truth: out)
     shown = {name: arrange(out[pick], y[pick]) for name, out in
@@ -553,7 +551,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
         plots["signals"] = {task.input_name: inp.x_test[pick].cpu(),
                             **{n: task.as_signals(o).cpu() for n, o in shown.items()}}
         plots["sample_rate"] = task.sample_rate
-    return rows, plots, skipped
+    return table, plots, skipped
 
 
 VIEWS_SHOWN = 4

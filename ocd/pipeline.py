@@ -20,6 +20,7 @@ from ocd.hypernet.regressor import DeltaRegressor
 from ocd.hypernet.scale import ScaleModel
 from ocd.models import base
 from ocd.models.cut import forward_with_layer_weights, layer_io, linear_cut, rows_per_pass
+from ocd.rows import SERVED
 
 
 @torch.no_grad()
@@ -127,9 +128,8 @@ def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = 
 
 
 # The rows `ocd predict` can serve: those the calibration rows choose among
-# (ocd.evaluation.SERVED), and the OCD ensemble it served before it served the chosen row.
-SERVABLE = ("base", "temperature", "ocd", "ocd_lambda", "ocd_temperature", "regressor", "regressor_lambda",
-            "knn", "knn_lambda", "knn_temperature", "ocd_ensemble")
+# (ocd.rows.SERVED), and the OCD ensemble it served before it served the chosen row.
+SERVABLE = (*SERVED, "ocd_ensemble")
 
 
 @dataclass

@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ocd.rows import SERVED
+from ocd.rows import kinds as row_kinds
+
 # the keys of an evaluate metrics.json that are not rows of the table
 NOT_ROWS = {"skipped", "chosen", "denoiser"}
 
@@ -182,17 +185,18 @@ def _runs(folder: Path, need: tuple[str, ...] = ()) -> list[dict]:
     return runs
 
 
+def table_rank(name: str) -> tuple[int, int, str]:
+    """A row's place in the results table's order (ocd.rows): the position of the longest kind
+    it starts with, then its number (tent_1 < tent_10), then its name."""
+    order = [kind for kind, _ in row_kinds()]
+    hits = [(len(p), i) for i, p in enumerate(order) if name == p or name.startswith(p + "_")]
+    tail = name.rsplit("_", 1)[-1]
+    return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0, name)
+
+
 def table(folder: Path) -> str:
     runs = _runs(folder)
-    order = ["base", "temperature", "ocd", "ocd_temperature", "ocd_ensemble", "ocd_mean_network", "ocd_no_scale",
-             "regressor", "nn_input", "nn_cond", "knn", "tent", "deep_ensemble", "oracle"]
-    def rank(name: str) -> tuple[int, int]:
-        """Position of the longest matching prefix in ``order``, then the row's number (tent_1 < tent_10)."""
-        hits = [(len(p), i) for i, p in enumerate(order) if name == p or name.startswith(p + "_")]
-        tail = name.rsplit("_", 1)[-1]
-        return (max(hits)[1] if hits else 99, int(tail) if tail.isdigit() else 0)
-
-    rows = sorted({name for r in runs for name in r["eval"]} - NOT_ROWS, key=lambda n: (rank(n), n))
+    rows = sorted({name for r in runs for name in r["eval"]} - NOT_ROWS, key=table_rank)
     loss_first = ["ce", "rmse", "mse", "si_sdri", "acc"]  # the first is the paired change's metric
     extras = ("cosine", "scale_error", "ms_per_sample")
     # the base metrics every seed has (a seed recorded before the calibration rows has no ECE)
@@ -251,6 +255,7 @@ def compare(folders: list[Path]) -> str:
     return "\n".join(lines)
 
 
+# the base-model-fit study's rows (rows of ocd.rows: a test checks)
 STUDY_ROWS = ("temperature", "ocd", "ocd_temperature", "regressor", "nn_input", "deep_ensemble")
 
 
@@ -323,8 +328,8 @@ def study(folders: list[Path], png: Path | None) -> str:
     return "\n".join(lines)
 
 
-PICK_ROWS = ("temperature", "ocd", "regressor", "nn_input", "knn", "ocd_lambda", "regressor_lambda", "knn_lambda",
-             "knn_temperature")
+# `pick`'s rows: those ocd predict can serve but the base model, and the nearest neighbour
+PICK_ROWS = (*(name for name in SERVED if name != "base"), "nn_input")
 
 
 def _beyond_noise(values: list[float]) -> bool:

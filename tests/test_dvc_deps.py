@@ -44,10 +44,17 @@ def module_file(name: str) -> Path | None:
 
 
 def imports_of(path: Path) -> set[Path]:
-    """The project files ``path`` imports directly."""
+    """The project files ``path`` imports directly, when it runs (not those it imports
+    for type checkers only, under ``if TYPE_CHECKING:``)."""
     found = set()
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                   for inner in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -5,7 +5,7 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
-from ocd.evaluation import LAMBDAS, SERVED, EvalInputs, _nn_spaces, choose
+from ocd.evaluation import LAMBDAS, SERVED, EvalInputs, Setting, _nn_spaces, choose, make_rows
 from ocd.hypernet import conditioning, diffusion, regressor, scale
 from ocd.hypernet.neighbours import nearest, neighbours
 from ocd.models.cut import linear_cut
@@ -54,12 +54,18 @@ def _inputs(tmp_path, delta_scale: float = 1.0) -> EvalInputs:
         x_cal=torch.randn(16, 6), y_cal=torch.randint(0, 2, (16,)))
 
 
+def _choose(inp: EvalInputs, size: int, seed: int = 1):
+    """What the calibration rows choose, worked through in blocks of ``size`` rows, OCD's sample seeded ``seed``."""
+    s = Setting(inp, linear_cut(inp.model, inp.layer), 1, 3, 0.0, 0, [], 0.0, None, size)
+    rows, _ = make_rows(s)
+    return choose(s, list(rows.values()), _nn_spaces(inp), seed)
+
+
 @pytest.mark.parametrize("delta_scale", [1.0, 1e3])
 def test_the_calibration_rows_choose_the_retrieval_and_step_sizes_that_lose_least_there(tmp_path, delta_scale):
     inp = _inputs(tmp_path, delta_scale)
-    cut = linear_cut(inp.model, inp.layer)
     with torch.no_grad():
-        choice = choose(inp, cut, _nn_spaces(inp), 5, 3, 0.0, 1)  # blocks of 5 rows: 5, 5, 5, 1
+        choice = _choose(inp, 5)  # blocks of 5 rows: 5, 5, 5, 1
         base = float(inp.task.per_sample_loss(inp.model(inp.x_cal), inp.y_cal).mean())
     assert choice.rows == 16 and choice.source == "calibration rows"
     assert set(choice.lambdas) == {"ocd", "regressor", "knn"}
@@ -96,9 +102,8 @@ def test_held_out_train_rows_stand_in_for_calibration_rows_and_never_retrieve_th
     inp = _inputs(tmp_path)
     own = torch.arange(48, 64)
     inp.x_cal, inp.cal_own = inp.x_train[own], own
-    cut = linear_cut(inp.model, inp.layer)
     with torch.no_grad():
-        choice = choose(inp, cut, _nn_spaces(inp), 16, 3, 0.0, 1)
+        choice = _choose(inp, 16)
         _, idx = neighbours(inp.x_cal, inp.x_train, 1, own)
     assert choice.source == "held-out train rows"
     assert not (idx[:, 0] == own).any()  # in input space, a row's nearest is otherwise itself
@@ -118,7 +123,7 @@ def test_a_step_size_still_falling_at_the_grids_end_is_searched_further_within_t
     with torch.no_grad():
         getattr(pushed, inp.layer).weight.add_(400 * d)
         inp.y_cal = pushed(inp.x_cal).argmax(-1)  # the labels a long step along d predicts
-        choice = choose(inp, cut, _nn_spaces(inp), 5, 3, 0.0, 1)
+        choice = _choose(inp, 5)
     knn = [choice.losses[f"knn/{lam:g}"] for lam in (*LAMBDAS[-2:], 12, 16, 24, 32)]
     assert knn == sorted(knn, reverse=True)  # falling through the grid's end and beyond
     assert "knn/48" not in choice.losses  # past the bound: never tried

@@ -177,3 +177,13 @@ def test_seeds_run_on_dvc_queue_in_parallel_and_leave_the_workspace_as_it_was(tm
     assert "tiny-seed0" in json.dumps(shown) and "tiny-seed1" in json.dumps(shown)
     base = next(line for line in _seeds().table(project / "docs/runs/tiny").splitlines() if line.startswith("| base"))
     assert " ± " in base  # two seeds: a mean and an SD
+
+
+def test_the_scripts_rows_are_rows_of_the_results_table():
+    from ocd import rows
+
+    seeds, kinds = _seeds(), [kind for kind, _ in rows.kinds()]
+    assert set(seeds.STUDY_ROWS) <= set(kinds) and set(seeds.PICK_ROWS) <= set(kinds)
+    # the table's order is the results table's: a stepped row beside its row's family, the oracle after tent
+    ranked = sorted(["oracle", "tent_10", "knn_lambda", "base", "tent_2", "ocd_ensemble_5"], key=seeds.table_rank)
+    assert ranked == ["base", "ocd_ensemble_5", "knn_lambda", "tent_2", "tent_10", "oracle"]

@@ -1,0 +1,1 @@
+../../../../ocd/data/core.py
