@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
 from ocd import distributed
-from ocd.device import get_device, use_precision
-from ocd.fitting import open_fit
 from ocd.hypernet import diffusion
 from ocd.params import Params, load_params
 from stages.common import PARAMS_OPTION, on_processes
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, write_fit
+from stages.fitting import MODELS_OPTION, STORE_OPTION, Trainer, train_on_store
 
 
 def train_diffusion(
@@ -44,38 +40,41 @@ def train_diffusion(
 
 def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     dp = p.diffusion
-    device = get_device()
-    use_precision(p.compute.precision)
-    fit = open_fit(p, store)
-    if group.main:
-        typer.echo(fit.note)
-    torch.manual_seed(dp.seed)
-    model = diffusion.build(diffusion.meta_of(fit.target, p.diffusion), fit.stats)
-    model.precision = p.compute.precision
-    if group.world > 1:
-        typer.echo(f"rank {group.rank} of {group.world}: its share of every minibatch")
-    start = time.perf_counter()
-    ema, history = diffusion.train(model, fit.reader, dp, p.compute, device, progress, group)
-    seconds = time.perf_counter() - start
-    if not group.main:
-        return  # every rank holds the same model: rank 0 writes it
-    if fit.held_chunks:
+
+    def build(fit):
+        model = diffusion.build(diffusion.meta_of(fit.target, dp), fit.stats)
+        model.precision = p.compute.precision
+        return model
+
+    def diagnose(ema, fit, device):
         held = fit.held()
-        diagnostics = {
+        return {
             "diffusion": diffusion.diagnose(ema, held, dp.sample_steps, dp.eta, dp.seed, dp.diag_samples, device),
             # the best cosine a rank1 target can reach: sqrt of the share u i_L^T explains
             "rank1_ceiling_cosine": float(np.mean(np.sqrt(held["rank1_share"]))),
         }
-    else:
-        diagnostics = {"diagnostics": NO_DIAGNOSTICS}
-    out.mkdir(parents=True, exist_ok=True)
-    # what the held-out rows said of it travels with the model: evaluate marks the OCD rows of a
-    # denoiser that did not learn
-    learned = {k: v for k, v in diagnostics.get("diffusion", {}).items() if k.startswith(("denoise_", "learned"))}
-    diffusion.save(out / "diffusion.pt", ema, fit.stats,
-                   {"provenance": fit.provenance, "params": p.section("diffusion"), "held_out": learned})
-    rows = {"fit": fit.reader.rows, "held_out": fit.train["rho"].shape[0] - fit.reader.rows}
-    metrics = write_fit(out, "diffusion", {**diagnostics, "rows": rows}, history, seconds, "metrics.json", "loss.csv")
+
+    def save(path, ema, fit, diagnostics):
+        # what the held-out rows said of it travels with the model: evaluate marks the OCD rows of a
+        # denoiser that did not learn
+        diffusion.save(path, ema, fit.stats, {"provenance": fit.provenance, "params": p.section("diffusion"),
+                                              "held_out": _learned(diagnostics)})
+
+    metrics = train_on_store(p, store, out, progress, group, Trainer(
+        "diffusion", dp.seed, build,
+        lambda model, fit, device, progress, group: diffusion.train(model, fit.reader, dp, p.compute, device,
+                                                                    progress, group),
+        diagnose, save, record=lambda fit: {"rows": {"fit": fit.reader.rows,
+                                                     "held_out": fit.train["rho"].shape[0] - fit.reader.rows}},
+        metrics_name="metrics.json", loss_name="loss.csv"))
+    if metrics is None:
+        return
     typer.echo("\n".join(f"{key}: {metrics[key]}" for key in ("diffusion", "diagnostics") if key in metrics))
+    learned = _learned(metrics)
     if learned and not learned["learned"]:
         typer.echo(diffusion.not_learned_warning(learned, dp.prediction), err=True)
+
+
+def _learned(diagnostics: dict) -> dict:
+    """The held-out denoising figures that say whether the denoiser learned (empty: none held out)."""
+    return {k: v for k, v in diagnostics.get("diffusion", {}).items() if k.startswith(("denoise_", "learned"))}

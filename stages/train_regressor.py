@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import torch
 import typer
 
 from ocd import distributed
-from ocd.device import get_device, use_precision
-from ocd.fitting import open_fit
 from ocd.hypernet import regressor
 from ocd.params import Params, load_params
 from stages.common import PARAMS_OPTION, on_processes
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, write_fit
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, Trainer, train_on_store
 
 
 def train_regressor(
@@ -36,22 +32,15 @@ def train_regressor(
 
 def _train_regressor(p: Params, store: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     rp = p.regressor
-    device = get_device()
-    use_precision(p.compute.precision)
-    fit = open_fit(p, store)
-    if group.main:
-        typer.echo(fit.note)
-    torch.manual_seed(rp.seed)
-    model = regressor.DeltaRegressor(fit.target, fit.stats, rp.hidden)
-    start = time.perf_counter()
-    history = regressor.train(model, fit.reader, rp, p.compute, device, progress, group)
-    seconds = time.perf_counter() - start
-    if not group.main:
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    regressor.save(out / "regressor.pt", model, fit.stats, {"provenance": fit.provenance,
-                                                           "params": p.section("regressor")})
-    diagnostics = ({"regressor": regressor.diagnose(model, fit.held(), device)}
-                   if fit.held_chunks else {"diagnostics": NO_DIAGNOSTICS})
-    metrics = write_fit(out, "regressor", diagnostics, history, seconds)
-    typer.echo(f"regressor: {metrics.get('regressor', NO_DIAGNOSTICS)}")
+
+    def train(model, fit, device, progress, group):
+        return model, regressor.train(model, fit.reader, rp, p.compute, device, progress, group)
+
+    def save(path, model, fit, diagnostics):
+        regressor.save(path, model, fit.stats, {"provenance": fit.provenance, "params": p.section("regressor")})
+
+    metrics = train_on_store(p, store, out, progress, group, Trainer(
+        "regressor", rp.seed, lambda fit: regressor.DeltaRegressor(fit.target, fit.stats, rp.hidden), train,
+        lambda model, fit, device: {"regressor": regressor.diagnose(model, fit.held(), device)}, save))
+    if metrics is not None:
+        typer.echo(f"regressor: {metrics.get('regressor', NO_DIAGNOSTICS)}")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import torch
 import typer
 
 from ocd import distributed
-from ocd.device import get_device, use_precision
-from ocd.fitting import open_fit
 from ocd.hypernet import scale
 from ocd.params import Params, load_params
 from stages.common import PARAMS_OPTION, on_processes
-from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, write_fit
+from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, Trainer, train_on_store
 
 
 def train_scale(
@@ -36,22 +32,18 @@ def train_scale(
 
 def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     sp = p.scale
-    device = get_device()
-    use_precision(p.compute.precision)
-    fit = open_fit(p, store, neighbours=False)
-    if group.main:
-        typer.echo(fit.note)
-    torch.manual_seed(sp.seed)
-    model = scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean)
-    start = time.perf_counter()
-    history = scale.train(model, fit.reader, sp, p.compute, device, progress, group, floor=fit.rho_floor)
-    seconds = time.perf_counter() - start
-    if not group.main:
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    scale.save(out / "scale.pt", model, fit.stats, sp.hidden,
-               {"provenance": fit.provenance, "params": p.section("scale"), "rho_floor": fit.rho_floor})
-    diagnostics = ({"scale": scale.diagnose(model, fit.held(), fit.train_mean, device, fit.rho_floor)}
-                   if fit.held_chunks else {"diagnostics": NO_DIAGNOSTICS})
-    metrics = write_fit(out, "scale", diagnostics, history, seconds)
-    typer.echo(f"scale: {metrics.get('scale', NO_DIAGNOSTICS)}")
+
+    def train(model, fit, device, progress, group):
+        return model, scale.train(model, fit.reader, sp, p.compute, device, progress, group, floor=fit.rho_floor)
+
+    def save(path, model, fit, diagnostics):
+        scale.save(path, model, fit.stats, sp.hidden,
+                   {"provenance": fit.provenance, "params": p.section("scale"), "rho_floor": fit.rho_floor})
+
+    metrics = train_on_store(p, store, out, progress, group, Trainer(
+        "scale", sp.seed, lambda fit: scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean), train,
+        lambda model, fit, device: {"scale": scale.diagnose(model, fit.held(), fit.train_mean, device,
+                                                            fit.rho_floor)},
+        save, neighbours=False))
+    if metrics is not None:
+        typer.echo(f"scale: {metrics.get('scale', NO_DIAGNOSTICS)}")

@@ -130,3 +130,23 @@ def test_a_params_mistake_is_refused_before_torch_is_imported(tmp_path, text, me
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert done.stdout.strip() == "2 False"
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+
+
+def test_score_layers_checks_layers_force_before_scoring(tmp_path, monkeypatch):
+    from ocd import layers
+    from ocd.models import base
+    from ocd.models.registry import ModelSpec
+
+    spec = ModelSpec("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.0})
+    base.save(tmp_path / "base", spec.build(), spec)
+    (tmp_path / "p.yaml").write_text("data: {name: digits}\nlayers: {force: fc9}\n")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("scored before checking layers.force")
+
+    monkeypatch.setattr(layers, "score_layers", must_not_run)
+    result = CliRunner().invoke(app, ["score-layers", "--params", str(tmp_path / "p.yaml"), "--base",
+                                      str(tmp_path / "base"), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "layers.force='fc9' is not a weight layer" in result.output and "valid names: fc1, fc2" in result.output
+    assert not (tmp_path / "out").exists()

@@ -146,25 +146,6 @@ def test_a_tie_stops_instead_of_choosing():
         select(tied)
 
 
-def test_the_stage_checks_layers_force_before_scoring(tmp_path, monkeypatch):
-    from ocd import layers
-    from ocd.models import base
-    from ocd.models.registry import ModelSpec
-    from stages.score_layers import score_layers as stage
-
-    spec = ModelSpec("mlp", (1, 8, 8), 10, {"hidden": [8], "dropout": 0.0})
-    base.save(tmp_path / "base", spec.build(), spec)
-    (tmp_path / "p.yaml").write_text("data: {name: digits}\nlayers: {force: fc9}\n")
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("scored before checking layers.force")
-
-    monkeypatch.setattr(layers, "score_layers", must_not_run)
-    with pytest.raises(ModelError, match="layers.force='fc9' is not a weight layer.*valid names: fc1, fc2"):
-        stage(params=tmp_path / "p.yaml", base_dir=tmp_path / "base", out=tmp_path / "out", progress=False)
-    assert not (tmp_path / "out").exists()
-
-
 def test_the_seed_changes_the_draws():
     """A regression test: draws were seeded with (seed << 32) + index, of which torch keeps 32 bits."""
     model = _toy()
