@@ -30,7 +30,7 @@ from typing import Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from ocd.artifacts import write_text
+from ocd.launch import ERRORS_ENV, launched, report_user_error  # noqa: F401  (torch-free: ocd/launch.py)
 
 T = TypeVar("T")
 
@@ -125,14 +125,6 @@ class Group:
         return out
 
 
-def launched() -> bool:
-    """Whether torchrun (or another launcher that sets WORLD_SIZE) started this process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-# Set by relaunch for its ranks: the folder where a rank leaves its user error (one line)
-# for the launcher to print once, instead of every rank printing it.
-ERRORS_ENV = "OCD_ERRORS"
 PR_SET_PDEATHSIG = 1
 
 
@@ -195,16 +187,6 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     for message in messages:  # every rank's user error, each distinct one once
         print(message, file=sys.stderr)
     return 2 if messages else code
-
-
-def report_user_error(message: str) -> bool:
-    """In a rank started by :func:`relaunch`, leave ``message`` for the launcher
-    to print (once, however many ranks hit it); returns False elsewhere."""
-    folder = os.environ.get(ERRORS_ENV)
-    if not (launched() and folder and os.path.isdir(folder)):
-        return False
-    write_text(Path(folder, f"rank{os.environ.get('RANK', '0')}"), message)
-    return True
 
 
 def _agent() -> None:

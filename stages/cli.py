@@ -79,12 +79,14 @@ def params_argument(args: list[str]) -> str | None:
 
 
 def preflight(name: str, args: list[str]) -> None:
-    """Refuse malformed params, or a dataset or model no registry names, in one line and
-    before the stage's module imports torch: a mistake in params.yaml costs a fraction of
-    a second, not the seconds torch, Zarr and a family take to import. The stage
-    parses the same file again, with the same function, for its work. A rank of a
-    many-process run leaves it to its stage, which reports an error once for all ranks."""
+    """Refuse malformed params, a dataset or model no registry names, or a missing input
+    (stages/options.py, NEEDS), in one line and before the stage's module imports torch:
+    a mistake costs a fraction of a second, not the seconds torch, Zarr and a family take
+    to import. The stage parses the same file again, with the same function, for its work,
+    and checks its inputs again. A rank of a many-process run leaves it to its stage,
+    which reports an error once for all ranks."""
     from ocd.errors import DataError, ModelError, ParamsError
+    from stages.options import NEEDS
 
     path = params_argument(args)
     if path is None or name in NO_PARAMS or int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -98,8 +100,16 @@ def preflight(name: str, args: list[str]) -> None:
         find_loader(p.data.name)
         architecture(p.model.name)
     except (DataError, ModelError, ParamsError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+        _refuse(str(exc))
+    for needed in NEEDS.get(name, ()):
+        missing = needed.missing(args)
+        if missing:
+            _refuse(missing)
+
+
+def _refuse(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(2)
 
 
 app = typer.Typer(
@@ -133,7 +143,7 @@ def _os_error(exc: BaseException, codes: tuple[int, ...]) -> OSError | None:
 def _stage(fn, many_processes: bool = False):
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        from ocd.distributed import launched, report_user_error  # torch: only once a stage runs
+        from ocd.launch import launched, report_user_error
 
         if launched() and not many_processes:
             # every process would write the same artifacts at once

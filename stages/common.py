@@ -1,4 +1,4 @@
-"""What every stage shares: the params option. Outputs are written with
+"""What every stage shares: running on one or many processes. Outputs are written with
 ``ocd.artifacts`` (atomically: a killed stage leaves the old file or the new one)."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from ocd.artifacts import write_bytes, write_csv, write_json, write_text  # noqa
 from ocd.device import configure_threads
 from ocd.params import Params
 
-PARAMS_OPTION = typer.Option("params.yaml", "--params", help="The params file to read.")
 
 
 def on_processes(p: Params, stage: Callable[[distributed.Group], None], keep_freed: bool = True) -> None:

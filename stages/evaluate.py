@@ -18,14 +18,15 @@ from ocd.models import base
 from ocd.params import Params, load_params
 from ocd.pipeline import load_trained
 from ocd.store import open_store, split_chunks
-from stages.common import PARAMS_OPTION, on_processes, write_bytes, write_csv, write_json, write_text
+from stages.common import on_processes, write_bytes, write_csv, write_json, write_text
+from stages.options import BASE, MODELS, PARAMS_OPTION, STORE
 
 
 def evaluate(
     params: Path = PARAMS_OPTION,
-    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
-    store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store."),
-    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt, regressor.pt."),
+    base_dir: Path = BASE.option(),
+    store: Path = STORE.option("The weight-delta store."),
+    models: Path = MODELS.option(),
     ensemble: Path = typer.Option(Path("artifacts/ensemble"), help="Folder of the deep ensemble's other members."),
     out: Path = typer.Option(Path("artifacts/eval"), help="Folder for metrics.json, results.csv/md, plots."),
     progress: bool = typer.Option(True, help="Accepted as by every stage; evaluate trains nothing and shows no bar."),

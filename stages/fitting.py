@@ -20,9 +20,10 @@ from ocd.device import get_device, use_precision
 from ocd.fitting import Fit, open_fit
 from ocd.params import Params
 from stages.common import write_csv, write_json
+from stages.options import STORE
 
 MODELS_OPTION = typer.Option(Path("artifacts/diffusion"), help="Folder for the checkpoints, metrics and loss curves.")
-STORE_OPTION = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store (its train group).")
+STORE_OPTION = STORE.option()
 NO_DIAGNOSTICS = "none: diffusion.holdout is 0, every train row fits the models"
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import typer
 
-from ocd.store import REPAIR, summarize, verify_path
-
 
 def inspect(
     store: Path = typer.Argument(Path("artifacts/deltas.zarr"), help="The Zarr store to summarise."),
@@ -18,6 +16,10 @@ def inspect(
                                "list the damaged ones (exit code 1 if any)."),
 ) -> None:
     """Summarise a weight-delta store: arrays, attrs, rho, losses, rank-one shares."""
+    if not store.exists():  # refused before Zarr and torch load: in a fraction of a second
+        raise FileNotFoundError(f"{store} does not exist")
+    from ocd.store import REPAIR, summarize, verify_path
+
     if check:
         damaged = verify_path(store)
         for d in damaged:

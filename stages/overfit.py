@@ -18,13 +18,14 @@ from ocd.models.cut import linear_cut
 from ocd.overfit import code_digest, fill_store, pending_work
 from ocd.params import load_params
 from ocd.store import DeltaStore, Layout, chunk_rows, summarize
-from stages.common import PARAMS_OPTION, on_processes, write_json
+from stages.common import on_processes, write_json
+from stages.options import BASE, PARAMS_OPTION, SCORES
 
 
 def overfit(
     params: Path = PARAMS_OPTION,
-    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
-    scores: Path = typer.Option(Path("artifacts/layers/scores.json"), help="The score_layers output."),
+    base_dir: Path = BASE.option(),
+    scores: Path = SCORES.option(),
     layer: str = typer.Option("selected", help="Which layer of scores.json: selected or runner_up."),
     out: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The Zarr store to write."),
     metrics: Path = typer.Option(Path("artifacts/overfit/metrics.json"),
@@ -46,6 +47,8 @@ def overfit(
 def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Path, progress: bool,
              group: distributed.Group) -> None:
     model = base.load(base_dir)
+    if not scores.is_file():
+        raise FileNotFoundError(f"{scores} does not exist; run the score_layers stage first")
     chosen = json.loads(scores.read_text())
     if chosen.get("base_sha256") != model.sha256:
         raise StoreError(f"{scores} was computed for another base model; rerun score_layers")

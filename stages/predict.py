@@ -17,7 +17,7 @@ from ocd.params import load_params
 from ocd.pipeline import SERVABLE, Pool, load_trained, serve
 from ocd.store import open_store
 from ocd.tasks import get_task
-from stages.common import PARAMS_OPTION
+from stages.options import BASE, MODELS, PARAMS_OPTION, STORE
 
 
 
@@ -27,11 +27,10 @@ def predict(
                                   "for a text model (setfit) a text file, one sentence per line, or for the "
                                   "separator (mulcat) a mono .wav mixture."),
     params: Path = PARAMS_OPTION,
-    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
-    models: Path = typer.Option(Path("artifacts/diffusion"), help="Folder of diffusion.pt, scale.pt and regressor.pt."),
-    store: Path = typer.Option(Path("artifacts/deltas.zarr"), help="The weight-delta store: read only by the "
-                               "knn rows and by models trained with diffusion.neighbours > 0 (they retrieve from "
-                               "its train rows)."),
+    base_dir: Path = BASE.option(),
+    models: Path = MODELS.option(),
+    store: Path = STORE.option("The weight-delta store: read only by the knn rows and by models trained with "
+                               "diffusion.neighbours > 0 (they retrieve from its train rows)."),
     row: str = typer.Option("best", help="The row to serve: best (the row of least loss on the calibration rows, "
                             f"as evaluate recorded it) or one of {', '.join(SERVABLE)}."),
     chosen: Path = typer.Option(Path("artifacts/eval/metrics.json"), help="evaluate's metrics: what the "

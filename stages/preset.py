@@ -8,7 +8,7 @@ import torch
 import typer
 
 from ocd import presets
-from stages.common import PARAMS_OPTION
+from stages.options import PARAMS_OPTION
 
 
 def preset(

@@ -14,12 +14,13 @@ from ocd.data.registry import load_dataset
 from ocd.device import get_device, runtime
 from ocd.models import base
 from ocd.params import load_params
-from stages.common import PARAMS_OPTION, on_processes, write_csv, write_json
+from stages.common import on_processes, write_csv, write_json
+from stages.options import BASE, PARAMS_OPTION
 
 
 def score_layers(
     params: Path = PARAMS_OPTION,
-    base_dir: Path = typer.Option(Path("artifacts/base"), "--base", help="Folder of the base model."),
+    base_dir: Path = BASE.option(),
     out: Path = typer.Option(Path("artifacts/layers"), help="Folder for scores.json and scores.csv."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:

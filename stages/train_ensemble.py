@@ -11,7 +11,7 @@ from ocd.device import configure_threads, runtime
 from ocd.models import base
 from ocd.models.registry import ModelSpec
 from ocd.params import load_params
-from stages.common import PARAMS_OPTION
+from stages.options import PARAMS_OPTION
 
 
 def train_ensemble(

@@ -9,8 +9,9 @@ import typer
 from ocd import distributed
 from ocd.hypernet import scale
 from ocd.params import Params, load_params
-from stages.common import PARAMS_OPTION, on_processes
+from stages.common import on_processes
 from stages.fitting import MODELS_OPTION, NO_DIAGNOSTICS, STORE_OPTION, Trainer, train_on_store
+from stages.options import PARAMS_OPTION
 
 
 def train_scale(
