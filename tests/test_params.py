@@ -1,7 +1,12 @@
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
 from ocd.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_and_repo_params_file_parse(params_yaml):
@@ -116,3 +121,25 @@ def test_integers_no_machine_can_run_are_refused_by_name(section, key, value):
         parse_params({section: {key: value}})
     assert getattr(getattr(parse_params({section: {key: MAX_INT}}), section), key) == MAX_INT
     assert parse_params({"base": {"seed": 2**32 - 1}}).base.seed == 2**32 - 1  # a seed keeps its own range
+
+
+def test_params_yaml_comments_name_every_choice_and_no_other():
+    """Issue 42: params.yaml's comments, which no test read, had drifted (diffusion.target's left out flat).
+    A key with a choice list, a dataset or a model name: its comment lists every choice, `a | b | c`."""
+    from ocd.data.registry import DATASETS
+    from ocd.models.registry import MODELS
+    from ocd.params import CHOICES
+
+    lists = {**CHOICES, "data.name": tuple(DATASETS), "model.name": tuple(MODELS)}
+    comments, section = {}, None
+    for line in (ROOT / "params.yaml").read_text().splitlines():
+        if re.match(r"^\w+:", line):
+            section = line.split(":")[0]
+        elif match := re.match(r"^  (\w+):[^#]*#\s*(.*)$", line):
+            comments[f"{section}.{match.group(1)}"] = match.group(2)
+    for key, choices in lists.items():
+        comment = comments.get(key, "")
+        missing = [c for c in choices if not re.search(rf"(?<![\w.]){re.escape(c)}(?![\w])", comment)]
+        assert not missing, f"params.yaml's comment on {key} leaves out {missing}: {comment!r}"
+        assert comment.count(" | ") == len(choices) - 1, f"params.yaml's comment on {key} lists another number " \
+                                                          f"of choices than {choices}: {comment!r}"
