@@ -40,7 +40,7 @@ def variant(model0, device, precision, compile, graphs, x0, parts, steps, warmup
     """The stage's own loop (ocd.hypernet.diffusion.train), with compute.graphs or compute.compile as asked."""
     use_precision(precision)
     model = copy.deepcopy(model0).to(device).train()
-    model.precision = precision
+    model.at_precision(precision)
     ema = train.EMA(model, 0.999)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

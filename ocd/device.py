@@ -8,6 +8,7 @@ import platform
 import sys
 from pathlib import Path
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +37,23 @@ def use_precision(precision: str) -> None:
     tf32 = precision != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how an entry point computes: the device its tensors live on and the precision
+    of its float32 products (``compute.precision``). A stage makes one, which sets this
+    process's precision once (:func:`use_precision`), and hands it to what it loads and builds:
+    the denoiser takes its precision at construction, never from a write afterwards."""
+
+    device: torch.device
+    precision: str = "fp32"
+
+    @classmethod
+    def of(cls, precision: str = "fp32") -> "Compute":
+        """The context of this process: :func:`get_device`'s device, ``precision`` set process-wide."""
+        use_precision(precision)
+        return cls(get_device(), precision)
 
 
 def autocast(device: torch.device | str, precision: str):

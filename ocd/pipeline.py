@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ocd.delta import StoreError
-from ocd.device import get_device, use_precision
+from ocd.device import Compute
 from ocd.hypernet import diffusion, regressor, scale
 from ocd.hypernet.diffusion import DeltaDiffusion
 from ocd.hypernet.neighbours import Retriever, with_neighbours
@@ -100,15 +100,17 @@ class Trained:
     retriever: Retriever | None = None
     # the denoiser's held-out loss beside its references (ocd.hypernet.diffusion.diagnose); {}: none
     held_out: dict | None = None
+    # where the models run (the context they were loaded in)
+    compute: Compute = Compute(torch.device("cpu"))
 
 
-def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = "fp32") -> Trained:
+def load_trained(base_dir: str | Path, models_dir: str | Path, compute: Compute) -> Trained:
     """Load and cross-check: every checkpoint must come from this base model and one layer.
-    ``precision`` (compute.precision) is set for this process and the denoiser."""
-    use_precision(precision)
+    The denoiser runs at ``compute``'s precision."""
     b = base.load(base_dir)
     models_dir = Path(models_dir)
-    loaders = {"diffusion.pt": diffusion.load, "scale.pt": scale.load, "regressor.pt": regressor.load}
+    loaders = {"diffusion.pt": lambda path: diffusion.load(path, precision=compute.precision),
+               "scale.pt": scale.load, "regressor.pt": regressor.load}
     stage = {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale", "regressor.pt": "train_regressor"}
     for f in loaders:
         if not (models_dir / f).is_file():
@@ -122,9 +124,8 @@ def load_trained(base_dir: str | Path, models_dir: str | Path, precision: str = 
     if len({ckpt["provenance"]["layer"] for _, ckpt in loaded.values()}) != 1:
         raise StoreError(f"{models_dir}: the diffusion, scale and regressor models were trained for different layers")
     (diff, dckpt), (scaler, sckpt), (reg, _) = loaded.values()
-    diff.precision = precision
     return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"], reg,
-                   held_out=dckpt.get("held_out") or {})
+                   held_out=dckpt.get("held_out") or {}, compute=compute)
 
 
 # The rows `ocd predict` can serve: those the calibration rows choose among
@@ -154,7 +155,7 @@ def serve(t: Trained, task, x: torch.Tensor, row: str, chosen: dict, pool: Pool 
 
     if row not in SERVABLE:
         raise ValueError(f"unknown row {row!r}; ocd predict serves {', '.join(SERVABLE)}")
-    device = get_device()
+    device = t.compute.device
     model = t.base.model.to(device).eval()
     x = x.to(device)
     parts, base_out = conditioning(linear_cut(model, t.layer), x, rows_per_pass(model))

@@ -13,7 +13,7 @@ from ocd import distributed, evaluation
 from ocd.artifacts import CheckpointError, write_wav
 from ocd.data.registry import load_dataset
 from ocd.delta import COND, StoreError
-from ocd.device import get_device
+from ocd.device import Compute
 from ocd.models import base
 from ocd.params import Params, load_params
 from ocd.pipeline import load_trained
@@ -47,7 +47,8 @@ def evaluate(
 def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path, ensemble: Path, out: Path,
               group: distributed.Group) -> None:
     ep = p.evaluate
-    trained = load_trained(base_dir, models, p.compute.precision)
+    compute = Compute.of(p.compute.precision)
+    trained = load_trained(base_dir, models, compute)
     base_model = trained.base
     root = open_store(store)
     if root.attrs["base_sha256"] != base_model.sha256 or root.attrs["layer"] != trained.layer:
@@ -85,7 +86,7 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         train_delta=torch.as_tensor(train["delta"][:]), train_parts=[tensor(train[n]) for n in COND],
         oracle_delta=test["delta"], diff=trained.diff, scaler=trained.scaler,  # read block by block
         mean_rho=trained.mean_rho, regressor=trained.regressor, x_cal=x_cal, y_cal=y_cal,
-        cal_own=cal_own).to(get_device())
+        cal_own=cal_own).to(compute.device)
     if group.world > 1:
         typer.echo(f"rank {group.rank} of {group.world}: its blocks of the test rows")
     with torch.no_grad():

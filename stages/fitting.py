@@ -16,7 +16,7 @@ import torch
 import typer
 
 from ocd import distributed
-from ocd.device import get_device, use_precision
+from ocd.device import Compute
 from ocd.fitting import Fit, open_fit
 from ocd.params import Params
 from stages.common import write_csv, write_json
@@ -34,7 +34,7 @@ class Trainer:
 
     name: str
     seed: int  # torch's global seed before the model is built
-    build: Callable  # (fit) -> the model
+    build: Callable  # (fit, compute) -> the model
     train: Callable  # (model, fit, device, progress, group) -> (the model to save, loss history)
     diagnose: Callable  # (model, fit, device) -> its figures on the held-out rows
     save: Callable  # (path, model, fit, diagnostics) -> None
@@ -48,13 +48,13 @@ def train_on_store(p: Params, store: Path, out: Path, progress: bool, group: dis
                    trainer: Trainer) -> dict | None:
     """Train ``trainer``'s model on the store's fit rows and write it with its metrics (rank 0);
     returns the metrics written (None on the other ranks)."""
-    device = get_device()
-    use_precision(p.compute.precision)
+    compute = Compute.of(p.compute.precision)
+    device = compute.device
     fit = open_fit(p, store, neighbours=trainer.neighbours)
     if group.main:
         typer.echo(fit.note)
     torch.manual_seed(trainer.seed)
-    model = trainer.build(fit)
+    model = trainer.build(fit, compute)
     if group.world > 1:
         typer.echo(f"rank {group.rank} of {group.world}: its share of every minibatch")
     start = time.perf_counter()

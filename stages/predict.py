@@ -9,6 +9,7 @@ import torch
 import typer
 
 from ocd.delta import COND, StoreError
+from ocd.device import Compute
 from ocd.errors import InputError
 from ocd.hypernet.neighbours import Retriever
 from ocd.hypernet.targets import retriever_of
@@ -49,7 +50,7 @@ def predict(
     evaluate.k noises.
     """
     p = load_params(params)
-    trained = load_trained(base_dir, models, p.compute.precision)
+    trained = load_trained(base_dir, models, Compute.of(p.compute.precision))
     # what the calibration rows chose: read only for a row that needs it (the base row, OCD, its
     # ensemble and the regressor need nothing)
     record = _chosen(chosen, trained) if row not in ("base", "ocd", "ocd_ensemble", "regressor") else {}

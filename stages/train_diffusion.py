@@ -42,10 +42,8 @@ def train_diffusion(
 def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: distributed.Group) -> None:
     dp = p.diffusion
 
-    def build(fit):
-        model = diffusion.build(diffusion.meta_of(fit.target, dp), fit.stats)
-        model.precision = p.compute.precision
-        return model
+    def build(fit, compute):
+        return diffusion.build(diffusion.meta_of(fit.target, dp), fit.stats, compute.precision)
 
     def diagnose(ema, fit, device):
         held = fit.held()

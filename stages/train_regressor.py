@@ -41,7 +41,7 @@ def _train_regressor(p: Params, store: Path, out: Path, progress: bool, group: d
         regressor.save(path, model, fit.stats, {"provenance": fit.provenance, "params": p.section("regressor")})
 
     metrics = train_on_store(p, store, out, progress, group, Trainer(
-        "regressor", rp.seed, lambda fit: regressor.DeltaRegressor(fit.target, fit.stats, rp.hidden), train,
+        "regressor", rp.seed, lambda fit, compute: regressor.DeltaRegressor(fit.target, fit.stats, rp.hidden), train,
         lambda model, fit, device: {"regressor": regressor.diagnose(model, fit.held(), device)}, save))
     if metrics is not None:
         typer.echo(f"regressor: {metrics.get('regressor', NO_DIAGNOSTICS)}")

@@ -42,7 +42,7 @@ def _train_scale(p: Params, store: Path, out: Path, progress: bool, group: distr
                    {"provenance": fit.provenance, "params": p.section("scale"), "rho_floor": fit.rho_floor})
 
     metrics = train_on_store(p, store, out, progress, group, Trainer(
-        "scale", sp.seed, lambda fit: scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean), train,
+        "scale", sp.seed, lambda fit, compute: scale.ScaleModel(fit.stats, sp.hidden, fit.train_mean), train,
         lambda model, fit, device: {"scale": scale.diagnose(model, fit.held(), fit.train_mean, device,
                                                             fit.rho_floor)},
         save, neighbours=False))

@@ -41,6 +41,7 @@ from ocd.hypernet.targets import (
     true_omega,
     unit_factor,
 )
+from ocd.params import PRECISIONS
 from ocd.hypernet.train import EMA, fit
 from ocd.hypernet.unet import PRESETS, UNet, crop, pad, padded_shape
 from ocd.params import ComputeParams, DiffusionParams, training_steps
@@ -88,7 +89,15 @@ class DeltaDiffusion(nn.Module):
         self.cond = Conditioner(stats, config.emb_dim, cond_names(meta))
         self.time = TimeEmbedding(config.channels, config.emb_dim)
         self._schedule = Schedule(meta.T, meta.schedule)
-        self.precision = "fp32"  # how the denoiser runs (compute.precision), not saved with the weights
+        self.precision = "fp32"  # how the denoiser runs (compute.precision: at_precision), not saved with the weights
+
+    def at_precision(self, precision: str) -> "DeltaDiffusion":
+        """Run the denoiser at ``precision`` (compute.precision; bf16: under bfloat16 autocast)
+        from now on; returns itself."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = precision
+        return self
 
     def _net_shape(self, rep: torch.Tensor) -> torch.Tensor:
         return pad(rep, self.meta.padded) if self.meta.target == "matrix" else rep
@@ -141,8 +150,8 @@ class DeltaDiffusion(nn.Module):
         return to_matrix(rep, layer_input, self.meta)
 
 
-def build(meta: ModelMeta, stats: dict) -> DeltaDiffusion:
-    return DeltaDiffusion(meta, stats)
+def build(meta: ModelMeta, stats: dict, precision: str = "fp32") -> DeltaDiffusion:
+    return DeltaDiffusion(meta, stats).at_precision(precision)
 
 
 # Positions the U-Net may attend over at its finest attention level: 16,384 (a
@@ -316,8 +325,8 @@ def read_checkpoint(path) -> tuple[dict, dict, ModelMeta, dict]:
     return state, config, meta, stats
 
 
-def load(path, device=None) -> tuple[DeltaDiffusion, dict]:
+def load(path, device=None, precision: str = "fp32") -> tuple[DeltaDiffusion, dict]:
     state, config, meta, stats = read_checkpoint(path)
-    model = DeltaDiffusion(meta, stats)
+    model = DeltaDiffusion(meta, stats).at_precision(precision)
     model.load_state_dict(state)
     return model.eval().to(device or "cpu"), config
