@@ -95,7 +95,7 @@ class Trained:
     diff: DeltaDiffusion
     scaler: ScaleModel
     mean_rho: float
-    regressor: DeltaRegressor
+    regressor: DeltaRegressor | None  # None: not asked for, and not there (load_trained)
     # diffusion.neighbours > 0: the train rows the generators retrieve from (set by who has the store)
     retriever: Retriever | None = None
     # the denoiser's held-out loss beside its references (ocd.hypernet.diffusion.diagnose); {}: none
@@ -104,17 +104,28 @@ class Trained:
     compute: Compute = Compute(torch.device("cpu"))
 
 
-def load_trained(base_dir: str | Path, models_dir: str | Path, compute: Compute) -> Trained:
+MODEL_STAGES = {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale", "regressor.pt": "train_regressor"}
+
+
+def missing_model(models_dir: str | Path, name: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{Path(models_dir) / name} is missing; run the {MODEL_STAGES[name]} stage first")
+
+
+def load_trained(base_dir: str | Path, models_dir: str | Path, compute: Compute,
+                 with_regressor: bool = True) -> Trained:
     """Load and cross-check: every checkpoint must come from this base model and one layer.
-    The denoiser runs at ``compute``'s precision."""
+    The denoiser runs at ``compute``'s precision. Without ``with_regressor`` a missing
+    regressor.pt is no error (``Trained.regressor`` None): only its rows need it."""
     b = base.load(base_dir)
     models_dir = Path(models_dir)
     loaders = {"diffusion.pt": lambda path: diffusion.load(path, precision=compute.precision),
                "scale.pt": scale.load, "regressor.pt": regressor.load}
-    stage = {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale", "regressor.pt": "train_regressor"}
+    stage = MODEL_STAGES
+    if not with_regressor and not (models_dir / "regressor.pt").is_file():
+        del loaders["regressor.pt"]
     for f in loaders:
         if not (models_dir / f).is_file():
-            raise FileNotFoundError(f"{models_dir / f} is missing; run the {stage[f]} stage first")
+            raise missing_model(models_dir, f)
     loaded = {f: load(models_dir / f) for f, load in loaders.items()}
     for name, (_, ckpt) in loaded.items():
         prov = ckpt["provenance"]
@@ -122,8 +133,11 @@ def load_trained(base_dir: str | Path, models_dir: str | Path, compute: Compute)
             raise StoreError(f"{models_dir / name} was trained for another base model "
                              f"({prov['base_sha256'][:12]}, this one is {b.sha256[:12]}); rerun {stage[name]}")
     if len({ckpt["provenance"]["layer"] for _, ckpt in loaded.values()}) != 1:
-        raise StoreError(f"{models_dir}: the diffusion, scale and regressor models were trained for different layers")
-    (diff, dckpt), (scaler, sckpt), (reg, _) = loaded.values()
+        names = [n.split(".")[0] for n in loaded]
+        raise StoreError(f"{models_dir}: the {', '.join(names[:-1])} and {names[-1]} models were trained for "
+                         "different layers")
+    (diff, dckpt), (scaler, sckpt) = loaded["diffusion.pt"], loaded["scale.pt"]
+    reg = loaded["regressor.pt"][0] if "regressor.pt" in loaded else None
     return Trained(b, dckpt["provenance"]["layer"], diff, scaler, sckpt["mean_rho"], reg,
                    held_out=dckpt.get("held_out") or {}, compute=compute)
 

@@ -58,6 +58,9 @@ SCORES = Input("--scores", "artifacts/layers/scores.json", "The score_layers out
 STORE = Input("--store", "artifacts/deltas.zarr", "The weight-delta store (its train group).", made_by="overfit")
 MODELS = Input("--models", "artifacts/diffusion", "Folder of diffusion.pt, scale.pt, regressor.pt.",
                {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale", "regressor.pt": "train_regressor"})
+# predict reads regressor.pt only for the regressor's rows
+SERVED_MODELS = Input(MODELS.flag, MODELS.default, MODELS.help,
+                      {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale"})
 
 # What each command needs, in the order its stage reads it (the first missing one is reported).
 NEEDS = {
@@ -67,5 +70,5 @@ NEEDS = {
     "train-scale": (STORE,),
     "train-regressor": (STORE,),
     "evaluate": (BASE, MODELS, STORE),
-    "predict": (BASE, MODELS),  # the store and evaluate's record: only for the rows that read them
+    "predict": (BASE, SERVED_MODELS),  # the store, evaluate's record and regressor.pt: for the rows that read them
 }

@@ -15,7 +15,7 @@ from ocd.hypernet.neighbours import Retriever
 from ocd.hypernet.targets import retriever_of
 from ocd.inputs import read_images, read_table
 from ocd.params import load_params
-from ocd.pipeline import SERVABLE, Pool, load_trained, serve
+from ocd.pipeline import SERVABLE, Pool, load_trained, missing_model, serve
 from ocd.store import open_store
 from ocd.tasks import get_task
 from stages.options import BASE, MODELS, PARAMS_OPTION, STORE
@@ -50,7 +50,7 @@ def predict(
     evaluate.k noises.
     """
     p = load_params(params)
-    trained = load_trained(base_dir, models, Compute.of(p.compute.precision))
+    trained = load_trained(base_dir, models, Compute.of(p.compute.precision), with_regressor=False)
     # what the calibration rows chose: read only for a row that needs it (the base row, OCD, its
     # ensemble and the regressor need nothing)
     record = _chosen(chosen, trained) if row not in ("base", "ocd", "ocd_ensemble", "regressor") else {}
@@ -65,6 +65,8 @@ def predict(
         why = None
     if row not in SERVABLE:
         raise InputError(f"--row {row}: not a row ocd predict serves; valid: best, {', '.join(SERVABLE)}")
+    if row.startswith("regressor") and trained.regressor is None:
+        raise missing_model(models, "regressor.pt")
     family = row.split("_")[0]
     need = {"step size": (row.endswith("_lambda") or row == "knn_temperature")
             and family not in record.get("lambda", {}),

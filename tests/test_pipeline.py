@@ -295,6 +295,14 @@ def test_predict_on_npy_and_png_inputs(project, tmp_path):
         assert len(lines) == 2 and all(f"\t{row}: class" in ln for ln in lines), row
     wrong = project.run("ocd", "predict", str(tmp_path / "pngs"), "--row", "oracle", check=False)
     assert wrong.returncode == 2 and "--row oracle: not a row ocd predict serves" in wrong.stderr
+    # regressor.pt is read only for the regressor's rows
+    shutil.copytree(project / "artifacts/diffusion", tmp_path / "no_regressor")
+    (tmp_path / "no_regressor/regressor.pt").unlink()
+    without = ["ocd", "predict", str(tmp_path / "pngs"), "--models", str(tmp_path / "no_regressor"), "--row"]
+    assert len(project.run(*without, "ocd").stdout.splitlines()) == 2
+    refused = project.run(*without, "regressor_lambda", check=False)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: {tmp_path / 'no_regressor/regressor.pt'} is missing; run the train_regressor stage first")
 
     np.save(tmp_path / "bad.npy", np.zeros((2, 5, 5)))
     bad = project.run("ocd", "predict", str(tmp_path / "bad.npy"), check=False)
