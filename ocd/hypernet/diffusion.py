@@ -328,5 +328,9 @@ def read_checkpoint(path) -> tuple[dict, dict, ModelMeta, dict]:
 def load(path, device=None, precision: str = "fp32") -> tuple[DeltaDiffusion, dict]:
     state, config, meta, stats = read_checkpoint(path)
     model = DeltaDiffusion(meta, stats).at_precision(precision)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # weights of another denoiser (an older one: before the flat target's skip path)
+        raise CheckpointError(f"{path}: its weights do not fit this code's denoiser "
+                              f"({str(exc).splitlines()[0]}); rerun train_diffusion") from None
     return model.eval().to(device or "cpu"), config
