@@ -56,14 +56,21 @@ MODEL_METRICS = ("artifacts/diffusion/scale_metrics.json", "artifacts/diffusion/
 DVC = str(Path(sys.executable).parent / "dvc")
 
 
-def _dvc(*args: str, env: dict | None = None) -> str:
+def _dvc(*args: str, env: dict | None = None, log: Path | None = None) -> str:
+    """Run dvc, its output captured (or written to ``log``); exit with its error if it fails."""
     env = dict(os.environ if env is None else env)
     # DVC's queue starts its workers as `dvc` from PATH: the venv's bin goes first
     env["PATH"] = os.pathsep.join([str(Path(DVC).parent), env.get("PATH", "")])
-    done = subprocess.run([DVC, *args], capture_output=True, text=True, env=env)
+    if log is None:
+        done = subprocess.run([DVC, *args], capture_output=True, text=True, env=env)
+        out, err = done.stdout, done.stderr
+    else:
+        with open(log, "w") as fh:
+            done = subprocess.run([DVC, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+        out = err = log.read_text()
     if done.returncode:
-        sys.exit(f"dvc {' '.join(args)} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
-    return done.stdout
+        sys.exit(f"dvc {' '.join(args)} failed (exit {done.returncode}): {err.strip()[-1500:]}")
+    return out
 
 
 def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False, jobs: int = 0,
@@ -83,7 +90,13 @@ def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False, j
     env = dict(os.environ)
     env.setdefault("OCD_THREADS", str(max(1, cores // jobs)))  # side by side, each process its share
     start = time.perf_counter()
-    _dvc("queue", "start", "-j", str(jobs), env=env)
+    # the workers inherit `dvc queue start`'s output: captured, it would be waited on until the last
+    # worker exits, and a worker told to shut down while it ran a seed was seen to stay, idle, for good
+    # (the run hung after both seeds had succeeded). Its output goes to a file; the polling below ends
+    # the run, and `dvc queue stop` sends any worker left home.
+    log = Path(".dvc/tmp/seeds-queue-start.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _dvc("queue", "start", "-j", str(jobs), env=env, log=log)
     print(f"queued {', '.join(names.values())}; running {jobs} at a time (`dvc queue status` shows them)",
           flush=True)
     pending, idle = set(names.values()), 0
@@ -100,6 +113,7 @@ def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False, j
                 pending.discard(name)
                 print(f"{name}: {state} after {time.perf_counter() - start:.0f} s", flush=True)
     failed = [name for name in names.values() if _queue_status().get(name) != "Success"]
+    _dvc("queue", "stop")
     refs = _experiment_refs()
     for seed, name in names.items():
         if name in refs and name not in failed:
