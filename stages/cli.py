@@ -68,14 +68,9 @@ class LazyGroup(TyperGroup):
 def params_argument(args: list[str]) -> str | None:
     """The params file a command line names (``--params P``, ``--params=P``; else params.yaml),
     or None where it asks for help."""
-    if "--help" in args:
-        return None
-    for i, word in enumerate(args):
-        if word == "--params" and i + 1 < len(args):
-            return args[i + 1]
-        if word.startswith("--params="):
-            return word.split("=", 1)[1]
-    return "params.yaml"
+    from stages.options import Input
+
+    return None if "--help" in args else Input("--params", "params.yaml", "").value(args)
 
 
 def preflight(name: str, args: list[str]) -> None:
