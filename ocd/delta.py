@@ -20,6 +20,7 @@ COND = ("cond/layer_input", "cond/layer_activation", "cond/output")
 # overfit.rho: the definitions of a delta's scale, and what the store's attrs say of each
 RHO = {"fro": "Frobenius norm of delta (the paper)",
        "std": "standard deviation of delta's entries (the authors' code)"}
+DTYPES = ("float32", "float16")  # overfit.dtype: how a store keeps its deltas (float16: half the bytes)
 
 
 def rho_of(delta: torch.Tensor, definition: str) -> torch.Tensor:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ocd.params import PRECISIONS
+
+# compute.precision (:func:`use_precision`)
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def get_device() -> torch.device:
@@ -43,17 +45,32 @@ def use_precision(precision: str) -> None:
 class Compute:
     """Where and how an entry point computes: the device its tensors live on and the precision
     of its float32 products (``compute.precision``). A stage makes one, which sets this
-    process's precision once (:func:`use_precision`), and hands it to what it loads and builds:
-    the denoiser takes its precision at construction, never from a write afterwards."""
+    process's precision once (:func:`use_precision`), and hands it to what it loads, builds
+    and trains: the library looks up no device (``CPU`` where its caller names none), and the
+    denoiser takes its precision at construction, never from a write afterwards. Seeded draws
+    come from :func:`generator`. Precision ``None``: torch's own defaults, left as they are
+    (the stages that ``compute.precision`` does not cover: train_base, score_layers, overfit)."""
 
     device: torch.device
-    precision: str = "fp32"
+    precision: str | None = "fp32"
 
     @classmethod
-    def of(cls, precision: str = "fp32") -> "Compute":
-        """The context of this process: :func:`get_device`'s device, ``precision`` set process-wide."""
-        use_precision(precision)
+    def of(cls, precision: str | None = "fp32") -> "Compute":
+        """The context of this process: :func:`get_device`'s device, ``precision`` set process-wide
+        (``None``: left as it is)."""
+        if precision is not None:
+            use_precision(precision)
         return cls(get_device(), precision)
+
+
+CPU = Compute(torch.device("cpu"))  # what the library computes on when its caller names no context
+
+
+def generator(seed: int, stream: int = 0) -> torch.Generator:
+    """The generator of every seeded draw in the library: a CPU one, so that a seed draws the
+    same numbers on every device, seeded ``seed + stream``. Two draws from one seed that must
+    differ take streams of their own, named where they are drawn (e.g. ``REMIX_STREAM``)."""
+    return torch.Generator().manual_seed(seed + stream)
 
 
 def autocast(device: torch.device | str, precision: str):

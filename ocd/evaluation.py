@@ -47,7 +47,6 @@ from ocd.hypernet.scale import ScaleModel
 from ocd.hypernet.targets import retriever_of
 from ocd.models.cut import layer_io, layer_with_weights, linear_cut, rows_per_pass
 from ocd.pipeline import ocd_deltas, regressor_deltas, sample_deltas
-from ocd.rows import SERVED
 from ocd.tasks import Task
 
 
@@ -63,6 +62,8 @@ class Row:
     per_sample_loss: np.ndarray | None = field(default=None, repr=False)
     # Wall time per test sample of making the delta and the prediction, batched (None: not timed).
     ms_per_sample: float | None = None
+    # Its outputs come from the denoiser's samples (ocd.rows.EvalRow.denoiser): :func:`mark_unlearned` marks it.
+    denoiser: bool = False
 
     def flat(self) -> dict:
         return {"row": self.name, **self.metrics, "cosine": self.cosine, "scale_error": self.scale_error,
@@ -119,13 +120,13 @@ class Choice:
         keys.update((f"{name}_lambda", f"{name}/{lam:g}") for name, lam in self.lambdas.items())
         got = {name: self.losses[key] for name, key in keys.items() if key in self.losses}
         got.update(self.row_losses)
-        return {name: got[name] for name in SERVED if name in got}
+        return {name: got[name] for name in rows_module.SERVED if name in got}
 
     def best(self) -> str | None:
         """The servable row of least mean loss on these rows (ties: the earlier in
         :data:`SERVED`, so the simpler row)."""
         losses = self.serve_losses()
-        return min(losses, key=lambda name: (losses[name], SERVED.index(name))) if losses else None
+        return min(losses, key=lambda name: (losses[name], rows_module.SERVED.index(name))) if losses else None
 
 
 @dataclass
@@ -349,7 +350,7 @@ def choose(s: Setting, rows: list, spaces, seed: int) -> Choice | None:
     blocks = [CalibrationBlock(s, spaces, lo, hi, seed) for lo, hi in _blocks(n, s.size, Group())]
     totals: dict[str, float] = defaultdict(float)
     outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
-    kept = {source for _, source in rows_module.Tempered.sources()} if task.with_temperature else set()
+    kept = {source for _, source, _ in rows_module.Tempered.sources()} if task.with_temperature else set()
 
     def add(key: str, out: torch.Tensor, y: torch.Tensor) -> None:
         totals[key] += float(task.per_sample_loss(out, y).sum())
@@ -520,7 +521,7 @@ def evaluate(inp: EvalInputs, k: int, steps: int, eta: float, seed: int, tent_st
             cosine = float(got[f"{row.name}/cos"].mean())
             scale_error = float(((got[f"{row.name}/norm"] - ref).abs() / ref.clamp_min(1e-12)).median())
         table.append(Row(row.name, task.metrics(outputs, y), cosine, scale_error, row.note(),
-                         task.per_sample_loss(outputs, y).cpu().numpy(), row.ms(per)))
+                         task.per_sample_loss(outputs, y).cpu().numpy(), row.ms(per), row.denoiser))
         if row.reliability:
             reliability_of[row.kind] = outputs
 
@@ -558,7 +559,7 @@ VIEWS_SHOWN = 4
 
 
 def mark_unlearned(rows: list[Row], held_out: dict) -> str | None:
-    """Mark the OCD rows (every row named ``ocd...``) of a denoiser whose held-out
+    """Mark the rows sampled from a denoiser (``Row.denoiser``) whose held-out
     denoising loss did not beat its references (``held_out``: the checkpoint's record of
     ocd.hypernet.diffusion.diagnose); returns the mark, or None where it learned or
     nothing was held out."""
@@ -567,7 +568,7 @@ def mark_unlearned(rows: list[Row], held_out: dict) -> str | None:
     mark = (f"UNLEARNED denoiser (held-out loss {held_out['denoise_loss']:.4f}, "
             f"zero {held_out['denoise_loss_zero']:.4f}, linear in x_t {held_out['denoise_loss_linear']:.4f})")
     for r in rows:
-        if r.name.startswith("ocd"):
+        if r.denoiser:
             r.note = f"{mark}; {r.note}" if r.note else mark
     return mark
 

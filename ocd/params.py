@@ -9,7 +9,9 @@ before any work starts.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -21,34 +23,43 @@ import yaml
 
 from ocd.errors import ParamsError
 
-# compute.precision (ocd.device.use_precision)
-PRECISIONS = ("fp32", "tf32", "bf16")
-# The choices of every key that names one. Each is implemented where its names are
-# keys (ocd.hypernet.unet.PRESETS, ocd.hypernet.scale.LOSSES, ...); tests/test_params.py checks that
-# the two lists agree, since importing those modules here would import torch and
-# make a circle (they read params).
-CHOICES = {
-    "model.encoder": ("thumbnail", "random"),
-    "base.schedule": ("constant", "cosine"),
-    "layers.scope": ("selectable", "all"),
-    "overfit.optimizer": ("adam", "sgd"),
-    "overfit.rho": ("fro", "std"),
-    "overfit.dtype": ("float32", "float16"),
-    "diffusion.preset": ("paper", "cpu", "tiny"),
-    "diffusion.schedule": ("paper", "reference"),
-    "diffusion.target": ("matrix", "rank1", "flat"),
-    "diffusion.prediction": ("eps", "x0"),
-    "scale.loss": ("paper", "logmse"),
-    "compute.precision": PRECISIONS,
+# Where each key that names a choice has its choices: the module that implements them,
+# and the tuple of names, or the dict keyed by them, that it assigns at its top level. One
+# list in one place: :func:`choices` reads it from the module's source without importing
+# it, since importing those modules here would load torch before a mistake in params.yaml
+# is named, and make a circle (they read params).
+CHOICES_AT = {
+    "model.encoder": ("models/nerf.py", "ENCODERS"),
+    "base.schedule": ("models/fit.py", "SCHEDULES"),
+    "layers.scope": ("layers.py", "SCOPES"),
+    "overfit.optimizer": ("overfit.py", "OPTIMIZERS"),
+    "overfit.rho": ("delta.py", "RHO"),
+    "overfit.dtype": ("delta.py", "DTYPES"),
+    "diffusion.preset": ("hypernet/unet.py", "PRESETS"),
+    "diffusion.schedule": ("hypernet/schedule.py", "RANGES"),
+    "diffusion.target": ("hypernet/targets.py", "TARGETS"),
+    "diffusion.prediction": ("hypernet/schedule.py", "PREDICTIONS"),
+    "scale.loss": ("hypernet/scale.py", "LOSSES"),
+    "compute.precision": ("device.py", "PRECISIONS"),
 }
+
+
+@functools.cache
+def choices(key: str) -> tuple[str, ...]:
+    """The choices of ``key`` (e.g. ``"scale.loss"``), in the order its module lists them."""
+    module, name = CHOICES_AT[key]
+    path = Path(__file__).resolve().parent / module
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            names = node.value.keys if isinstance(node.value, ast.Dict) else node.value.elts
+            return tuple(ast.literal_eval(n) for n in names)
+    raise LookupError(f"{path} assigns no {name} at its top level: the choices of {key}")
 
 
 # The largest integer a param may hold (a seed aside): a count of steps, rows or draws beyond
 # it cannot be run here (overfit.batch_size 1e20 ended in a 99-line traceback; diffusion.steps
 # 1e12 ran with no end in sight).
 MAX_INT = 2**31 - 1
-
-
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ class ModelParams:
         _non_negative(self, "model", "frequencies")
         if self.depth_samples < 2:
             raise ParamsError(f"model.depth_samples must be at least 2, got {self.depth_samples}")
-        _choice(self, "model", "encoder", CHOICES["model.encoder"])
+        _choice(self, "model", "encoder", choices("model.encoder"))
 
 
 @dataclass(frozen=True)
@@ -155,7 +166,7 @@ class BaseParams:
         _positive(self, "base", "epochs", "lr", "batch_size", "body_lr")
         _non_negative(self, "base", "weight_decay", "pair_iterations")
         _seed(self, "base")
-        _choice(self, "base", "schedule", CHOICES["base.schedule"])
+        _choice(self, "base", "schedule", choices("base.schedule"))
 
 
 @dataclass(frozen=True)
@@ -180,7 +191,7 @@ class LayersParams:
     def __post_init__(self):
         _positive(self, "layers", "draws", "samples", "noise")
         _seed(self, "layers")
-        _choice(self, "layers", "scope", CHOICES["layers.scope"])
+        _choice(self, "layers", "scope", choices("layers.scope"))
 
 
 @dataclass(frozen=True)
@@ -200,9 +211,9 @@ class OverfitParams:
 
     def __post_init__(self):
         _positive(self, "overfit", "steps", "lr", "batch_size")
-        _choice(self, "overfit", "optimizer", CHOICES["overfit.optimizer"])
-        _choice(self, "overfit", "rho", CHOICES["overfit.rho"])
-        _choice(self, "overfit", "dtype", CHOICES["overfit.dtype"])
+        _choice(self, "overfit", "optimizer", choices("overfit.optimizer"))
+        _choice(self, "overfit", "rho", choices("overfit.rho"))
+        _choice(self, "overfit", "dtype", choices("overfit.dtype"))
 
 
 @dataclass(frozen=True)
@@ -255,10 +266,10 @@ class DiffusionParams:
     def __post_init__(self):
         _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
         _non_negative(self, "diffusion", "neighbours")
-        _choice(self, "diffusion", "preset", CHOICES["diffusion.preset"])
-        _choice(self, "diffusion", "schedule", CHOICES["diffusion.schedule"])
-        _choice(self, "diffusion", "target", CHOICES["diffusion.target"])
-        _choice(self, "diffusion", "prediction", CHOICES["diffusion.prediction"])
+        _choice(self, "diffusion", "preset", choices("diffusion.preset"))
+        _choice(self, "diffusion", "schedule", choices("diffusion.schedule"))
+        _choice(self, "diffusion", "target", choices("diffusion.target"))
+        _choice(self, "diffusion", "prediction", choices("diffusion.prediction"))
         _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb", "epochs")
         _seed(self, "diffusion")
         if not 0 <= self.holdout < 1:
@@ -285,7 +296,7 @@ class ScaleParams:
         _non_negative(self, "scale", "epochs")
         _seed(self, "scale")
         _widths(self, "scale", "hidden")
-        _choice(self, "scale", "loss", CHOICES["scale.loss"])
+        _choice(self, "scale", "loss", choices("scale.loss"))
 
 
 @dataclass(frozen=True)
@@ -354,7 +365,7 @@ class ComputeParams:
 
     def __post_init__(self):
         _positive(self, "compute", "nproc")
-        _choice(self, "compute", "precision", PRECISIONS)
+        _choice(self, "compute", "precision", choices("compute.precision"))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ocd.delta import StoreError
-from ocd.device import Compute
+from ocd.device import CPU, Compute, generator
 from ocd.hypernet import diffusion, regressor, scale
 from ocd.hypernet.diffusion import DeltaDiffusion
 from ocd.hypernet.neighbours import Retriever, with_neighbours
@@ -54,7 +54,7 @@ def sample_deltas(diff: DeltaDiffusion, scaler: ScaleModel, parts: list[torch.Te
     for i in range(0, n, batch):
         p = [v[i:i + batch] for v in parts]
         c = diff.embed(p)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + i)
+        gen = generator(seed * 1_000_003, first_row + i)
         rep = diff.sample(c.repeat(k, 1), steps=steps, eta=eta, generator=gen)
         omega = diff.omega(rep, p[0].repeat(k, 1))
         omegas.append(omega.view(k, len(c), *omega.shape[1:]))
@@ -101,7 +101,7 @@ class Trained:
     # the denoiser's held-out loss beside its references (ocd.hypernet.diffusion.diagnose); {}: none
     held_out: dict | None = None
     # where the models run (the context they were loaded in)
-    compute: Compute = Compute(torch.device("cpu"))
+    compute: Compute = CPU
 
 
 MODEL_STAGES = {"diffusion.pt": "train_diffusion", "scale.pt": "train_scale", "regressor.pt": "train_regressor"}
@@ -116,7 +116,7 @@ def load_trained(base_dir: str | Path, models_dir: str | Path, compute: Compute,
     """Load and cross-check: every checkpoint must come from this base model and one layer.
     The denoiser runs at ``compute``'s precision. Without ``with_regressor`` a missing
     regressor.pt is no error (``Trained.regressor`` None): only its rows need it."""
-    b = base.load(base_dir)
+    b = base.load(base_dir, compute)
     models_dir = Path(models_dir)
     loaders = {"diffusion.pt": lambda path: diffusion.load(path, precision=compute.precision),
                "scale.pt": scale.load, "regressor.pt": regressor.load}

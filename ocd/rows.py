@@ -38,6 +38,7 @@ class EvalRow:
     step_temperature: ClassVar[str | None] = None  # the same, for its `_lambda` row's outputs
     served: ClassVar[bool] = False  # `ocd predict` can serve it, and its step and temperature rows
     reliability: ClassVar[bool] = False  # a column of the reliability diagram
+    denoiser: bool = False  # its outputs come from the denoiser's samples: marked where the denoiser did not learn
 
     def __init__(self, s: Setting, name: str | None = None):
         self.s = s
@@ -91,7 +92,7 @@ class Base(EvalRow):
 class OCD(EvalRow):
     kind = "ocd"
     about = "rho(I(x)) Omega_0 / unit: one DDIM sample from pure noise, sized by the scale model"
-    steps, temperature, served, reliability = True, "ocd_temperature", True, True
+    steps, temperature, served, reliability, denoiser = True, "ocd_temperature", True, True, True
 
     def block(self, b):
         return b.ocd.members[0], b.ocd.deltas[0]
@@ -112,19 +113,20 @@ class Tempered(EvalRow):
     about = "a row's outputs divided by one temperature fitted on the calibration rows (never test)"
     reliability = True
 
-    def __init__(self, s, name: str, source: str):
+    def __init__(self, s, name: str, source: str, denoiser: bool = False):
         super().__init__(s, name)
-        self.kind, self.source, self.how = name, source, ""
+        self.kind, self.source, self.how, self.denoiser = name, source, "", denoiser
 
     @classmethod
-    def sources(cls) -> list[tuple[str, str]]:
-        """(temperature row, the row whose outputs it divides), in :data:`ROWS`' order."""
+    def sources(cls) -> list[tuple[str, str, bool]]:
+        """(temperature row, the row whose outputs it divides, whether that row samples the
+        denoiser), in :data:`ROWS`' order."""
         pairs = []
         for row in ROWS:
             if row.temperature:
-                pairs.append((row.temperature, row.kind))
+                pairs.append((row.temperature, row.kind, row.denoiser))
             if row.step_temperature:
-                pairs.append((row.step_temperature, f"{row.kind}_lambda"))
+                pairs.append((row.step_temperature, f"{row.kind}_lambda", row.denoiser))
         return pairs
 
     @classmethod
@@ -133,12 +135,12 @@ class Tempered(EvalRow):
             return f"{s.inp.task.name} outputs take no temperature"
         if not s.calibrated or s.inp.cal_own is not None:
             return "no calibration rows (data.cal_fraction is 0)"
-        return [cls(s, name, source) for name, source in cls.sources()]
+        return [cls(s, *pair) for pair in cls.sources()]
 
     @classmethod
     def kinds(cls):
         return [(name, f"{source}'s outputs divided by one temperature fitted on the calibration rows (never test)")
-                for name, source in cls.sources()]
+                for name, source, _ in cls.sources()]
 
     def outputs(self, got):
         from ocd.calibration import choose_temperature
@@ -159,6 +161,7 @@ class OCDEnsemble(EvalRow):
     kind = "ocd_ensemble"
     about = ("`ocd_ensemble_K`: K noises, the K members' predictions combined by the task (the mean of the "
              "predicted distributions)")
+    denoiser = True
 
     def __init__(self, s):
         super().__init__(s, f"ocd_ensemble_{s.k}")
@@ -179,6 +182,7 @@ class OCDEnsemble(EvalRow):
 class OCDMeanNetwork(EvalRow):
     kind = "ocd_mean_network"
     about = "the mean of OCD's K deltas, applied once"
+    denoiser = True
 
     def block(self, b):
         mean = b.ocd.deltas.mean(0)
@@ -191,6 +195,7 @@ class OCDMeanNetwork(EvalRow):
 class OCDNoScale(EvalRow):
     kind = "ocd_no_scale"
     about = "OCD's sample sized by the mean train rho instead of the scale model"
+    denoiser = True
 
     def block(self, b):
         return b.apply(b.ocd.no_scale), b.ocd.no_scale
@@ -275,7 +280,7 @@ class Stepped(EvalRow):
 
     def __init__(self, s, source: EvalRow):
         super().__init__(s, f"{source.kind}_lambda")
-        self.kind, self.source = self.name, source
+        self.kind, self.source, self.denoiser = self.name, source, source.denoiser
 
     @classmethod
     def made(cls, s, before):

@@ -61,7 +61,7 @@ def _evaluate(p: Params, params: Path, base_dir: Path, store: Path, models: Path
         raise StoreError(f"{params}'s data section differs from the one the base model and store were "
                          f"made with ({', '.join(f'data.{k}' for k in changed)}); rerun the earlier "
                          "stages (`dvc repro`)")
-    extra = _deep_ensemble(ensemble, base_model, p.evaluate) if group.main else []
+    extra = _deep_ensemble(ensemble, base_model, p.evaluate, compute) if group.main else []
     data = load_dataset(p.data)
     task = data.make_task()
     train, test = root["train"], root["test"]
@@ -164,12 +164,12 @@ def held_out_rows(split, holdout: float) -> torch.Tensor | None:
     return torch.arange(held[0] * split["rho"].chunks[0], rows)
 
 
-def _deep_ensemble(folder: Path, base_model: base.BaseModel, ep) -> list[torch.nn.Module]:
+def _deep_ensemble(folder: Path, base_model: base.BaseModel, ep, compute: Compute) -> list[torch.nn.Module]:
     """The deep ensemble's other members from the train_ensemble stage, checked to be
     trained as the base model was (same spec, data and base params) and to be k - 1."""
     if not ep.deep_ensemble:
         return []
-    members, record = base.load_ensemble(folder)
+    members, record = base.load_ensemble(folder, compute)
     for key in ("spec", "data", "base"):
         mine = base_model.spec.to_dict() if key == "spec" else base_model.meta.get(key)
         if record.get(key) != mine:

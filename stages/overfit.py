@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ocd import distributed
 from ocd.data.registry import load_dataset
 from ocd.delta import BASIS_OF_OPTIMIZER, RHO, StoreError
-from ocd.device import get_device, runtime
+from ocd.device import Compute, runtime
 from ocd.models import base
 from ocd.models.cut import linear_cut
 from ocd.overfit import code_digest, fill_store, pending_work
@@ -46,7 +46,8 @@ def overfit(
 
 def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Path, progress: bool,
              group: distributed.Group) -> None:
-    model = base.load(base_dir)
+    compute = Compute.of(precision=None)
+    model = base.load(base_dir, compute)
     if not scores.is_file():
         raise FileNotFoundError(f"{scores} does not exist; run the score_layers stage first")
     chosen = json.loads(scores.read_text())
@@ -60,7 +61,7 @@ def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Pa
     task = data.make_task()
 
     with torch.no_grad():  # the conditioning's width of the output part, as the cut encodes it
-        cond_outputs = cut.encode_output(torch.zeros(1, data.n_outputs, device=get_device())).shape[1]
+        cond_outputs = cut.encode_output(torch.zeros(1, data.n_outputs, device=compute.device)).shape[1]
     layout = Layout(n={"train": len(data.y_train), "test": len(data.y_test)},
                     out_features=cut.layer.out_features, in_features=cut.layer.in_features,
                     n_outputs=cond_outputs, chunk=chunk_rows(len(data.y_train), p.overfit.batch_size),

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ocd import distributed, layers
 from ocd.data.registry import load_dataset
-from ocd.device import get_device, runtime
+from ocd.device import Compute, generator, runtime
 from ocd.models import base
 from ocd.params import load_params
 from stages.common import on_processes, write_csv, write_json
@@ -36,13 +36,12 @@ def score_layers(
 
 
 def _score_layers(p, base_dir: Path, out: Path, progress: bool, group: distributed.Group) -> None:
-    base_model = base.load(base_dir)
+    device = Compute.of(precision=None).device
+    base_model = base.load(base_dir, Compute(device))
     layers.check_force(base_model.model, p.layers.force)  # before minutes of scoring
     data = load_dataset(p.data)
     task = data.make_task()
-    gen = torch.Generator().manual_seed(p.layers.seed)
-    idx = torch.randperm(len(data.y_train), generator=gen)[: p.layers.samples]
-    device = get_device()
+    idx = torch.randperm(len(data.y_train), generator=generator(p.layers.seed))[: p.layers.samples]
     x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
 
     names = layers.scored_layers(base_model.model, p.layers.scope)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ocd.data.registry import load_dataset
-from ocd.device import configure_threads, runtime
+from ocd.device import Compute, configure_threads, runtime
 from ocd.models import base
 from ocd.models.registry import ModelSpec
 from ocd.params import load_params
@@ -30,15 +30,17 @@ def train_base(
     """
     configure_threads()
     p = load_params(params)
+    compute = Compute.of(precision=None)
     data = load_dataset(p.data)
     task = data.make_task()
     spec = ModelSpec.from_params(p.model, data.in_shape, data.n_outputs, data.info)
     base.seed_everything(p.base.seed)
     model = spec.build()
-    history = base.train(model, task, data.x_train, data.y_train, p.base, progress=progress)
-    train_out = base.predict(model, data.x_train)
+    history = base.train(model, task, data.x_train, data.y_train, p.base, progress, compute)
+    train_out = base.predict(model, data.x_train, compute=compute)
     base.check_learned(train_out, history, task, data.y_train, p.base)  # before anything is written
-    metrics = {"train": task.metrics(train_out, data.y_train), "test": base.evaluate(model, task, *data.split("test"))}
+    metrics = {"train": task.metrics(train_out, data.y_train),
+               "test": base.evaluate(model, task, *data.split("test"), compute)}
     if task.constant is not None:  # beside the model: what the best input-blind output scores on the same rows
         width = train_out.shape[-1]
         metrics["trivial"] = {split: task.metrics(base.constant_outputs(task, data.y_train, width, len(y)), y)

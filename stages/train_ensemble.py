@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ocd.data.registry import load_dataset
-from ocd.device import configure_threads, runtime
+from ocd.device import Compute, configure_threads, runtime
 from ocd.models import base
 from ocd.models.registry import ModelSpec
 from ocd.params import load_params
@@ -35,7 +35,8 @@ def train_ensemble(
     task = data.make_task()
     spec = ModelSpec.from_params(p.model, data.in_shape, data.n_outputs, data.info)
     seeds = [p.base.seed + j for j in range(1, ep.k)] if ep.deep_ensemble else []
-    members = base.train_seeds(spec, task, data.x_train, data.y_train, p.base, seeds, progress)
+    members = base.train_seeds(spec, task, data.x_train, data.y_train, p.base, seeds, progress,
+                               Compute.of(precision=None))
     base.save_ensemble(out, members, spec, seeds, data=p.section("data"), base=p.section("base"),
                        runtime=runtime(), note=None if seeds else "evaluate.deep_ensemble is false: no members")
     typer.echo(f"deep ensemble: {len(members)} members besides the base model (seeds {seeds})" if seeds

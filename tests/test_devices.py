@@ -11,6 +11,7 @@ made on the CPU and moved, so both devices see the same noise.
 """
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +19,16 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
-from ocd.device import Steps, adam
+from ocd.device import Compute, Steps, adam
 from ocd.evaluation import EvalInputs, evaluate
 from ocd.hypernet import conditioning, diffusion, regressor, scale, targets
 from ocd.layers import perturbation_losses
+from ocd.models import base
 from ocd.models.cut import linear_cut
 from ocd.models.registry import ModelSpec
 from ocd.models.sequential import lenet5
 from ocd.overfit import overfit_batch
-from ocd.params import ComputeParams, DiffusionParams, RegressorParams, ScaleParams
+from ocd.params import BaseParams, ComputeParams, DiffusionParams, RegressorParams, ScaleParams
 from ocd.store import ChunkReader
 from ocd.tasks import get_task
 
@@ -47,6 +49,34 @@ def assert_matches(got, ref, device, rtol=CUDA_RTOL, what=""):
 def _lenet():
     torch.manual_seed(0)
     return lenet5((1, 28, 28), 10).eval()
+
+
+def test_the_library_looks_up_no_device_and_makes_no_generator_of_its_own():
+    """Issue 42, item 7: the device comes from the entry point's ocd.device.Compute and every
+    seeded torch generator from ocd.device.generator; nowhere else in ocd/ or stages/."""
+    root = Path(__file__).resolve().parents[1]
+    sources = [path for folder in ("ocd", "stages") for path in (root / folder).rglob("*.py")
+               if path.name != "device.py" and not path.is_symlink()]  # stages/deps/ links to ocd/
+    found = [f"{path.relative_to(root)}: {needle}" for path in sources for needle in ("get_device(", "torch.Generator(")
+             if needle in path.read_text()]
+    assert not found
+
+
+def test_the_base_model_trains_and_predicts_on_the_device_its_caller_names(device):
+    params = BaseParams(epochs=2, batch_size=8, lr=1e-3, seed=3)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+
+    def run(dev):
+        torch.manual_seed(0)
+        model = lenet5((1, 28, 28), 10)
+        history = base.train(model, TASK, x, y, params, progress=False, compute=Compute(torch.device(dev)))
+        assert next(model.parameters()).device.type == torch.device(dev).type
+        return history, base.predict(model, x, compute=Compute(torch.device(dev)))
+
+    (ref_history, ref_out), (history, out) = run("cpu"), run(device)
+    assert out.device.type == "cpu"  # predictions come back on the CPU
+    assert_matches(history, ref_history, device, what="loss per epoch")
+    assert_matches(out, ref_out, device, rtol=2e-2, what="outputs")
 
 
 @pytest.mark.parametrize("layer, optimizer, lr", [("fc1", "adam", 5e-4), ("fc2", "sgd", 0.05)])

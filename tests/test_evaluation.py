@@ -5,13 +5,14 @@ import torch
 from synthetic import SHAPE, synthetic_store
 
 from ocd.delta import COND
-from ocd.evaluation import LAMBDAS, SERVED, EvalInputs, Setting, _nn_spaces, choose, make_rows
+from ocd.evaluation import LAMBDAS, EvalInputs, Setting, _nn_spaces, choose, make_rows
 from ocd.hypernet import conditioning, diffusion, regressor, scale
 from ocd.hypernet.neighbours import nearest, neighbours
 from ocd.models.cut import linear_cut
 from ocd.models.registry import ModelSpec
 from ocd.models.sequential import lenet5
 from ocd.pipeline import apply_deltas
+from ocd.rows import SERVED
 from ocd.store import ChunkReader
 from ocd.tasks import get_task
 

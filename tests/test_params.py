@@ -1,4 +1,5 @@
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,11 +89,13 @@ def test_the_dataclass_defaults_are_the_committed_params_yaml(params_yaml):
             assert getattr(getattr(defaults, section), key) == value, f"{section}.{key}"
 
 
-def test_every_choice_list_is_the_one_its_module_implements():
-    from ocd import delta, layers, overfit
-    from ocd.hypernet import diffusion, scale, schedule, targets, unet, vecnet
+def test_every_choice_list_is_read_from_the_module_that_implements_it():
+    """Issue 42, item 6: params.py retyped ten choice lists. It now reads each from its module's
+    source (ocd.params.CHOICES_AT): the names the module itself imports and acts on."""
+    from ocd import delta, device, layers, overfit
+    from ocd.hypernet import scale, schedule, targets, unet, vecnet
     from ocd.models import fit, nerf
-    from ocd.params import CHOICES
+    from ocd.params import CHOICES_AT, choices
 
     implemented = {
         "model.encoder": nerf.ENCODERS,
@@ -100,15 +103,36 @@ def test_every_choice_list_is_the_one_its_module_implements():
         "layers.scope": layers.SCOPES,
         "overfit.optimizer": overfit.OPTIMIZERS,
         "overfit.rho": delta.RHO,
+        "overfit.dtype": delta.DTYPES,
         "diffusion.preset": unet.PRESETS,
         "diffusion.schedule": schedule.RANGES,
         "diffusion.target": targets.TARGETS,
         "diffusion.prediction": schedule.PREDICTIONS,
         "scale.loss": scale.LOSSES,
+        "compute.precision": device.PRECISIONS,
     }
+    assert set(implemented) == set(CHOICES_AT)
     for key, names in implemented.items():
-        assert set(CHOICES[key]) == set(names), f"{key}: params allows {CHOICES[key]}, the code has {tuple(names)}"
+        assert choices(key) == tuple(names), key
     assert set(vecnet.PRESETS) == set(unet.PRESETS)  # the rank1 and flat targets' networks take the same names
+
+
+def test_a_choice_a_module_adds_is_valid_in_params_at_once(tmp_path, monkeypatch):
+    from ocd import params
+
+    ocd = shutil.copytree(ROOT / "ocd", tmp_path / "ocd", ignore=shutil.ignore_patterns("__pycache__"))
+    scale = (ocd / "hypernet/scale.py").read_text()
+    assert 'LOSSES = {"paper": scale_loss, "logmse": logmse_loss}' in scale
+    scale = scale.replace('"logmse": logmse_loss}', '"logmse": logmse_loss, "huber": None}')
+    (ocd / "hypernet/scale.py").write_text(scale)
+    monkeypatch.setattr(params, "__file__", str(ocd / "params.py"))
+    params.choices.cache_clear()
+    try:
+        assert params.parse_params({"scale": {"loss": "huber"}}).scale.loss == "huber"
+        with pytest.raises(ParamsError, match="scale.loss is 'hinge'; valid choices: paper, logmse, huber"):
+            params.parse_params({"scale": {"loss": "hinge"}})
+    finally:
+        params.choices.cache_clear()
 
 
 @pytest.mark.parametrize("section, key, value", [("overfit", "batch_size", 10**20), ("diffusion", "steps", 10**12),
@@ -128,9 +152,9 @@ def test_params_yaml_comments_name_every_choice_and_no_other():
     A key with a choice list, a dataset or a model name: its comment lists every choice, `a | b | c`."""
     from ocd.data.registry import DATASETS
     from ocd.models.registry import MODELS
-    from ocd.params import CHOICES
+    from ocd.params import CHOICES_AT, choices
 
-    lists = {**CHOICES, "data.name": tuple(DATASETS), "model.name": tuple(MODELS)}
+    lists = {**{key: choices(key) for key in CHOICES_AT}, "data.name": tuple(DATASETS), "model.name": tuple(MODELS)}
     comments, section = {}, None
     for line in (ROOT / "params.yaml").read_text().splitlines():
         if re.match(r"^\w+:", line):

@@ -9,7 +9,7 @@ import yaml
 from test_evaluation import _inputs
 
 from ocd import rows
-from ocd.evaluation import evaluate
+from ocd.evaluation import evaluate, mark_unlearned
 from ocd.pipeline import SERVABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +62,13 @@ def test_readme_lists_every_row_as_the_rows_describe_themselves():
     assert rows.readme_table() in readme
     listed = re.findall(r"^\| `(\w+)` \|", rows.readme_table(), re.M)
     assert listed == [kind for kind, _ in rows.kinds()] and len(set(listed)) == len(listed)
+
+
+def test_an_unlearned_denoiser_marks_the_rows_it_samples_and_no_other(tmp_path):
+    with torch.no_grad():
+        table, _, _ = evaluate(_inputs(tmp_path), 2, 3, 0.0, 0, [1], 1e-3)
+    held = {"learned": False, "denoise_loss": 0.9, "denoise_loss_zero": 1.0, "denoise_loss_linear": 0.8}
+    mark = mark_unlearned(table, held)
+    marked = {r.name for r in table if r.note.startswith(mark)}
+    assert marked == {"ocd", "ocd_lambda", "ocd_temperature", "ocd_ensemble_2", "ocd_mean_network", "ocd_no_scale"}
+    assert mark_unlearned(table, {**held, "learned": True}) is None

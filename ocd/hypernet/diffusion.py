@@ -26,7 +26,7 @@ from torch import nn
 
 from ocd.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from ocd.delta import StoreError
-from ocd.device import autocast
+from ocd.device import PRECISIONS, autocast, generator
 from ocd.distributed import Group
 from ocd.hypernet import vecnet
 from ocd.hypernet.conditioning import Conditioner, read_stats, stats_config
@@ -41,7 +41,6 @@ from ocd.hypernet.targets import (
     true_omega,
     unit_factor,
 )
-from ocd.params import PRECISIONS
 from ocd.hypernet.train import EMA, fit
 from ocd.hypernet.unet import PRESETS, UNet, crop, pad, padded_shape
 from ocd.params import ComputeParams, DiffusionParams, training_steps
@@ -211,7 +210,7 @@ def train(model: DeltaDiffusion, reader: ChunkReader, dp: DiffusionParams, compu
     """
     torch.manual_seed(dp.seed)
     rng = np.random.default_rng(dp.seed)
-    gen = torch.Generator().manual_seed(dp.seed)
+    gen = generator(dp.seed)
     model.to(device).train()
     ema = EMA(model, dp.ema, dp.ema_warmup)  # a deep copy: it samples at the model's precision
     if compute.compile:
@@ -244,7 +243,7 @@ def diagnose(model: DeltaDiffusion, data: dict, sample_steps: int, eta: float, s
     """
     model.eval().to(device)
     x0, parts, _ = batch_tensors(data, model.meta, device)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     c = model.embed(parts)
     losses, draws = [], []
     for i in range(0, len(x0), 64):

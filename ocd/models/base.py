@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from ocd.artifacts import CheckpointError, save_tensors, write_json
-from ocd.device import get_device
+from ocd.device import CPU, Compute, generator
 from ocd.models.cut import ModelError, rows_per_pass
 from ocd.models.fit import fit_minibatches
 from ocd.models.registry import ModelSpec
@@ -39,15 +39,15 @@ def seed_everything(seed: int) -> None:
 
 
 def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
-          params: BaseParams, progress: bool = True) -> list[float]:
+          params: BaseParams, progress: bool = True, compute: Compute = CPU) -> list[float]:
     """Minibatch Adam on the task's loss; returns the mean loss of each epoch.
 
-    Deterministic for a given ``params.seed`` on a given device: the seed sets
+    Deterministic for a given ``params.seed`` on a given device (``compute``'s): the seed sets
     the initialisation (when the caller seeds before building), the shuffling
     and dropout. A model family with its own way of training (a NeRF trains
     on rays, not views) defines ``fit(task, x, y, params, device, progress)``.
     """
-    device = get_device()
+    device = compute.device
     own = getattr(model, "fit", None)
     if callable(own):
         return own(task, x, y, params, device, progress)
@@ -61,7 +61,7 @@ def train(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
 
 
 def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, params: BaseParams,
-                seeds: list[int], progress: bool = True) -> list[nn.Module]:
+                seeds: list[int], progress: bool = True, compute: Compute = CPU) -> list[nn.Module]:
     """Fresh base models trained like the base model, one per seed (a deep ensemble's members),
     all at once.
 
@@ -76,8 +76,8 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
     if not seeds:
         return []
     if callable(getattr(spec.build(), "fit", None)):  # a family with its own training: one by one
-        return train_seeds_one_by_one(spec, task, x, y, params, seeds, progress)
-    device = get_device()
+        return train_seeds_one_by_one(spec, task, x, y, params, seeds, progress, compute)
+    device = compute.device
     members = []
     for seed in seeds:
         seed_everything(seed)
@@ -94,7 +94,7 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)
              if params.schedule == "cosine" else None)  # base.schedule: ocd.models.fit.SCHEDULES
-    orders = [torch.Generator().manual_seed(seed) for seed in seeds]
+    orders = [generator(seed) for seed in seeds]
     bar = tqdm(total=params.epochs * steps, desc=f"train {k} ensemble members", disable=not progress,
                mininterval=1.0, unit="step")
     for _ in range(params.epochs):
@@ -119,22 +119,24 @@ def train_seeds(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, p
 
 
 def train_seeds_one_by_one(spec: ModelSpec, task: Task, x: torch.Tensor, y: torch.Tensor, params: BaseParams,
-                           seeds: list[int], progress: bool = True) -> list[nn.Module]:
+                           seeds: list[int], progress: bool = True, compute: Compute = CPU) -> list[nn.Module]:
     """The reference for :func:`train_seeds`: :func:`train` once per seed."""
     members = []
     for seed in seeds:
         seed_everything(seed)
         model = spec.build()
-        train(model, task, x, y, dataclasses.replace(params, seed=seed), progress=progress)
+        train(model, task, x, y, dataclasses.replace(params, seed=seed), progress, compute)
         members.append(model.eval())
     return members
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Outputs of the model in eval mode, batched (by default 1,024 rows, or the model's rows_per_pass), on the CPU."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None,
+            compute: Compute = CPU) -> torch.Tensor:
+    """Outputs of the model in eval mode, computed on ``compute``'s device and batched (by default
+    1,024 rows, or the model's rows_per_pass); returned on the CPU."""
     batch_size = batch_size or rows_per_pass(model, 1024)
-    device = get_device()
+    device = compute.device
     model.eval().to(device)
     return torch.cat([model(x[i:i + batch_size].to(device)).cpu()
                       for i in range(0, len(x), batch_size)])
@@ -188,8 +190,9 @@ def trivial_loss(task: Task, targets: torch.Tensor, width: int) -> float:
     return float(task.loss(constant_outputs(task, targets, width, len(targets)), targets))
 
 
-def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    return task.metrics(predict(model, x), y)
+def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
+             compute: Compute = CPU) -> dict[str, float]:
+    return task.metrics(predict(model, x, compute=compute), y)
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -248,8 +251,8 @@ def save_ensemble(folder: str | Path, members: list[nn.Module], spec: ModelSpec,
     return record
 
 
-def load_ensemble(folder: str | Path) -> tuple[list[nn.Module], dict]:
-    """The members saved by :func:`save_ensemble`, in eval mode on the library's device, and their record."""
+def load_ensemble(folder: str | Path, compute: Compute = CPU) -> tuple[list[nn.Module], dict]:
+    """The members saved by :func:`save_ensemble`, in eval mode on ``compute``'s device, and their record."""
     folder = Path(folder)
     if not (folder / ENSEMBLE).is_file():
         raise FileNotFoundError(f"{folder / ENSEMBLE} is missing; run the train_ensemble stage first")
@@ -271,12 +274,12 @@ def load_ensemble(folder: str | Path) -> tuple[list[nn.Module], dict]:
                                   "rerun train_ensemble") from None
         if weights_sha256(model) != entry.get("sha256"):
             raise CheckpointError(f"{path} does not match the sha256 in {folder / ENSEMBLE}; rerun train_ensemble")
-        members.append(model.eval().to(get_device()))
+        members.append(model.eval().to(compute.device))
     return members, record
 
 
-def load(folder: str | Path) -> BaseModel:
-    """Rebuild a saved base model in eval mode on the library's device."""
+def load(folder: str | Path, compute: Compute = CPU) -> BaseModel:
+    """Rebuild a saved base model in eval mode on ``compute``'s device."""
     folder = Path(folder)
     for f in (WEIGHTS, META):
         if not (folder / f).is_file():
@@ -299,4 +302,4 @@ def load(folder: str | Path) -> BaseModel:
     if weights_sha256(model) != meta.get("sha256"):
         raise CheckpointError(f"{folder / WEIGHTS} does not match the sha256 in {folder / META}; "
                               "the folder mixes two base models, rerun train_base")
-    return BaseModel(model.eval().to(get_device()), spec, meta)
+    return BaseModel(model.eval().to(compute.device), spec, meta)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ocd.device import generator
 from ocd.params import BaseParams
 
 SCHEDULES = ("constant", "cosine")  # base.schedule: the learning rate over all steps
@@ -18,7 +19,7 @@ def fit_minibatches(model: nn.Module, params: BaseParams, n: int, loss_of, desc:
     ``n`` examples in minibatches of ``params.batch_size``, shuffled with
     ``params.seed``, under the constant or cosine schedule. ``loss_of(idx)`` is
     the mean loss of the examples ``idx``. Returns the mean loss of each epoch."""
-    order = torch.Generator().manual_seed(params.seed)
+    order = generator(params.seed)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps = (n + params.batch_size - 1) // params.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.epochs * steps)

@@ -34,8 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocd.device import generator
 from ocd.models.cut import LayerCut, LayerInput, ModelError
 from ocd.models.fit import fit_minibatches
+
+JITTER_STREAM = 1  # the depth jitter's draws: base.seed + 1, apart from the ray order's (base.seed)
 
 # The conditioning's encoding of the rendered image. The authors used an
 # ImageNet VGG-11, whose weights cannot be downloaded here; a network with
@@ -158,7 +161,7 @@ class TinyNeRF(nn.Module):
         if self.encoder == "thumbnail":
             img = images.view(-1, self.height, self.width, 3).permute(0, 3, 1, 2)
             return F.adaptive_avg_pool2d(img, THUMBNAIL).flatten(1)
-        gen = torch.Generator().manual_seed(0)
+        gen = generator(0)  # one fixed projection for every model
         proj = torch.randn(images.shape[1], RANDOM_DIM, generator=gen) / math.sqrt(images.shape[1])
         return images @ proj.to(images)
 
@@ -170,7 +173,7 @@ class TinyNeRF(nn.Module):
 
         self.to(device)
         torch.manual_seed(params.seed)
-        jitter = torch.Generator().manual_seed(params.seed + 1)
+        jitter = generator(params.seed, JITTER_STREAM)
         with torch.no_grad():
             rays_o, rays_d = (r.flatten(0, 1) for r in camera_rays(x.to(device), self.height, self.width, self.focal))
         colours = y.to(device).view(-1, 3)

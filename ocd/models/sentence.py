@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocd.data.texts import EXTRA, TextStackMissing, body_path, read_sentences, tokenize
+from ocd.device import generator
 from ocd.models.cut import LayerCut, LayerInput, ModelError
 from ocd.models.fit import fit_minibatches
 
@@ -177,7 +178,7 @@ class SetFitClassifier(nn.Module):
 
         pairs = list(ContrastiveDataset(list(range(len(y))), y.tolist(), multilabel=False,
                                         num_iterations=params.pair_iterations))
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(params.seed)).tolist()
+        order = torch.randperm(len(pairs), generator=generator(params.seed)).tolist()
         first = torch.tensor([pairs[i]["sentence_1"] for i in order])
         second = torch.tensor([pairs[i]["sentence_2"] for i in order])
         target = torch.tensor([pairs[i]["label"] for i in order], device=x.device)
