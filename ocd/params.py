@@ -130,10 +130,17 @@ class ModelParams:
     blocks: int = 1
     window: int = 32
     chunk: int = 40
+    # mulcat only: the conditioning pools the cut projection's activation over the whole
+    # mixture (1) and over s equal stretches of time for each further s, e.g. [1, 2, 4].
+    time_scales: list[int] = field(default_factory=lambda: [1])
 
     def __post_init__(self):
         _widths(self, "model", "hidden")
         _positive(self, "model", "width", "blocks", "window", "chunk")
+        if not self.time_scales or any(s < 1 for s in self.time_scales) or len(set(self.time_scales)) != len(
+                self.time_scales):
+            raise ParamsError(f"model.time_scales must list distinct positive counts of stretches, e.g. [1, 2, 4]; "
+                              f"got {self.time_scales}")
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"model.dropout must lie in [0, 1), got {self.dropout}")
         _non_negative(self, "model", "frequencies")

@@ -9,7 +9,7 @@ Layout (N rows per split, chunked along N; one chunk holds one overfit batch)::
         delta            [N, out, in]  W' - W of the selected layer
         rho              [N]           scale of delta (attrs "rho": "fro" norm or "std")
         cond/layer_input      [N, in]  i_L(x): the layer's input, base weights
-        cond/layer_activation [N, out] a_L(x): its activation, base weights
+        cond/layer_activation [N, out x sum(scales)] a_L(x): its activation, base weights (LayerCut.scales)
         cond/output           [N, C]   f(x; theta): the base model's output
         label            [N]           y
         loss_before      [N]           the sample's loss with the base weights
@@ -96,6 +96,7 @@ class Layout:
     label_dtype: str = "int64"
     rank1_basis: str = "input"  # the right factor of u: BASIS_OF_OPTIMIZER[overfit optimizer]
     label_shape: tuple[int, ...] = ()  # per row: () for a class or a number, [H * W * 3] for a view
+    activation_width: int = 0  # of cond/layer_activation: out_features, or more where pooled at several scales
 
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Array path -> (row shape, dtype)."""
@@ -103,7 +104,7 @@ class Layout:
             "delta": ((self.out_features, self.in_features), self.dtype),
             "rho": ((), "float32"),
             "cond/layer_input": ((self.in_features,), "float32"),
-            "cond/layer_activation": ((self.out_features,), "float32"),
+            "cond/layer_activation": ((self.activation_width or self.out_features,), "float32"),
             "cond/output": ((self.n_outputs,), "float32"),
             "label": (tuple(self.label_shape), self.label_dtype),
             "loss_before": ((), "float32"),

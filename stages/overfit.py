@@ -14,7 +14,7 @@ from ocd.data.registry import load_dataset
 from ocd.delta import BASIS_OF_OPTIMIZER, RHO, StoreError
 from ocd.device import Compute, runtime
 from ocd.models import base
-from ocd.models.cut import linear_cut
+from ocd.models.cut import activation_width, linear_cut
 from ocd.overfit import code_digest, fill_store, pending_work
 from ocd.params import load_params
 from ocd.store import DeltaStore, Layout, chunk_rows, summarize
@@ -67,9 +67,11 @@ def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Pa
                     n_outputs=cond_outputs, chunk=chunk_rows(len(data.y_train), p.overfit.batch_size),
                     dtype=p.overfit.dtype,
                     label_dtype=str(data.y_train.numpy().dtype), label_shape=tuple(data.y_train.shape[1:]),
-                    rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer])
+                    rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer], activation_width=activation_width(cut))
+    # the weights' sha256 does not see how the conditioning pools (model.time_scales): the scales do
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
-                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest(model.model, model.spec)}
+                   "overfit": p.section("overfit"), "n": layout.n, "code": code_digest(model.model, model.spec),
+                   "scales": list(cut.scales)}
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
              "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),

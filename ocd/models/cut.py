@@ -100,6 +100,11 @@ class LayerCut:
     point_weights: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     # the model's outputs -> the conditioning's output part [B, C'] (e.g. an image encoder)
     encode_output: Callable[[torch.Tensor], torch.Tensor] = _identity
+    # how the conditioning pools the layer's activation over a sample's P points, in their
+    # order (a signal's time): s = 1, over all of them; s > 1, over each of s equal stretches,
+    # the parts side by side (:func:`pool_scales`). The layer's input stays pooled over all
+    # points: the rank1 target and the store's u are made from it.
+    scales: tuple[int, ...] = (1,)
 
     def apply(self, inp: LayerInput) -> torch.Tensor:
         """The layer with its own weight on every point: ``[B, P, *out]``."""
@@ -212,6 +217,26 @@ def pool_points(cut: LayerCut, values: torch.Tensor, z: torch.Tensor, ctx) -> to
     return torch.einsum("bp,bpd->bd", cut.point_weights(z, ctx), values)
 
 
+def pool_scales(cut: LayerCut, values: torch.Tensor, z: torch.Tensor, ctx) -> torch.Tensor:
+    """``[B, P, d]`` pooled at each of the cut's scales: ``[B, d * sum(scales)]``, the whole
+    first where scale 1 comes first. A stretch's points keep the cut's point weights,
+    renormalised within it."""
+    if cut.scales == (1,) or values.shape[1] == 1:
+        return pool_points(cut, values, z, ctx)
+    weights = (torch.full(values.shape[:2], 1.0 / values.shape[1], device=values.device, dtype=values.dtype)
+               if cut.point_weights is None else cut.point_weights(z, ctx))
+    parts = []
+    for s in cut.scales:
+        for w, v in zip(weights.tensor_split(s, dim=1), values.tensor_split(s, dim=1)):
+            parts.append(torch.einsum("bp,bpd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-12), v))
+    return torch.cat(parts, dim=1)
+
+
+def activation_width(cut: LayerCut) -> int:
+    """The width of the conditioning's activation part: the layer's outputs at each scale."""
+    return cut.layer.out_features * sum(cut.scales)
+
+
 @torch.no_grad()
 def layer_io(cut: LayerCut, x: torch.Tensor) -> LayerIO:
     """I(x) parts for the cut layer, with the model's own weights.
@@ -225,7 +250,7 @@ def layer_io(cut: LayerCut, x: torch.Tensor) -> LayerIO:
     z = cut.apply(inp)
     out = cut.leave(z, inp.ctx)
     a = cut.activation(z)
-    cond = [pool_points(cut, inp.h.flatten(2), z, inp.ctx), pool_points(cut, a.flatten(2), z, inp.ctx),
+    cond = [pool_points(cut, inp.h.flatten(2), z, inp.ctx), pool_scales(cut, a.flatten(2), z, inp.ctx),
             cut.encode_output(out)]
     return LayerIO(inp, z, out, cond)
 

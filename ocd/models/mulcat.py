@@ -43,9 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocd.artifacts import write_wav
+from ocd.device import generator
 from ocd.models.cut import LayerCut, LayerInput, ModelError
 from ocd.models.fit import fit_minibatches
 from ocd.tasks import spectrogram
+
+REMIX_STREAM = 1  # dynamic mixing's draws: base.seed + 1, apart from the minibatch order's (base.seed)
 
 SPECTRUM_FFT = 256
 SPECTRUM_GRID = 8  # frequency bands and time bins of the conditioning's pooled spectrogram
@@ -74,7 +77,8 @@ class MulCat(nn.Module):
 
 class MulCatSeparator(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int,
-                 window: int, chunk: int, sample_rate: int = 8000, level: float = 0.0):
+                 window: int, chunk: int, sample_rate: int = 8000, level: float = 0.0,
+                 time_scales: tuple[int, ...] = (1,)):
         # no defaults for the network's shape: they are params.yaml's (model.width, ...), in one place
         super().__init__()
         self.sample_rate, self.level = sample_rate, level  # ocd predict: the training mixtures' rate and RMS
@@ -88,6 +92,8 @@ class MulCatSeparator(nn.Module):
         if chunk < 2:
             raise ModelError(f"model.chunk must be at least 2 frames, got {chunk}")
         self.speakers, self.width, self.blocks, self.window, self.chunk = speakers, width, blocks, window, chunk
+        # how the conditioning pools a projection's activation over time (model.time_scales, LayerCut.scales)
+        self.time_scales = tuple(int(s) for s in time_scales)
         self.hop = window // 2
         self.frames = (self.samples - window) // self.hop + 1
         if self.frames < 1:
@@ -245,7 +251,7 @@ class MulCatSeparator(nn.Module):
             c = self._block(c.reshape(-1, *b_shape), at, z.reshape(-1, *b_shape))
             return self._decode(self._to_frames(blocks_from(c, at + 1)), w)
 
-        return LayerCut(name, layer, enter, leave, encode_output=self.encode_output)
+        return LayerCut(name, layer, enter, leave, encode_output=self.encode_output, scales=self.time_scales)
 
     def encode_output(self, outputs: torch.Tensor) -> torch.Tensor:
         return pooled_spectrogram(outputs, self.speakers)
@@ -326,7 +332,7 @@ class MulCatSeparator(nn.Module):
         [-2.5, 2.5] dB (the dynamic mixing of Zeghidour and Grangier's Wavesplit and
         of the paper's best row), drawn from ``base.seed``."""
         self.to(device)
-        remix = torch.Generator().manual_seed(params.seed + 1)
+        remix = generator(params.seed, REMIX_STREAM)
 
         def loss_of(idx):
             xb, yb = x[idx], y[idx]
@@ -401,15 +407,19 @@ def dynamic_mix(sources: torch.Tensor, speakers: int, gen: torch.Generator,
 
 
 def mulcat(in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int, window: int,
-           chunk: int, sample_rate: int = 8000, level: float = 0.0) -> MulCatSeparator:
-    return MulCatSeparator(in_shape, n_outputs, speakers, width, blocks, window, chunk, sample_rate, level)
+           chunk: int, sample_rate: int = 8000, level: float = 0.0, time_scales=(1,)) -> MulCatSeparator:
+    return MulCatSeparator(in_shape, n_outputs, speakers, width, blocks, window, chunk, sample_rate, level,
+                           tuple(time_scales))
 
 
 def options(p, info: dict) -> dict:
     """The family's options: ``model.width``, ``model.blocks``, ``model.window``,
-    ``model.chunk``, and the dataset's number of speakers, sample rate and mixtures' RMS."""
+    ``model.chunk``, ``model.time_scales`` (kept out of the spec at its default, [1], so that
+    models saved before it rebuild as they were), and the dataset's number of speakers, sample
+    rate and mixtures' RMS."""
     if "speakers" not in info:
         raise ModelError("mulcat separates speech mixtures: use it with data.name=speech_mix")
     return {"speakers": int(info["speakers"]), "width": p.width, "blocks": p.blocks, "window": p.window,
             "chunk": p.chunk, "sample_rate": int(info.get("sample_rate", 8000)),
-            "level": float(info.get("mixture_rms", 0.0))}
+            "level": float(info.get("mixture_rms", 0.0)),
+            **({"time_scales": list(p.time_scales)} if list(p.time_scales) != [1] else {})}

@@ -136,3 +136,33 @@ def test_predict_keeps_the_models_quality_over_a_whole_file(tmp_path):
     print(f"windowed {windowed:.3f} dB, joined per second {per_second:.3f} dB, joined whole {whole:.3f} dB")
     assert abs(per_second - windowed) <= 0.2, (windowed, per_second, whole)
     assert abs(whole - windowed) <= 0.2, (windowed, per_second, whole)
+
+
+def test_time_scales_pool_the_activation_over_stretches_of_time_and_the_whole_comes_first():
+    """Issue 43, item 3: the conditioning reads the activation at several time scales."""
+    x = torch.randn(3, 1, T)
+    plain, scaled = model(), model(time_scales=(1, 2, 4))
+    with torch.no_grad():
+        cut = linear_cut(scaled, "proj1_inter")
+        io, ref = layer_io(cut, x), layer_io(linear_cut(plain, "proj1_inter"), x)
+        a = cut.activation(cut.apply(cut.enter(x)))  # [B, P, out]
+    out = cut.layer.out_features
+    assert io.cond[1].shape == (3, 7 * out)
+    torch.testing.assert_close(io.cond[1][:, :out], ref.cond[1])  # scale 1: the mean over all points, as before
+    torch.testing.assert_close(io.cond[0], ref.cond[0])  # the layer input stays one mean (rank1, u)
+    halves = a.tensor_split(2, dim=1)
+    torch.testing.assert_close(io.cond[1][:, out:3 * out], torch.cat([h.mean(1) for h in halves], 1))
+    assert not torch.allclose(io.cond[1][:, out:2 * out], io.cond[1][:, 2 * out:3 * out])  # the stretches differ
+    # at its default the option stays out of the spec: models saved before it rebuild as they were
+    info = {"speakers": 2}
+    assert "time_scales" not in ModelSpec.from_params(ModelParams(name="mulcat"), (1, T), 2 * T, info).options
+    spec = ModelSpec.from_params(ModelParams(name="mulcat", time_scales=[1, 4]), (1, T), 2 * T, info)
+    assert linear_cut(spec.build(), "proj1_inter").scales == (1, 4)
+
+
+@pytest.mark.parametrize("scales", [[], [0, 1], [2, 2]])
+def test_time_scales_that_cannot_pool_are_refused_by_name(scales):
+    from ocd.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match="model.time_scales must list distinct positive counts"):
+        parse_params({"model": {"time_scales": scales}})
