@@ -36,8 +36,9 @@ def score_layers(
 
 
 def _score_layers(p, base_dir: Path, out: Path, progress: bool, group: distributed.Group) -> None:
-    device = Compute.of(precision=None).device
-    base_model = base.load(base_dir, Compute(device))
+    compute = Compute.of(precision=None)
+    device = compute.device
+    base_model = base.load(base_dir, compute)
     layers.check_force(base_model.model, p.layers.force)  # before minutes of scoring
     data = load_dataset(p.data)
     task = data.make_task()
