@@ -43,6 +43,8 @@ class Fit:
 
     # diffusion.neighbours > 0: the fit rows' retriever (each held-out row retrieves from them)
     retriever: Retriever | None = None
+    # the output part of I(x) as a picture (channels, height, width): the store's output_grid (LayerCut.output_grid)
+    output_grid: tuple[int, ...] = ()
 
     def held(self, names: tuple[str, ...] = ("delta", "u", "rank1_share", "rho", *COND)) -> dict[str, np.ndarray]:
         """The held-out rows (diagnostics only), every array in ``names`` (and what they retrieve)."""
@@ -103,7 +105,8 @@ def open_fit(p: Params, store: Path, neighbours: bool = True) -> Fit:
         retriever = Retriever(parts, targets, k)
         reader.add(NEIGHBOURS, retriever(parts, own=torch.arange(len(targets))).numpy())
         stats.update(cond_stats(reader, (NEIGHBOURS,)))
-    return Fit(train, reader, held_chunks, stats, provenance, target, train_mean, floor, dp.ram_mb, note, retriever)
+    return Fit(train, reader, held_chunks, stats, provenance, target, train_mean, floor, dp.ram_mb, note, retriever,
+               tuple(root.attrs.get("output_grid", ())))
 
 
 def holdout_note(holdout: float, rows: int, fit_rows: int, held_chunks: int) -> str:

@@ -39,6 +39,7 @@ CHOICES_AT = {
     "diffusion.schedule": ("hypernet/schedule.py", "RANGES"),
     "diffusion.target": ("hypernet/targets.py", "TARGETS"),
     "diffusion.prediction": ("hypernet/schedule.py", "PREDICTIONS"),
+    "diffusion.output_encoder": ("hypernet/conditioning.py", "OUTPUT_ENCODERS"),
     "scale.loss": ("hypernet/scale.py", "LOSSES"),
     "compute.precision": ("device.py", "PRECISIONS"),
 }
@@ -133,10 +134,13 @@ class ModelParams:
     # mulcat only: the conditioning pools the cut projection's activation over the whole
     # mixture (1) and over s equal stretches of time for each further s, e.g. [1, 2, 4].
     time_scales: list[int] = field(default_factory=lambda: [1])
+    # mulcat only: the conditioning's pooled spectrogram of each separated signal has
+    # spectrum_grid frequency bands by spectrum_grid time bins.
+    spectrum_grid: int = 8
 
     def __post_init__(self):
         _widths(self, "model", "hidden")
-        _positive(self, "model", "width", "blocks", "window", "chunk")
+        _positive(self, "model", "width", "blocks", "window", "chunk", "spectrum_grid")
         if not self.time_scales or any(s < 1 for s in self.time_scales) or len(set(self.time_scales)) != len(
                 self.time_scales):
             raise ParamsError(f"model.time_scales must list distinct positive counts of stretches, e.g. [1, 2, 4]; "
@@ -269,6 +273,11 @@ class DiffusionParams:
     # > 0: the denoiser and the regressor also see the mean target of this many train
     # rows nearest in the conditioning space (a row never its own; ocd/hypernet/neighbours.py).
     neighbours: int = 0
+    # How the denoiser embeds the base model's output part of I(x): linear (one Linear
+    # layer, as every part) | conv (a small CNN trained with the denoiser, for a store whose
+    # output part is a picture: mulcat's pooled spectrograms, TinyNeRF's thumbnail;
+    # ocd/hypernet/conditioning.py).
+    output_encoder: str = "linear"
 
     def __post_init__(self):
         _positive(self, "diffusion", "T", "steps", "batch_size", "lr", "sample_steps", "diag_samples")
@@ -277,6 +286,7 @@ class DiffusionParams:
         _choice(self, "diffusion", "schedule", choices("diffusion.schedule"))
         _choice(self, "diffusion", "target", choices("diffusion.target"))
         _choice(self, "diffusion", "prediction", choices("diffusion.prediction"))
+        _choice(self, "diffusion", "output_encoder", choices("diffusion.output_encoder"))
         _non_negative(self, "diffusion", "pad", "eta", "grad_clip", "ram_mb", "epochs")
         _seed(self, "diffusion")
         if not 0 <= self.holdout < 1:

@@ -68,11 +68,14 @@ def _overfit(p, base_dir: Path, scores: Path, layer: str, out: Path, metrics: Pa
                     dtype=p.overfit.dtype,
                     label_dtype=str(data.y_train.numpy().dtype), label_shape=tuple(data.y_train.shape[1:]),
                     rank1_basis=BASIS_OF_OPTIMIZER[p.overfit.optimizer], activation_width=activation_width(cut))
-    # the weights' sha256 does not see how the conditioning pools (model.time_scales): the scales do
+    # the weights' sha256 does not see how the conditioning pools (model.time_scales) or pictures the
+    # output (model.spectrum_grid): the scales and the grid do
     fingerprint = {"base_sha256": model.sha256, "layer": name, "data": p.section("data"),
                    "overfit": p.section("overfit"), "n": layout.n, "code": code_digest(model.model, model.spec),
-                   "scales": list(cut.scales)}
+                   "scales": list(cut.scales), "output_grid": list(cut.output_grid)}
     attrs = {"layer": name, "weight_shape": list(cut.layer.weight.shape),
+             # cond/output as a picture (channels, height, width), which diffusion.output_encoder conv reads
+             "output_grid": list(cut.output_grid),
              "base_sha256": model.sha256, "base_model": model.spec.to_dict(),
              "dataset": data.name, "task": data.task, "overfit": p.section("overfit"),
              "rho": RHO[p.overfit.rho],

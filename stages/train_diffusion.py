@@ -43,7 +43,7 @@ def _train_diffusion(p: Params, store: Path, out: Path, progress: bool, group: d
     dp = p.diffusion
 
     def build(fit, compute):
-        return diffusion.build(diffusion.meta_of(fit.target, dp), fit.stats, compute.precision)
+        return diffusion.build(diffusion.meta_of(fit.target, dp, fit.output_grid), fit.stats, compute.precision)
 
     def diagnose(ema, fit, device):
         held = fit.held()

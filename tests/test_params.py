@@ -93,7 +93,7 @@ def test_every_choice_list_is_read_from_the_module_that_implements_it():
     """Issue 42, item 6: params.py retyped ten choice lists. It now reads each from its module's
     source (ocd.params.CHOICES_AT): the names the module itself imports and acts on."""
     from ocd import delta, device, layers, overfit
-    from ocd.hypernet import scale, schedule, targets, unet, vecnet
+    from ocd.hypernet import conditioning, scale, schedule, targets, unet, vecnet
     from ocd.models import fit, nerf
     from ocd.params import CHOICES_AT, choices
 
@@ -108,6 +108,7 @@ def test_every_choice_list_is_read_from_the_module_that_implements_it():
         "diffusion.schedule": schedule.RANGES,
         "diffusion.target": targets.TARGETS,
         "diffusion.prediction": schedule.PREDICTIONS,
+        "diffusion.output_encoder": conditioning.OUTPUT_ENCODERS,
         "scale.loss": scale.LOSSES,
         "compute.precision": device.PRECISIONS,
     }

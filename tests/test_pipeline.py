@@ -512,11 +512,11 @@ def test_the_few_shot_text_pipeline_end_to_end(tmp_path):
 
 SPEECH = {
     "data": {"name": "speech_mix", "mixtures": 40, "seconds": 0.5},
-    "model": {"name": "mulcat", "width": 8, "chunk": 10},
+    "model": {"name": "mulcat", "width": 8, "chunk": 10, "spectrum_grid": 4},
     "base": {"epochs": 2, "lr": 0.005, "batch_size": 8},
     "layers": {"draws": 8, "samples": 4, "force": "proj1_inter"},
     "overfit": {"batch_size": 8},
-    "diffusion": {"target": "flat", "steps": 20, "batch_size": 8},
+    "diffusion": {"target": "flat", "steps": 20, "batch_size": 8, "output_encoder": "conv"},
 }
 
 
@@ -530,6 +530,8 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     from PIL import Image
     from scipy.io import wavfile
 
+    from ocd.artifacts import load_checkpoint
+
     project = make_project(tmp_path, _merge(copy.deepcopy(TINY), SPEECH))
     repro = project.dvc("repro").stdout
     assert "selected proj1_inter (forced by layers.force; the scores rank " in repro  # not "runner-up" alone
@@ -538,7 +540,10 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
                                                                                "proj1_inter", "mask"}
     store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
     assert store["train/delta"].shape == (29, 8, 24) and store["train/label"].shape == (29, 2 * 4000)
-    assert store["train/cond/output"].shape == (29, 2 * 64)
+    # the pooled spectrograms as a picture per speaker, which the denoiser's CNN read (issue 43)
+    assert store["train/cond/output"].shape == (29, 2 * 16) and store.attrs["output_grid"] == [2, 4, 4]
+    meta = load_checkpoint(project / "artifacts/diffusion/diffusion.pt")[1]["meta"]
+    assert meta["output_encoder"] == "conv" and meta["output_grid"] == [2, 4, 4]
     results = json.loads((project / "artifacts/eval/metrics.json").read_text())
     assert {"temperature", "tent"} <= set(results["skipped"])
     rows = table_rows(results)
@@ -565,3 +570,15 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([longer, longer], 1))
     stereo = project.run("ocd", "predict", str(tmp_path / "stereo.wav"), check=False)
     assert stereo.returncode == 2 and "has 2 channels" in stereo.stderr and len(stereo.stderr.splitlines()) == 1
+    # the user changes how the conditioning reads the base: train_base gives the same weights, and the
+    # store is rebuilt because the grid and the scales changed (the weights' sha256 alone would not tell)
+    sha = json.loads((project / "artifacts/base/model.json").read_text())["sha256"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"].update(spectrum_grid=8, time_scales=[1, 2])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rebuilt = project.dvc("repro", "overfit").stdout
+    assert json.loads((project / "artifacts/base/model.json").read_text())["sha256"] == sha
+    assert "rebuilding artifacts/deltas.zarr: it was written for another run: " in rebuilt
+    assert "output_grid was [2, 4, 4], now [2, 8, 8]; scales was [1], now [1, 2]" in rebuilt
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store["train/cond/output"].shape == (29, 2 * 64) and store["train/cond/layer_activation"].shape == (29, 24)

@@ -69,6 +69,8 @@ class ModelMeta(TargetMeta):
     prediction: str  # eps | x0
     schedule: str
     T: int
+    output_encoder: str = "linear"  # how the output part of I(x) is embedded (ocd.hypernet.conditioning)
+    output_grid: tuple[int, ...] = ()  # that part as a picture (channels, height, width); (): a vector
 
 
 class DeltaDiffusion(nn.Module):
@@ -85,7 +87,7 @@ class DeltaDiffusion(nn.Module):
             self.net = vecnet.VecNet(meta.rep_shape[0], config)
             mask = torch.ones(1, meta.rep_shape[0])
         self.register_buffer("mask", mask)  # 1 where x0 is unknown, 0 on the padding
-        self.cond = Conditioner(stats, config.emb_dim, cond_names(meta))
+        self.cond = Conditioner(stats, config.emb_dim, cond_names(meta), meta.output_encoder, meta.output_grid)
         self.time = TimeEmbedding(config.channels, config.emb_dim)
         self._schedule = Schedule(meta.T, meta.schedule)
         self.precision = "fp32"  # how the denoiser runs (compute.precision: at_precision), not saved with the weights
@@ -172,7 +174,8 @@ def _check_attention(preset: str, shape, padded) -> None:
 
 
 def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rho: str,
-              schedule: str, T: int, target: str = "matrix", basis: str = "input", neighbours: int = 0) -> ModelMeta:
+              schedule: str, T: int, target: str = "matrix", basis: str = "input", neighbours: int = 0,
+              output_encoder: str = "linear", output_grid: tuple[int, ...] = ()) -> ModelMeta:
     if preset not in PRESETS:
         raise ValueError(f"unknown diffusion preset {preset!r}; valid: {', '.join(PRESETS)}")
     if target not in TARGETS:
@@ -183,13 +186,14 @@ def make_meta(preset: str, shape, square: bool, pad_to: int, prediction: str, rh
         _check_attention(preset, shape, padded)
     return ModelMeta(shape=shape, unit=unit_factor(rho, shape), target=target, rho=rho, basis=basis,
                      neighbours=neighbours, preset=preset, padded=padded, prediction=prediction,
-                     schedule=schedule, T=T)
+                     schedule=schedule, T=T, output_encoder=output_encoder, output_grid=tuple(output_grid))
 
 
-def meta_of(target: TargetMeta, dp: DiffusionParams) -> ModelMeta:
-    """The denoiser's meta for ``target``: its network, padding, prediction and schedule from ``dp``."""
+def meta_of(target: TargetMeta, dp: DiffusionParams, output_grid: tuple[int, ...] = ()) -> ModelMeta:
+    """The denoiser's meta for ``target``: its network, padding, prediction, schedule and output
+    encoder from ``dp`` (``output_grid``: the store's picture of the output part, if any)."""
     return make_meta(dp.preset, target.shape, dp.square, dp.pad, dp.prediction, target.rho, dp.schedule, dp.T,
-                     target.target, target.basis, target.neighbours)
+                     target.target, target.basis, target.neighbours, dp.output_encoder, output_grid)
 
 
 def denoising_loss(model: DeltaDiffusion):

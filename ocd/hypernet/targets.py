@@ -61,7 +61,8 @@ class TargetMeta:
     def from_config(cls, meta: dict):
         """The meta a checkpoint's configuration holds (its keys of this class; a later class adds its own)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if k in ("shape", "padded") else v for k, v in meta.items() if k in names})
+        return cls(**{k: tuple(v) if k in ("shape", "padded", "output_grid") else v for k, v in meta.items()
+                      if k in names})
 
 
 def target_meta(shape, rho: str, target: str = "matrix", basis: str = "input", neighbours: int = 0) -> TargetMeta:

@@ -100,6 +100,9 @@ class LayerCut:
     point_weights: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     # the model's outputs -> the conditioning's output part [B, C'] (e.g. an image encoder)
     encode_output: Callable[[torch.Tensor], torch.Tensor] = _identity
+    # that part as a picture, (channels, height, width) with C' = their product (a pooled
+    # spectrogram, a thumbnail), which a convolutional encoder may read; (): a plain vector
+    output_grid: tuple[int, ...] = ()
     # how the conditioning pools the layer's activation over a sample's P points, in their
     # order (a signal's time): s = 1, over all of them; s > 1, over each of s equal stretches,
     # the parts side by side (:func:`pool_scales`). The layer's input stays pooled over all

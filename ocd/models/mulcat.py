@@ -25,11 +25,15 @@ ocd.models.cut), the layer sees a set of inputs per mixture: one per frame
 (``bottleneck``, ``mask``) or per chunk position (a projection: P = C K).
 The paper's layer is the projection of the last MulCat block. The
 conditioning encodes the separated signals (``encode_output``): the
-log-magnitude spectrogram of each (256 FFT bins), averaged down to 8
-frequency bands by 8 time bins, channels concatenated. The paper passes
-each spectrogram through a pretrained VGG-11, which cannot be downloaded
-here; the pooled spectrogram is fixed and parameter-free, as TinyNeRF's
-thumbnail is, and keeps where in time and frequency each output has energy.
+log-magnitude spectrogram of each (256 FFT bins), averaged down to G
+frequency bands by G time bins (``model.spectrum_grid``, 8 by default),
+channels concatenated. The paper passes each spectrogram through a
+pretrained VGG-11, which cannot be downloaded here; the pooled spectrogram
+is fixed and parameter-free, as TinyNeRF's thumbnail is, and keeps where in
+time and frequency each output has energy. The cut says it is a picture
+(``LayerCut.output_grid``: speakers x G x G), so that the denoiser may read
+it with a small convolutional encoder trained with it
+(``diffusion.output_encoder: conv``, ocd.hypernet.conditioning).
 """
 
 from __future__ import annotations
@@ -51,14 +55,14 @@ from ocd.tasks import spectrogram
 REMIX_STREAM = 1  # dynamic mixing's draws: base.seed + 1, apart from the minibatch order's (base.seed)
 
 SPECTRUM_FFT = 256
-SPECTRUM_GRID = 8  # frequency bands and time bins of the conditioning's pooled spectrogram
+SPECTRUM_GRID = 8  # frequency bands and time bins of the conditioning's pooled spectrogram (model.spectrum_grid)
 
 
-def pooled_spectrogram(outputs: torch.Tensor, speakers: int) -> torch.Tensor:
-    """The conditioning's encoding of separated signals ``[B, speakers * T]``:
-    each channel's spectrogram averaged to 8 x 8 cells, channels concatenated: ``[B, speakers * 64]``."""
+def pooled_spectrogram(outputs: torch.Tensor, speakers: int, grid: int = SPECTRUM_GRID) -> torch.Tensor:
+    """The conditioning's encoding of separated signals ``[B, speakers * T]``: each channel's
+    spectrogram averaged to grid x grid cells, channels concatenated: ``[B, speakers * grid**2]``."""
     spec = spectrogram(outputs.reshape(len(outputs), speakers, -1), SPECTRUM_FFT)
-    pooled = F.adaptive_avg_pool2d(spec, SPECTRUM_GRID)
+    pooled = F.adaptive_avg_pool2d(spec, grid)
     return pooled.flatten(1)
 
 
@@ -78,7 +82,7 @@ class MulCat(nn.Module):
 class MulCatSeparator(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int,
                  window: int, chunk: int, sample_rate: int = 8000, level: float = 0.0,
-                 time_scales: tuple[int, ...] = (1,)):
+                 time_scales: tuple[int, ...] = (1,), spectrum_grid: int = SPECTRUM_GRID):
         # no defaults for the network's shape: they are params.yaml's (model.width, ...), in one place
         super().__init__()
         self.sample_rate, self.level = sample_rate, level  # ocd predict: the training mixtures' rate and RMS
@@ -94,6 +98,10 @@ class MulCatSeparator(nn.Module):
         self.speakers, self.width, self.blocks, self.window, self.chunk = speakers, width, blocks, window, chunk
         # how the conditioning pools a projection's activation over time (model.time_scales, LayerCut.scales)
         self.time_scales = tuple(int(s) for s in time_scales)
+        if not 1 <= spectrum_grid <= SPECTRUM_FFT // 2 + 1:
+            raise ModelError(f"model.spectrum_grid must lie in [1, {SPECTRUM_FFT // 2 + 1}] (the spectrogram's "
+                             f"frequency bins); got {spectrum_grid}")
+        self.spectrum_grid = int(spectrum_grid)  # the conditioning's pooled spectrogram: grid x grid per speaker
         self.hop = window // 2
         self.frames = (self.samples - window) // self.hop + 1
         if self.frames < 1:
@@ -185,6 +193,11 @@ class MulCatSeparator(nn.Module):
     def _pack(self, *tensors: torch.Tensor) -> torch.Tensor:
         return torch.cat([t.flatten(1) for t in tensors], dim=1)
 
+    def _cut(self, name: str, layer: nn.Module, enter, leave, **kw) -> LayerCut:
+        """A cut whose conditioning encodes the outputs as pooled spectrograms (:meth:`encode_output`)."""
+        return LayerCut(name, layer, enter, leave, encode_output=self.encode_output, output_grid=self.output_grid,
+                        **kw)
+
     def cut(self, name: str) -> LayerCut:
         layer = getattr(self, name)
         b_shape = (self.n_chunks, self.chunk, self.width)
@@ -199,9 +212,8 @@ class MulCatSeparator(nn.Module):
             return c
 
         if name == "encoder":  # one input per mixture: the signal itself
-            return LayerCut(name, layer, lambda x: LayerInput(x[:, None]),
-                            lambda z, ctx: self._frames_to_signals(torch.relu(z[:, 0])),
-                            activation=torch.relu, encode_output=self.encode_output)
+            return self._cut(name, layer, lambda x: LayerInput(x[:, None]),
+                             lambda z, ctx: self._frames_to_signals(torch.relu(z[:, 0])), activation=torch.relu)
 
         if name == "bottleneck":
             def enter(x):
@@ -212,7 +224,7 @@ class MulCatSeparator(nn.Module):
                 w, _ = unpack(ctx)
                 return self._decode(self._to_frames(blocks_from(self._to_chunks(z), 0)), w)
 
-            return LayerCut(name, layer, enter, leave, encode_output=self.encode_output)
+            return self._cut(name, layer, enter, leave)
 
         def frames_of(x):
             w = self._encode(x)
@@ -223,15 +235,15 @@ class MulCatSeparator(nn.Module):
                 v, w = frames_of(x)
                 return LayerInput(v, w.flatten(1))
 
-            return LayerCut(name, layer, enter, lambda z, ctx: self._decode_masks(torch.relu(z), unpack(ctx)[0]),
-                            activation=torch.relu, encode_output=self.encode_output)
+            return self._cut(name, layer, enter, lambda z, ctx: self._decode_masks(torch.relu(z), unpack(ctx)[0]),
+                             activation=torch.relu)
 
         if name == "decoder":  # one input per speaker: its masked frames
             def enter(x):
                 v, w = frames_of(x)
                 return LayerInput(self._masked(torch.relu(self.mask(v)), w))
 
-            return LayerCut(name, layer, enter, lambda z, ctx: self._signals(z), encode_output=self.encode_output)
+            return self._cut(name, layer, enter, lambda z, ctx: self._signals(z))
 
         if name not in self.projections():
             raise ModelError(f"mulcat cannot be cut at {name!r}: its weight layers are encoder, bottleneck, "
@@ -251,10 +263,15 @@ class MulCatSeparator(nn.Module):
             c = self._block(c.reshape(-1, *b_shape), at, z.reshape(-1, *b_shape))
             return self._decode(self._to_frames(blocks_from(c, at + 1)), w)
 
-        return LayerCut(name, layer, enter, leave, encode_output=self.encode_output, scales=self.time_scales)
+        return self._cut(name, layer, enter, leave, scales=self.time_scales)
 
     def encode_output(self, outputs: torch.Tensor) -> torch.Tensor:
-        return pooled_spectrogram(outputs, self.speakers)
+        return pooled_spectrogram(outputs, self.speakers, self.spectrum_grid)
+
+    @property
+    def output_grid(self) -> tuple[int, int, int]:
+        """The conditioning's output part as a picture: one pooled spectrogram per speaker."""
+        return self.speakers, self.spectrum_grid, self.spectrum_grid
 
     # ---- ocd predict: a WAV file in, the separated WAV files out
 
@@ -407,19 +424,21 @@ def dynamic_mix(sources: torch.Tensor, speakers: int, gen: torch.Generator,
 
 
 def mulcat(in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int, window: int,
-           chunk: int, sample_rate: int = 8000, level: float = 0.0, time_scales=(1,)) -> MulCatSeparator:
+           chunk: int, sample_rate: int = 8000, level: float = 0.0, time_scales=(1,),
+           spectrum_grid: int = SPECTRUM_GRID) -> MulCatSeparator:
     return MulCatSeparator(in_shape, n_outputs, speakers, width, blocks, window, chunk, sample_rate, level,
-                           tuple(time_scales))
+                           tuple(time_scales), spectrum_grid)
 
 
 def options(p, info: dict) -> dict:
     """The family's options: ``model.width``, ``model.blocks``, ``model.window``,
-    ``model.chunk``, ``model.time_scales`` (kept out of the spec at its default, [1], so that
-    models saved before it rebuild as they were), and the dataset's number of speakers, sample
-    rate and mixtures' RMS."""
+    ``model.chunk``, ``model.time_scales`` and ``model.spectrum_grid`` (each kept out of the
+    spec at its default, [1] and 8, so that models saved before it rebuild as they were), and
+    the dataset's number of speakers, sample rate and mixtures' RMS."""
     if "speakers" not in info:
         raise ModelError("mulcat separates speech mixtures: use it with data.name=speech_mix")
     return {"speakers": int(info["speakers"]), "width": p.width, "blocks": p.blocks, "window": p.window,
             "chunk": p.chunk, "sample_rate": int(info.get("sample_rate", 8000)),
             "level": float(info.get("mixture_rms", 0.0)),
-            **({"time_scales": list(p.time_scales)} if list(p.time_scales) != [1] else {})}
+            **({"time_scales": list(p.time_scales)} if list(p.time_scales) != [1] else {}),
+            **({"spectrum_grid": p.spectrum_grid} if p.spectrum_grid != SPECTRUM_GRID else {})}

@@ -154,7 +154,8 @@ class TinyNeRF(nn.Module):
             return torch.where(total > 1e-8, w / total.clamp_min(1e-8), torch.full_like(w, 1 / w.shape[1]))
 
         return LayerCut(name, self.chain[i], enter, leave, activation=(lambda z: z) if last else F.relu,
-                        point_weights=point_weights, encode_output=self.encode_image)
+                        point_weights=point_weights, encode_output=self.encode_image,
+                        output_grid=(3, THUMBNAIL, THUMBNAIL) if self.encoder == "thumbnail" else ())
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """The conditioning's encoding of rendered images ``[B, H * W * 3]`` (``model.encoder``)."""

@@ -166,3 +166,31 @@ def test_time_scales_that_cannot_pool_are_refused_by_name(scales):
 
     with pytest.raises(ParamsError, match="model.time_scales must list distinct positive counts"):
         parse_params({"model": {"time_scales": scales}})
+
+
+@pytest.mark.parametrize("name", LINEAR + ["encoder", "decoder"])
+def test_every_cut_says_the_output_part_is_a_picture_per_speaker(name):
+    """Issue 43, item 3: model.spectrum_grid sets the pooled spectrogram's bands and time bins,
+    and the cut names the picture (speakers x grid x grid) that diffusion.output_encoder conv reads."""
+    m = model(spectrum_grid=4).eval()
+    cut = cut_at(m, name)
+    assert cut.output_grid == (2, 4, 4)
+    y = torch.randn(3, 2 * T)
+    encoded = cut.encode_output(y)
+    assert encoded.shape == (3, 2 * 16)
+    # channel-major: speaker 1's picture is the pooled spectrogram of its own signal
+    alone = mulcat.pooled_spectrogram(y[:, T:], 1, 4)
+    torch.testing.assert_close(encoded.reshape(3, 2, 4, 4)[:, 1], alone.reshape(3, 4, 4))
+
+
+def test_the_spectrum_grid_stays_out_of_the_spec_at_its_default_and_is_refused_out_of_range():
+    from ocd.params import ParamsError, parse_params
+
+    info = {"speakers": 2}
+    assert "spectrum_grid" not in ModelSpec.from_params(ModelParams(name="mulcat"), (1, T), 2 * T, info).options
+    spec = ModelSpec.from_params(ModelParams(name="mulcat", spectrum_grid=16), (1, T), 2 * T, info)
+    assert linear_cut(spec.build(), "proj1_inter").output_grid == (2, 16, 16)
+    with pytest.raises(ModelError, match=r"model.spectrum_grid must lie in \[1, 129\]"):
+        model(spectrum_grid=200)
+    with pytest.raises(ParamsError, match="model.spectrum_grid"):
+        parse_params({"model": {"spectrum_grid": 0}})

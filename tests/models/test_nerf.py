@@ -104,6 +104,11 @@ def test_the_conditioning_is_the_transmittance_weighted_mean_over_the_view(scene
     torch.testing.assert_close(io.cond[0], pool_points(cut, io.inp.h, io.z, io.inp.ctx))
     assert io.cond[2].shape == (2, 8 * 8 * 3)  # the thumbnail: 8 x 8 pixels
     assert _model(scene, "random").encode_image(io.output).shape == (2, 256)
+    # the thumbnail is a picture (channels first) that diffusion.output_encoder conv can read; the random
+    # projection is none
+    assert cut.output_grid == (3, 8, 8) and linear_cut(_model(scene, "random"), "layer1").output_grid == ()
+    red = io.output.view(2, m.height, m.width, 3)[..., 0]
+    torch.testing.assert_close(io.cond[2].view(2, 3, 8, 8)[:, 0], torch.nn.functional.adaptive_avg_pool2d(red, 8))
 
 
 def test_layer_scores_run_on_a_point_set(scene):
