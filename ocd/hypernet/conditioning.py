@@ -96,9 +96,8 @@ def output_encoder(kind: str, grid: tuple[int, ...], width: int, emb_dim: int) -
         return nn.Linear(width, emb_dim)
     if len(grid) != 3 or math.prod(grid) != width:
         raise StoreError(f"diffusion.output_encoder conv reads the base model's output part as a picture, but "
-                         f"this store's is a plain vector of {width} values (its model's cut gives no picture "
-                         f"grid: only mulcat's spectrograms and TinyNeRF's thumbnail do); use "
-                         f"diffusion.output_encoder: linear")
+                         f"this store's is a plain vector of {width} values (its model's cut names no picture "
+                         f"shape, LayerCut.output_grid); use diffusion.output_encoder: linear")
     return PictureEncoder(grid, emb_dim)
 
 
