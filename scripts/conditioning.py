@@ -8,8 +8,9 @@ train rows' figures compared (never test).
 
 A variant is a set of ``key=value`` params (values in YAML) over the preset's. Keys of ``model``
 may only be the ones that change how the conditioning reads the base, not its weights
-(``model.time_scales``, ``model.spectrum_grid``): they go into a copy of the base model's spec
-(the same weights), as the family writes them (left out at their defaults). For each variant it
+(``model.time_scales``, ``model.spectrum_grid``): a copy of the base model (the same weights)
+gets the spec the family's own options make of the variant's model params, and any other
+difference from the base's spec is refused. For each variant it
 writes the params and a scores.json naming the layer, runs ``ocd overfit`` once and ``ocd
 train-diffusion`` once per ``diffusion.seed`` in ``--seeds``, as a user would, and prints the
 denoiser's held-out diagnostics (the loss beside its references, and the cosine of sampled to
@@ -19,7 +20,6 @@ true deltas) as one JSON line per variant and seed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from ocd.params import ModelParams
+from ocd.models.registry import ModelSpec
+from ocd.params import parse_params
 from ocd.presets import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="diffusion.seed of each denoiser")
     ap.add_argument("--variant", nargs="+", default=["model.time_scales=[1]"])
     args = ap.parse_args()
-    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                for f in dataclasses.fields(ModelParams)}
     for text in args.variant:
         variant = parse_variant(text)
         run = args.work / hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -74,10 +73,14 @@ def main() -> None:
             raw[section][name] = value
         shutil.copytree(args.base, run / "base", dirs_exist_ok=True)
         meta = json.loads((run / "base/model.json").read_text())
-        for name in READ_ONLY:  # the spec's form, as ocd.models.mulcat.options writes it
-            meta["spec"]["options"].pop(name, None)
-            if raw["model"][name] != defaults[name]:
-                meta["spec"]["options"][name] = raw["model"][name]
+        spec = meta["spec"]  # as the family writes it (ModelSpec.from_params), e.g. left out at a default
+        options = ModelSpec.from_params(parse_params(raw).model, spec["in_shape"], spec["n_outputs"],
+                                        meta["data_info"]).options
+        other = sorted(k for k in set(options) | set(spec["options"])
+                       if k not in READ_ONLY and options.get(k) != spec["options"].get(k))
+        if other:
+            raise SystemExit(f"the {args.preset} preset's model differs from the base's in {', '.join(other)}")
+        spec["options"] = options
         (run / "base/model.json").write_text(json.dumps(meta))
         (run / "layers").mkdir(exist_ok=True)
         (run / "layers/scores.json").write_text(json.dumps({"selected": args.layer, "runner_up": None,

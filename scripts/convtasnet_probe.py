@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ocd.data.registry import load_dataset  # noqa: E402
 from ocd.device import generator  # noqa: E402
 from ocd.models.mulcat import dynamic_mix  # noqa: E402
-from ocd.params import parse_params  # noqa: E402
-from ocd.presets import load  # noqa: E402
+from ocd.presets import apply, load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # N filters of L samples (hop L / 2), B bottleneck and H hidden channels, X blocks per repeat, R repeats
@@ -90,10 +88,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OCD_THREADS", "1")))
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in load("speech").items():
-        raw.setdefault(section, {}).update(values)
-    p = parse_params(raw)
+    p = apply(ROOT / "params.yaml", load("speech"))
     data = load_dataset(p.data)
     task = data.make_task()
     speakers, samples = int(data.info["speakers"]), data.x_train.shape[-1]

@@ -18,7 +18,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ocd.fitting import open_fit
@@ -26,6 +25,7 @@ from ocd.hypernet import diffusion
 from ocd.hypernet.conditioning import cond_stats
 from ocd.models import base
 from ocd.params import load_params
+from ocd.store import ChunkReader
 
 OUTPUT = "cond/output"
 
@@ -40,16 +40,11 @@ def main() -> None:
     fit = open_fit(p, args.run / "deltas.zarr")
     if not fit.reader.in_ram:
         raise SystemExit("the fit rows must be in RAM (diffusion.ram_mb) for their output part to be replaced")
-    labels = fit.train["label"]
-    fit_rows = np.concatenate([labels[c * fit.reader.chunk_rows:(c + 1) * fit.reader.chunk_rows]
-                               for c in fit.reader.chunks])
     held = fit.held()
-    held_labels = np.concatenate([labels[c * fit.reader.chunk_rows:(c + 1) * fit.reader.chunk_rows]
-                                  for c in fit.held_chunks])
-    with torch.no_grad():
-        encode = model.cut("proj1_inter").encode_output
-        sources = {"fit": encode(torch.as_tensor(fit_rows)).numpy(),
-                   "held": encode(torch.as_tensor(held_labels)).numpy()}
+    with torch.no_grad():  # the store's layer's cut: the encoding its conditioning used
+        encode = model.cut(fit.provenance["layer"]).encode_output
+        sources = {split: encode(torch.as_tensor(ChunkReader(fit.train, ("label",), chunks).read(chunks)["label"]))
+                   .numpy() for split, chunks in (("fit", fit.reader.chunks), ("held", fit.held_chunks))}
     stored = {"fit": fit.reader.read(fit.reader.chunks)[OUTPUT].copy(), "held": held[OUTPUT].copy()}
     for part, values in (("outputs", stored), ("sources", sources)):
         fit.reader.read(fit.reader.chunks)[OUTPUT] = values["fit"]  # the reader's rows in RAM
