@@ -124,23 +124,25 @@ class ModelParams:
     frequencies: int = 10
     depth_samples: int = 32
     encoder: str = "thumbnail"
-    # mulcat only (ocd/models/mulcat.py): channels (and LSTM units), pairs of
-    # MulCat blocks (along and across chunks), the encoder's window in samples
-    # (hop: half of it), and frames per chunk.
+    # the separators (ocd/models/mulcat.py, ocd/models/convtasnet.py): channels (mulcat:
+    # and LSTM units), blocks (mulcat: pairs of MulCat blocks along and across chunks;
+    # convtasnet: blocks per repeat, dilated 1, 2, 4, ...), the encoder's window in
+    # samples (hop: half of it); mulcat only: frames per chunk; convtasnet only: repeats.
     width: int = 32
     blocks: int = 1
     window: int = 32
     chunk: int = 40
-    # mulcat only: the conditioning pools the cut projection's activation over the whole
+    repeats: int = 2
+    # the separators: the conditioning pools the cut layer's activation over the whole
     # mixture (1) and over s equal stretches of time for each further s, e.g. [1, 2, 4].
     time_scales: list[int] = field(default_factory=lambda: [1])
-    # mulcat only: the conditioning's pooled spectrogram of each separated signal has
+    # the separators: the conditioning's pooled spectrogram of each separated signal has
     # spectrum_grid frequency bands by spectrum_grid time bins.
     spectrum_grid: int = 8
 
     def __post_init__(self):
         _widths(self, "model", "hidden")
-        _positive(self, "model", "width", "blocks", "window", "chunk", "spectrum_grid")
+        _positive(self, "model", "width", "blocks", "window", "chunk", "repeats", "spectrum_grid")
         if not self.time_scales or any(s < 1 for s in self.time_scales) or len(set(self.time_scales)) != len(
                 self.time_scales):
             raise ParamsError(f"model.time_scales must list distinct positive counts of stretches, e.g. [1, 2, 4]; "
@@ -169,7 +171,7 @@ class BaseParams:
     # pairs per sentence; 0 skips the phase) and its body learning rate.
     pair_iterations: int = 20
     body_lr: float = 2e-5
-    # mulcat only: dynamic mixing, every minibatch's mixtures made anew from its
+    # the separators only: dynamic mixing, every minibatch's mixtures made anew from its
     # sources (each speaker's sources shuffled across the minibatch, new gains).
     dynamic_mixing: bool = False
 
@@ -275,7 +277,7 @@ class DiffusionParams:
     neighbours: int = 0
     # How the denoiser embeds the base model's output part of I(x): linear (one Linear
     # layer, as every part) | conv (a small CNN trained with the denoiser, for a store whose
-    # output part is a picture: mulcat's pooled spectrograms, TinyNeRF's thumbnail;
+    # output part is a picture: a separator's pooled spectrograms, TinyNeRF's thumbnail;
     # ocd/hypernet/conditioning.py).
     output_encoder: str = "linear"
 

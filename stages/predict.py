@@ -26,7 +26,7 @@ from stages.options import BASE, MODELS, PARAMS_OPTION, STORE
 def predict(
     inputs: Path = typer.Argument(..., help="A .npy file of raw inputs [N, ...], a folder of PNG images, "
                                   "for a text model (setfit) a text file, one sentence per line, or for the "
-                                  "separator (mulcat) a mono .wav mixture."),
+                                  "separators (mulcat, convtasnet) a mono .wav mixture."),
     params: Path = PARAMS_OPTION,
     base_dir: Path = BASE.option(),
     models: Path = MODELS.option(),

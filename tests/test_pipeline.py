@@ -582,3 +582,21 @@ def test_the_speech_separation_pipeline_end_to_end(tmp_path):
     assert "output_grid was [2, 4, 4], now [2, 8, 8]; scales was [1], now [1, 2]" in rebuilt
     store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
     assert store["train/cond/output"].shape == (29, 2 * 64) and store["train/cond/layer_activation"].shape == (29, 24)
+    # the second separator family by params alone (issue 43): Conv-TasNet, cut at its last block's
+    # output projection, one input per frame; trained, overfitted, evaluated and served as MulCat is
+    params["model"].update(name="convtasnet", width=8, blocks=2, repeats=1)
+    params["layers"]["force"] = "block2_out"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = project.dvc("repro").stdout
+    assert "selected block2_out (forced by layers.force; the scores rank " in repro
+    scores = json.loads((project / "artifacts/layers/scores.json").read_text())
+    assert set(scores["ranking"]) == {"bottleneck", "block1_in", "block1_out", "block2_in", "block2_out", "mask"}
+    store = zarr.open_group(project / "artifacts/deltas.zarr", mode="r")
+    assert store["train/delta"].shape == (29, 8, 16) and store.attrs["output_grid"] == [2, 8, 8]
+    results = json.loads((project / "artifacts/eval/metrics.json").read_text())
+    assert table_rows(results) == rows and all(math.isfinite(results[name]["si_sdri"]) for name in rows)
+    assert results["oracle"]["neg_si_sdr"] < results["base"]["neg_si_sdr"]
+    lines = project.run("ocd", "predict", str(tmp_path / "talk.wav"), "--row", "ocd").stdout.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("talk.wav\tnote: this model separates 2 speakers")
+    rate, separated = wavfile.read(tmp_path / "talk_separated/ocd_1.wav")
+    assert rate == 8000 and separated.shape == (len(longer),)

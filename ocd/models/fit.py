@@ -14,11 +14,12 @@ SCHEDULES = ("constant", "cosine")  # base.schedule: the learning rate over all 
 
 
 def fit_minibatches(model: nn.Module, params: BaseParams, n: int, loss_of, desc: str,
-                    progress: bool = True) -> list[float]:
+                    progress: bool = True, clip: float | None = None) -> list[float]:
     """Adam (``params.lr``, ``params.weight_decay``) for ``params.epochs`` passes over
     ``n`` examples in minibatches of ``params.batch_size``, shuffled with
     ``params.seed``, under the constant or cosine schedule. ``loss_of(idx)`` is
-    the mean loss of the examples ``idx``. Returns the mean loss of each epoch."""
+    the mean loss of the examples ``idx``; ``clip``: the gradient's norm is clipped to it
+    before each step (a family's choice, e.g. Conv-TasNet's 5). Returns the mean loss of each epoch."""
     order = generator(params.seed)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps = (n + params.batch_size - 1) // params.batch_size
@@ -35,6 +36,8 @@ def fit_minibatches(model: nn.Module, params: BaseParams, n: int, loss_of, desc:
             loss = loss_of(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             if sched is not None:
                 sched.step()

@@ -2,8 +2,9 @@
 
 A model family is a builder ``build(in_shape, n_outputs, **options)`` and the
 options it reads from params: ``lenet5`` and ``mlp`` (ocd/models/sequential.py),
-``tinynerf`` (ocd/models/nerf.py), ``setfit`` (ocd/models/sentence.py) and
-``mulcat`` (ocd/models/mulcat.py). Each
+``tinynerf`` (ocd/models/nerf.py), ``setfit`` (ocd/models/sentence.py), and
+the speech separators ``mulcat`` (ocd/models/mulcat.py) and ``convtasnet``
+(ocd/models/convtasnet.py). Each
 is cut at a layer under the contract of ocd/models/cut.py.
 
 The registry names each family's module without importing it: a stage that
@@ -95,4 +96,5 @@ MODELS: dict[str, Architecture] = {
     "tinynerf": Architecture("ocd.models.nerf", "tinynerf", "options"),
     "setfit": Architecture("ocd.models.sentence", "setfit", "options"),
     "mulcat": Architecture("ocd.models.mulcat", "mulcat", "options"),
+    "convtasnet": Architecture("ocd.models.convtasnet", "convtasnet", "options"),
 }

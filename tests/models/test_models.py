@@ -32,7 +32,7 @@ def test_mlp_spec_roundtrip_rebuilds_the_same_architecture():
 
 
 def test_unknown_model_and_layer_name_list_the_choices():
-    with pytest.raises(ModelError, match="valid choices: lenet5, mlp"):
+    with pytest.raises(ModelError, match="valid choices: convtasnet, lenet5, mlp, mulcat"):
         ModelSpec.from_params(ModelParams(name="resnet"), (1, 28, 28), 10)
     with pytest.raises(ModelError, match="valid names: conv1, conv2, conv3, fc1, fc2"):
         cut_at(lenet5((1, 28, 28), 10), "relu4")

@@ -1,0 +1,1 @@
+../../../../ocd/artifacts.py

@@ -1,0 +1,1 @@
+../../../../ocd/calibration.py

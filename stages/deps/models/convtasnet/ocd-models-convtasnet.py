@@ -1,0 +1,1 @@
+../../../../ocd/models/convtasnet.py
