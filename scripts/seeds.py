@@ -103,7 +103,10 @@ def run(tag: str, seeds: list[int], overrides: list[str], draws: bool = False, j
     while pending:
         time.sleep(poll)
         status = _queue_status()
-        idle = idle + 1 if status.get("workers") == "none" else 0
+        # DVC's worker leaves once the queue is empty, while it still runs the last seed: no worker
+        # with none of ours running is a stall, no worker with one running is not
+        running = any(status.get(name) == "Running" for name in pending)
+        idle = idle + 1 if status.get("workers") == "none" and not running else 0
         if idle >= max(3, round(60 / poll)):
             sys.exit(f"DVC's queue has no worker running and {', '.join(sorted(pending))} still waiting: "
                      "`dvc queue start` did not start one (.dvc/tmp/exps/celery/*.out says why)")

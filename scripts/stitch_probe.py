@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ocd.artifacts import write_wav  # noqa: E402
 from ocd.data import espeak, speech  # noqa: E402
 from ocd.models import base  # noqa: E402
-from ocd.models.mulcat import read_wav  # noqa: E402
+from ocd.models.separator import read_wav  # noqa: E402
 from ocd.tasks import best_permutation, si_snr  # noqa: E402
 
 RATE = 16000

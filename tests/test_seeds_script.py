@@ -187,3 +187,21 @@ def test_the_scripts_rows_are_rows_of_the_results_table():
     # the table's order is the results table's: a stepped row beside its row's family, the oracle after tent
     ranked = sorted(["oracle", "tent_10", "knn_lambda", "base", "tent_2", "ocd_ensemble_5"], key=seeds.table_rank)
     assert ranked == ["base", "ocd_ensemble_5", "knn_lambda", "tent_2", "tent_10", "oracle"]
+
+
+def test_a_seed_still_running_after_dvcs_worker_left_is_waited_for(tmp_path, monkeypatch, capsys):
+    """DVC's worker shuts down once the queue is empty, while the last seed still runs: `dvc queue
+    status` then shows no worker and the seed Running. That is no stall (it was taken for one, and
+    the run ended with its last seed unrecorded); no worker and nothing of ours running is."""
+    seeds = _seeds()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(seeds, "_dvc", lambda *args, **kw: "")
+    monkeypatch.setattr(seeds.time, "sleep", lambda s: None)
+    monkeypatch.setattr(seeds, "_experiment_refs", lambda: {})
+    states = [{"workers": "none", "t-seed0": "Running"}] * 5 + [{"workers": "none", "t-seed0": "Success"}]
+    monkeypatch.setattr(seeds, "_queue_status", lambda: states.pop(0) if len(states) > 1 else states[0])
+    seeds.run("t", [0], [], jobs=1, poll=30)
+    assert "t-seed0: Success" in capsys.readouterr().out
+    states[:] = [{"workers": "none", "t-seed0": "Queued"}] * 5
+    with pytest.raises(SystemExit, match="no worker running and t-seed0 still waiting"):
+        seeds.run("t", [0], [], jobs=1, poll=30)

@@ -112,15 +112,6 @@ class ConvTasNet(Separator):
             v = self._block(v, i)
         return v
 
-    def _decode_masks(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Masks [B, F, speakers * N] (after the sigmoid) and w [B, N, F] -> signals [B, speakers * T]."""
-        h = self._masked(m, w)
-        return self._signals(self.decoder(h.flatten(0, 1)).unflatten(0, h.shape[:2]))
-
-    def _masked(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """The decoder's inputs [B, speakers, N, F]: each speaker's mask times w."""
-        return m.reshape(len(w), self.frames, self.speakers, self.width).permute(0, 2, 3, 1) * w[:, None]
-
     def _from_stream(self, v: torch.Tensor, w: torch.Tensor, first: int) -> torch.Tensor:
         """The residual stream before block ``first`` [B, F, B] -> signals."""
         v = self._blocks(v, first, self.n_blocks)

@@ -120,15 +120,6 @@ class MulCatSeparator(Separator):
         """Frames [B, F, D] and the encoder's frames w [B, D, F] -> signals [B, speakers * T]."""
         return self._decode_masks(torch.relu(self.mask(v)), w)
 
-    def _masked(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Masks [B, F, speakers * D] times w [B, D, F]: the decoder's inputs [B, speakers, D, F]."""
-        m = m.reshape(len(w), self.frames, self.speakers, self.width).permute(0, 2, 3, 1)
-        return m * w[:, None]
-
-    def _decode_masks(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        h = self._masked(m, w)
-        return self._signals(self.decoder(h.flatten(0, 1)).unflatten(0, h.shape[:2]))
-
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.encoder(x))  # [B, D, F]
 

@@ -50,9 +50,11 @@ def pooled_spectrogram(outputs: torch.Tensor, speakers: int, grid: int = SPECTRU
 
 
 class Separator(nn.Module):
-    """A separator's shared half: its shape checks, the conditioning's encoding, training,
-    and reading and writing WAV files for ``ocd predict``. A family sets its layers and
-    ``forward`` and ``cut`` (the layer contract, ocd.models.cut)."""
+    """A separator's shared half: its shape checks, the masks' decoding, the conditioning's
+    encoding, training, and reading and writing WAV files for ``ocd predict``. A family sets
+    ``width`` (the encoder's channels) and its layers, among them ``decoder`` (a transposed
+    convolution from masked frames to a signal), ``forward`` and ``cut`` (the layer contract,
+    ocd.models.cut)."""
 
     family = "separator"  # model.name, in messages
     grad_clip: float | None = None  # the gradient's norm is clipped to this in training (None: not clipped)
@@ -81,6 +83,17 @@ class Separator(nn.Module):
         self.frames = (self.samples - window) // self.hop + 1
         if self.frames < 1:
             raise ModelError(f"{self.family}: {self.samples} samples are shorter than one window of {window}")
+
+    def _masked(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Masks [B, F, speakers * width] (after the family's non-linearity) times the encoder's
+        frames w [B, width, F]: the decoder's inputs [B, speakers, width, F]."""
+        return m.reshape(len(w), self.frames, self.speakers, self.width).permute(0, 2, 3, 1) * w[:, None]
+
+    def _decode_masks(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Masks [B, F, speakers * width] and w [B, width, F] -> signals [B, speakers * T], each
+        speaker's masked frames through the family's ``decoder``."""
+        h = self._masked(m, w)
+        return self._signals(self.decoder(h.flatten(0, 1)).unflatten(0, h.shape[:2]))
 
     def _signals(self, decoded: torch.Tensor) -> torch.Tensor:
         """The decoder's outputs [B, speakers, 1, T'] -> signals [B, speakers * T] (cut or padded to T)."""
