@@ -103,7 +103,7 @@ class ConvTasNet(Separator):
         return self.norms[2 * i - 1](self.prelus[2 * i - 1](u))
 
     def _block(self, v: torch.Tensor, i: int) -> torch.Tensor:
-        """Block i (from 1) with its residual connection: frames [B, F, B] -> [B, F, B]."""
+        """Block i (from 1) with its residual connection: frames [batch, F, width] -> the same shape."""
         return v + getattr(self, f"block{i}_out")(self._inner(getattr(self, f"block{i}_in")(v), i))
 
     def _blocks(self, v: torch.Tensor, first: int, last: int) -> torch.Tensor:
@@ -113,12 +113,12 @@ class ConvTasNet(Separator):
         return v
 
     def _from_stream(self, v: torch.Tensor, w: torch.Tensor, first: int) -> torch.Tensor:
-        """The residual stream before block ``first`` [B, F, B] -> signals."""
+        """The residual stream before block ``first`` [batch, F, width] -> signals."""
         v = self._blocks(v, first, self.n_blocks)
         return self._decode_masks(torch.sigmoid(self.mask(self.prelu_out(v))), w)
 
     def _stream(self, x: torch.Tensor, before: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The residual stream before block ``before`` [B, F, B], and the encoder's frames w."""
+        """The residual stream before block ``before`` [batch, F, width], and the encoder's frames w."""
         w = self._encode(x)
         return self._blocks(self.bottleneck(self.norm_in(w.transpose(1, 2))), 1, before - 1), w
 
