@@ -206,7 +206,8 @@ def separation(speakers: int, length: int, sample_rate: int = 8000) -> Task:
     maximises it (permutation-invariant training); the metrics are the mean
     SI-SDR in dB and its improvement over the mixture (SI-SDRi; the mixture is
     the sum of the sources), each with its SD over samples. An ensemble matches
-    every member's outputs to the first member's before averaging them."""
+    every member's outputs to the first member's, in order and sign, and averages
+    them at equal energy."""
 
     def signals(t):
         return t.reshape(len(t), speakers, length)
@@ -230,14 +231,22 @@ def separation(speakers: int, length: int, sample_rate: int = 8000) -> Task:
                 "si_sdri_sd": sd(improvement)}
 
     def ensemble(outputs):
-        k, n = outputs.shape[:2]
+        n = outputs.shape[1]
         first = signals(outputs[0])
         aligned = [first]
         for member in outputs[1:]:
             est = signals(member)
             perm = best_permutation(si_snr(est[:, :, None], first[:, None, :]))
-            aligned.append(est.gather(1, perm[:, :, None].expand(-1, -1, length)))
-        return torch.stack(aligned).mean(0).reshape(n, speakers * length)
+            est = est.gather(1, perm[:, :, None].expand(-1, -1, length))
+            # SI-SDR sees neither a channel's sign nor its scale, so members trained apart may differ in
+            # both: turn each channel to the first member's sign before the mean (no correlation: kept)
+            aligned.append(torch.where((est * first).sum(-1, keepdim=True) < 0, -est, est))
+        members = torch.stack(aligned)  # [K, N, S, T]
+        norms = members.norm(dim=-1, keepdim=True)
+        # every member counts the same whatever its scale: the mean of unit-energy channels, brought
+        # back to the members' mean energy (a silent channel adds zeros)
+        units = members / torch.where(norms > 0, norms, torch.ones_like(norms))
+        return (units.mean(0) * norms.mean(0)).reshape(n, speakers * length)
 
     def describe(out):
         peaks = signals(out[None])[0].abs().amax(-1)

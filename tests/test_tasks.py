@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ocd.tasks import get_task
+from ocd.tasks import get_task, si_snr
 
 
 def test_classification_metrics_and_ensemble():
@@ -43,6 +43,29 @@ def test_separation_is_permutation_invariant_and_measures_the_improvement():
     # an ensemble matches its members to the first before averaging: a swapped copy is the same member
     assert torch.allclose(task.ensemble(torch.stack([noisy, noisy.reshape(5, 3, t)[:, [1, 2, 0]].reshape(5, -1)])),
                           noisy, atol=1e-6)
+
+
+def test_a_separation_ensemble_aligns_its_members_sign_and_scale_before_the_mean():
+    # SI-SDR cannot see a channel's sign or scale, so members trained from different seeds may
+    # learn any of them; averaged raw, a member of opposite sign cancels the first
+    torch.manual_seed(2)
+    t = 2000
+    sources = torch.randn(4, 2, t)
+    y = sources.reshape(4, -1)
+    task = get_task("separation", speakers=2, length=t)
+    one = sources + 0.3 * torch.randn_like(sources)
+    two = sources + 0.3 * torch.randn_like(sources)
+    flipped = two[:, [1, 0]] * torch.tensor([-3.0, 0.5])[None, :, None]  # swapped, one channel negated, rescaled
+    members = torch.stack([one.reshape(4, -1), flipped.reshape(4, -1)])
+    mean = task.ensemble(members)
+    alone = task.metrics(one.reshape(4, -1), y)["si_sdr"]
+    assert task.metrics(mean, y)["si_sdr"] > alone + 2  # two independent errors halve the noise: +3 dB
+    # each channel is the mean of the members' aligned channels, up to a scale SI-SDR ignores
+    assert (si_snr(mean.reshape(4, 2, t), (one + two) / 2) > 30).all()
+    # a silent member channel does not divide by zero
+    silent = one.clone()
+    silent[:, 1] = 0
+    assert torch.isfinite(task.ensemble(torch.stack([one.reshape(4, -1), silent.reshape(4, -1)]))).all()
 
 
 def test_the_hungarian_match_agrees_with_the_exhaustive_one():
