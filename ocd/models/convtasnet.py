@@ -200,13 +200,6 @@ class ConvTasNet(Separator):
         return self._cut(name, layer, enter, leave, scales=self.time_scales)
 
 
-def convtasnet(in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int, repeats: int,
-               window: int, sample_rate: int = 8000, level: float = 0.0, time_scales=(1,),
-               spectrum_grid: int = SPECTRUM_GRID) -> ConvTasNet:
-    return ConvTasNet(in_shape, n_outputs, speakers, width, blocks, repeats, window, sample_rate, level,
-                      tuple(time_scales), spectrum_grid)
-
-
 def options(p, info: dict) -> dict:
     """The family's options: ``model.width``, ``model.blocks`` and ``model.repeats``, and every
     separator's (ocd.models.separator.options)."""

@@ -205,12 +205,6 @@ class MulCatSeparator(Separator):
 
         return self._cut(name, layer, enter, leave, scales=self.time_scales)
 
-def mulcat(in_shape: tuple[int, ...], n_outputs: int, speakers: int, width: int, blocks: int, window: int,
-           chunk: int, sample_rate: int = 8000, level: float = 0.0, time_scales=(1,),
-           spectrum_grid: int = SPECTRUM_GRID) -> MulCatSeparator:
-    return MulCatSeparator(in_shape, n_outputs, speakers, width, blocks, window, chunk, sample_rate, level,
-                           tuple(time_scales), spectrum_grid)
-
 
 def options(p, info: dict) -> dict:
     """The family's options: ``model.width``, ``model.blocks`` and ``model.chunk``, and every

@@ -1,7 +1,7 @@
 """The model families and their registry, keyed by ``model.name`` in params.yaml.
 
-A model family is a builder ``build(in_shape, n_outputs, **options)`` and the
-options it reads from params: ``lenet5`` and ``mlp`` (ocd/models/sequential.py),
+A model family is a builder ``build(in_shape, n_outputs, **options)`` (a function,
+or the model's class itself) and the options it reads from params: ``lenet5`` and ``mlp`` (ocd/models/sequential.py),
 ``tinynerf`` (ocd/models/nerf.py), ``setfit`` (ocd/models/sentence.py), and
 the speech separators ``mulcat`` (ocd/models/mulcat.py) and ``convtasnet``
 (ocd/models/convtasnet.py). Each
@@ -95,6 +95,6 @@ MODELS: dict[str, Architecture] = {
                         lambda p, info: {"hidden": list(p.hidden), "dropout": p.dropout}),
     "tinynerf": Architecture("ocd.models.nerf", "tinynerf", "options"),
     "setfit": Architecture("ocd.models.sentence", "setfit", "options"),
-    "mulcat": Architecture("ocd.models.mulcat", "mulcat", "options"),
-    "convtasnet": Architecture("ocd.models.convtasnet", "convtasnet", "options"),
+    "mulcat": Architecture("ocd.models.mulcat", "MulCatSeparator", "options"),
+    "convtasnet": Architecture("ocd.models.convtasnet", "ConvTasNet", "options"),
 }
