@@ -1,11 +1,11 @@
 """The model families and their registry, keyed by ``model.name`` in params.yaml.
 
 A model family is a builder ``build(in_shape, n_outputs, **options)`` (a function,
-or the model's class itself) and the options it reads from params: ``lenet5`` and ``mlp`` (ocd/models/sequential.py),
-``tinynerf`` (ocd/models/nerf.py), ``setfit`` (ocd/models/sentence.py), and
-the speech separators ``mulcat`` (ocd/models/mulcat.py) and ``convtasnet``
-(ocd/models/convtasnet.py). Each
-is cut at a layer under the contract of ocd/models/cut.py.
+or the model's class itself) and the options it reads from params: ``lenet5`` and
+``mlp`` (ocd/models/sequential.py), ``tinynerf`` (ocd/models/nerf.py), ``setfit``
+(ocd/models/sentence.py), and the speech separators ``mulcat``
+(ocd/models/mulcat.py) and ``convtasnet`` (ocd/models/convtasnet.py). Each is
+cut at a layer under the contract of ocd/models/cut.py.
 
 The registry names each family's module without importing it: a stage that
 builds a LeNet5 imports ocd/models/sequential.py and no other family (no
